@@ -1,0 +1,40 @@
+//! Performance notes and limits.
+//!
+//! # Performance
+//!
+//! The request path, [`HostDb::select`](crate::HostDb::select), costs:
+//! one `arc-swap` load of the origin map, one foldhash of the key and a
+//! hash-table probe, one `arc-swap` load of the origin's state, then per
+//! server considered two atomic loads (flags, packed L4 word). Round robin
+//! adds one relaxed `fetch_add`; the pick adds one `fetch_add` on the server's
+//! in-flight counter and an `Arc` clone. There is no lock, no allocation, and
+//! no clock read unless a server is L4-down.
+//!
+//! Writers never block readers: an L4 report is one compare-and-swap (and a
+//! success on a clean server is one load, no store); an L7 result publishes a
+//! new immutable record; a config apply or DNS answer builds the new state
+//! aside and publishes it with one swap.
+//!
+//! Measured figures (criterion, this repository's `benches/`) are in the
+//! header of `benches/benches/hostdb.rs`; the instruction counts the CI gate
+//! holds the code to are in `benches/perf-baseline.json`.
+//!
+//! # Limits
+//!
+//! - **Atomicity is per origin.** A config apply swaps the origin map once,
+//!   and each origin's server list, ring and policies once; a request sees
+//!   each origin either wholly before or wholly after, but two origins may be
+//!   seen from different sides of an apply. Keeping DNS refreshes per origin
+//!   (not copying a 100 000-origin map per answer) is worth that.
+//! - **Selection is linear in unroutable servers.** Round robin and least
+//!   requests skip unroutable servers one by one from their starting point;
+//!   a consistent-hash walk may pass every virtual node (100 per server)
+//!   when none is routable. Origins have tens of servers, not thousands.
+//! - **Skipping biases the split.** A server after a run of unroutable ones
+//!   inherits their share in round robin (as nginx's does).
+//! - **Millisecond resolution** for L4 times, and the packed counter
+//!   saturates at 4 194 303 consecutive failures.
+//! - **A lost retry probe** (the request was cancelled and never reported)
+//!   lapses after `down_time`; then another request may probe.
+//! - **Events run on the writer's thread.** A slow [`Subscriber`](crate::Subscriber)
+//!   slows whoever reported the change (a request or a check): hand work off.

@@ -1,0 +1,394 @@
+//! An origin (`host:port`) and its current server set.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use parking_lot::Mutex;
+
+use crate::event::Event;
+use crate::select::{self, Attempt, LazyMs, LbPolicy, Pick, Ring};
+use crate::server::{Hub, Server};
+use crate::{CheckResult, L7Flip, L7Policy, OriginKey, SelectError};
+
+/// Where an origin's servers come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerSource {
+    /// A fixed list of `ip:port` (SPEC: `servers = [...]`).
+    Static(Vec<SocketAddr>),
+    /// The origin's host name resolved through DNS, TTL honoured, the last
+    /// answer kept when DNS fails. Each address gets the origin's port.
+    Dns,
+}
+
+/// One origin as the config describes it; the input to [`HostDb::apply`](crate::HostDb::apply).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OriginSpec {
+    /// The origin's key.
+    pub key: OriginKey,
+    /// Where its servers come from.
+    pub servers: ServerSource,
+    /// How requests are spread over them.
+    pub lb: LbPolicy,
+    /// The L7 hysteresis when a health check matches this origin; `None`
+    /// leaves its servers `unchecked` (L4 status only).
+    pub check: Option<L7Policy>,
+}
+
+impl OriginSpec {
+    /// An origin with a static server list, round robin, no health check.
+    pub fn with_servers(key: OriginKey, servers: Vec<SocketAddr>) -> Self {
+        Self {
+            key,
+            servers: ServerSource::Static(servers),
+            lb: LbPolicy::RoundRobin,
+            check: None,
+        }
+    }
+
+    /// An origin resolved through DNS, round robin, no health check.
+    pub fn with_dns(key: OriginKey) -> Self {
+        Self {
+            key,
+            servers: ServerSource::Dns,
+            lb: LbPolicy::RoundRobin,
+            check: None,
+        }
+    }
+}
+
+/// Everything that must change together, under one swap: the server list,
+/// the ring built from it, and the policies that judge it.
+#[derive(Debug)]
+pub(crate) struct OriginState {
+    pub(crate) servers: Arc<[Arc<Server>]>,
+    ring: Option<Ring>,
+    pub(crate) lb: LbPolicy,
+    pub(crate) check: Option<L7Policy>,
+    pub(crate) dns: bool,
+}
+
+/// What DNS last did for an origin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsStatus {
+    /// When the last good answer arrived.
+    pub resolved_at: Option<Instant>,
+    /// That answer's TTL (before clamping).
+    pub ttl: Option<Duration>,
+    /// The current error, while lookups fail (the last answer stays in use).
+    pub error: Option<String>,
+    /// When the current run of failures began.
+    pub failing_since: Option<Instant>,
+    /// When the next lookup is due.
+    pub next_refresh: Option<Instant>,
+}
+
+const NEVER: u64 = u64::MAX;
+
+/// An origin: its key, its servers and their records, and the bookkeeping the
+/// request path and the checker share (last request, checking).
+///
+/// Held as `Arc<Origin>`; a reload that keeps the origin keeps this object,
+/// so its servers keep their status.
+pub struct Origin {
+    key: OriginKey,
+    hub: Arc<Hub>,
+    state: ArcSwap<OriginState>,
+    rr: AtomicUsize,
+    last_request_ms: AtomicU64,
+    checking: AtomicBool,
+    pub(crate) dns: ArcSwapOption<DnsStatus>,
+    /// Serializes writers of `state` (apply and DNS refresh); readers never take it.
+    writer: Mutex<()>,
+    pub(crate) dns_task: Mutex<Option<tokio::task::AbortHandle>>,
+    pub(crate) ready: tokio::sync::watch::Sender<bool>,
+}
+
+impl fmt::Debug for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.state.load();
+        f.debug_struct("Origin")
+            .field("key", &self.key)
+            .field(
+                "servers",
+                &st.servers.iter().map(|s| s.addr()).collect::<Vec<_>>(),
+            )
+            .field("lb", &st.lb)
+            .finish()
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        if let Some(task) = self.dns_task.get_mut().take() {
+            task.abort();
+        }
+    }
+}
+
+impl Origin {
+    pub(crate) fn new(spec: &OriginSpec, hub: Arc<Hub>) -> Self {
+        let dns = spec.servers == ServerSource::Dns;
+        let origin = Self {
+            key: spec.key.clone(),
+            hub,
+            state: ArcSwap::from_pointee(OriginState {
+                servers: Arc::from(Vec::new()),
+                ring: None,
+                lb: spec.lb,
+                check: spec.check,
+                dns,
+            }),
+            rr: AtomicUsize::new(0),
+            last_request_ms: AtomicU64::new(NEVER),
+            checking: AtomicBool::new(false),
+            dns: ArcSwapOption::empty(),
+            writer: Mutex::new(()),
+            dns_task: Mutex::new(None),
+            ready: tokio::sync::watch::Sender::new(!dns),
+        };
+        origin.reconfigure(spec);
+        origin
+    }
+
+    /// The origin's key.
+    pub fn key(&self) -> &OriginKey {
+        &self.key
+    }
+
+    /// The current servers (a cheap reference-counted copy of the list).
+    pub fn servers(&self) -> Arc<[Arc<Server>]> {
+        Arc::clone(&self.state.load().servers)
+    }
+
+    /// The server at `addr`, if it belongs to this origin now.
+    pub fn server(&self, addr: SocketAddr) -> Option<Arc<Server>> {
+        self.state
+            .load()
+            .servers
+            .iter()
+            .find(|s| s.addr() == addr)
+            .cloned()
+    }
+
+    /// The load-balancing policy.
+    pub fn lb(&self) -> LbPolicy {
+        self.state.load().lb
+    }
+
+    /// The health-check hysteresis, when a check matches this origin.
+    pub fn check_policy(&self) -> Option<L7Policy> {
+        self.state.load().check
+    }
+
+    /// Whether the servers come from DNS.
+    pub fn uses_dns(&self) -> bool {
+        self.state.load().dns
+    }
+
+    /// What DNS last did, for DNS origins.
+    pub fn dns_status(&self) -> Option<DnsStatus> {
+        self.dns.load_full().map(|d| (*d).clone())
+    }
+
+    /// Waits until the origin has servers to offer or DNS has answered at
+    /// least once (with an error or not). Returns at once for static origins.
+    pub async fn ready(&self) {
+        let mut rx = self.ready.subscribe();
+        // `wait_for` only fails when the sender is gone, and `self` holds it.
+        let _ = rx.wait_for(|ready| *ready).await;
+    }
+
+    // ---- request path --------------------------------------------------
+
+    /// Picks a server for one request at `now` (see [`HostDb::select`](crate::HostDb::select)).
+    pub fn select(&self, attempt: &mut Attempt, now: Instant) -> Result<Pick, SelectError> {
+        let state = self.state.load();
+        let servers = &*state.servers;
+        if servers.is_empty() {
+            return Err(SelectError::NoServers);
+        }
+        let mut clock = LazyMs::new(self.hub.epoch, now);
+        let found = match (state.lb, &state.ring, attempt.hash()) {
+            (LbPolicy::LeastRequests, ..) => select::least_requests(servers, attempt, &mut clock),
+            (LbPolicy::ConsistentHash, Some(ring), Some(hash)) => {
+                ring.walk(servers, hash, attempt, &mut clock)
+            }
+            _ => {
+                let n = self.rr.fetch_add(1, Ordering::Relaxed);
+                select::round_robin(servers, n, attempt, &mut clock)
+            }
+        };
+        match found {
+            Some((i, probe)) => Ok(Pick::new(&servers[i], probe, attempt)),
+            None if attempt.tried() > 0 => Err(SelectError::Exhausted),
+            None => Err(SelectError::NoneRoutable {
+                retry_after: self.retry_after(servers, now),
+            }),
+        }
+    }
+
+    /// The soonest an L4-down server (not otherwise out) may be retried.
+    fn retry_after(&self, servers: &[Arc<Server>], now: Instant) -> Option<Duration> {
+        servers
+            .iter()
+            .filter(|s| !s.maintenance() && s.l7_state().is_routable())
+            .filter_map(|s| s.l4_down_for(now))
+            .min()
+    }
+
+    /// Notes a user request for this origin at `now` (for `idle_after` and the
+    /// admin view). One relaxed load, and a store at most once a millisecond.
+    #[inline]
+    pub fn touch(&self, now: Instant) {
+        let ms = self.hub.epoch.ms(now);
+        if self.last_request_ms.load(Ordering::Relaxed) != ms {
+            self.last_request_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Time since the last [`Origin::touch`], `None` if never touched.
+    pub fn last_request_ago(&self, now: Instant) -> Option<Duration> {
+        match self.last_request_ms.load(Ordering::Relaxed) {
+            NEVER => None,
+            ms => Some(now.saturating_duration_since(self.hub.epoch.instant(ms))),
+        }
+    }
+
+    /// Whether active checks are running for this origin (set by the checker).
+    pub fn is_checking(&self) -> bool {
+        self.checking.load(Ordering::Relaxed)
+    }
+
+    /// Marks checks as running or stopped. Returns the previous value.
+    pub fn set_checking(&self, on: bool) -> bool {
+        self.checking.swap(on, Ordering::AcqRel)
+    }
+
+    /// Records a local check result for `server` under this origin's current
+    /// check policy. `None` (and nothing recorded) when the origin has no check.
+    pub fn record_check(
+        &self,
+        server: &Server,
+        result: &CheckResult,
+        now: Instant,
+    ) -> Option<L7Flip> {
+        let policy = self.state.load().check?;
+        server.record_check(result, &policy, now)
+    }
+
+    // ---- writers (config apply, DNS) -----------------------------------
+
+    pub(crate) fn hub_emit(&self, event: Event) {
+        self.hub.subscribers.emit(event);
+    }
+
+    /// Applies a spec to this origin. Servers whose address stays keep their
+    /// record. Returns whether the server list changed.
+    pub(crate) fn reconfigure(&self, spec: &OriginSpec) -> bool {
+        let _w = self.writer.lock();
+        let cur = self.state.load_full();
+        let addrs: Vec<SocketAddr> = match &spec.servers {
+            ServerSource::Static(list) => list.clone(),
+            // Switching to DNS keeps the current servers until DNS answers.
+            ServerSource::Dns if cur.dns => {
+                return self.swap(&cur, None, spec.lb, spec.check, true);
+            }
+            ServerSource::Dns => cur.servers.iter().map(|s| s.addr()).collect(),
+        };
+        let dns = spec.servers == ServerSource::Dns;
+        self.swap(&cur, Some(&addrs), spec.lb, spec.check, dns)
+    }
+
+    /// Installs a DNS answer. Returns whether the server list changed.
+    pub(crate) fn set_resolved(&self, addrs: &[SocketAddr]) -> bool {
+        let _w = self.writer.lock();
+        let cur = self.state.load_full();
+        if !cur.dns {
+            return false; // reconfigured to a static list meanwhile
+        }
+        self.swap(&cur, Some(addrs), cur.lb, cur.check, true)
+    }
+
+    /// Called with `writer` held. Builds and publishes the next state.
+    fn swap(
+        &self,
+        cur: &OriginState,
+        addrs: Option<&[SocketAddr]>,
+        lb: LbPolicy,
+        check: Option<L7Policy>,
+        dns: bool,
+    ) -> bool {
+        let checked = check.is_some();
+        let check_toggled = cur.check.is_some() != checked;
+        let (servers, added, removed) = match addrs {
+            None => (Arc::clone(&cur.servers), vec![], vec![]),
+            Some(addrs) => self.merge(&cur.servers, addrs, checked),
+        };
+        if check_toggled {
+            for s in servers.iter().filter(|s| !added.contains(&s.addr())) {
+                s.reset_l7(checked);
+            }
+        }
+        let list_changed = !added.is_empty() || !removed.is_empty();
+        // Rebuilt on every swap: swaps are rare (apply, DNS change) and a
+        // ring of 1 000 servers builds in well under a millisecond.
+        let ring = (lb == LbPolicy::ConsistentHash).then(|| Ring::build(&servers));
+        self.state.store(Arc::new(OriginState {
+            servers,
+            ring,
+            lb,
+            check,
+            dns,
+        }));
+        if list_changed {
+            self.hub.subscribers.emit(Event::Servers {
+                origin: self.key.clone(),
+                added,
+                removed,
+            });
+        }
+        list_changed
+    }
+
+    /// The new list in the order given, reusing records for addresses that stay.
+    fn merge(
+        &self,
+        old: &[Arc<Server>],
+        addrs: &[SocketAddr],
+        checked: bool,
+    ) -> (Arc<[Arc<Server>]>, Vec<SocketAddr>, Vec<SocketAddr>) {
+        let by_addr: HashMap<SocketAddr, &Arc<Server>> =
+            old.iter().map(|s| (s.addr(), s)).collect();
+        let mut added = Vec::new();
+        let mut seen = HashMap::with_capacity(addrs.len());
+        let mut servers = Vec::with_capacity(addrs.len());
+        for &addr in addrs {
+            if seen.insert(addr, ()).is_some() {
+                continue; // a duplicate address is one server
+            }
+            match by_addr.get(&addr) {
+                Some(s) => servers.push(Arc::clone(s)),
+                None => {
+                    added.push(addr);
+                    servers.push(Arc::new(Server::new(
+                        self.key.clone(),
+                        addr,
+                        Arc::clone(&self.hub),
+                        checked,
+                    )));
+                }
+            }
+        }
+        let removed = old
+            .iter()
+            .map(|s| s.addr())
+            .filter(|a| !seen.contains_key(a))
+            .collect();
+        (servers.into(), added, removed)
+    }
+}

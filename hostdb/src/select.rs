@@ -1,0 +1,326 @@
+//! Server selection: the per-request [`Attempt`], the [`Pick`] it yields, the
+//! load-balancing policies, and the consistent-hash ring.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+use crate::server::{Admit, Server};
+use crate::time::Epoch;
+
+/// How an origin spreads requests over its routable servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    /// Each request takes the next routable server in turn.
+    #[default]
+    RoundRobin,
+    /// Power of two choices: two random routable servers, the one with fewer
+    /// requests in flight wins.
+    LeastRequests,
+    /// A ring of virtual nodes hashed from the request's key (the path): a
+    /// key keeps its server, and a server leaving remaps only its own share.
+    /// Without a key it behaves as round robin.
+    ConsistentHash,
+}
+
+impl std::str::FromStr for LbPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "round_robin" => Ok(Self::RoundRobin),
+            "least_requests" => Ok(Self::LeastRequests),
+            "consistent_hash" => Ok(Self::ConsistentHash),
+            other => Err(format!(
+                "unknown lb {other:?}: expected round_robin, least_requests or consistent_hash"
+            )),
+        }
+    }
+}
+
+const INLINE_TRIED: usize = 8;
+
+/// One request's selection state: which servers it already tried (so a retry
+/// never picks one twice) and its consistent-hash key, if any.
+///
+/// Allocation-free for up to eight attempts.
+///
+/// ```
+/// let mut attempt = vigil_hostdb::Attempt::new().with_hash_key(b"/images/cat.png");
+/// assert_eq!(attempt.tried(), 0);
+/// ```
+#[derive(Clone, Default)]
+pub struct Attempt {
+    tried: [u64; INLINE_TRIED],
+    len: usize,
+    overflow: Vec<u64>,
+    hash: Option<u64>,
+}
+
+impl fmt::Debug for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Attempt")
+            .field("tried", &self.tried())
+            .field("hash", &self.hash)
+            .finish()
+    }
+}
+
+impl Attempt {
+    /// A fresh attempt: nothing tried, no hash key.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the consistent-hash key (SPEC: the request path). The hash is
+    /// stable across processes and nodes.
+    pub fn with_hash_key(mut self, key: &[u8]) -> Self {
+        self.hash = Some(xxh3_64(key));
+        self
+    }
+
+    /// How many servers this request has picked so far.
+    pub fn tried(&self) -> usize {
+        self.len + self.overflow.len()
+    }
+
+    pub(crate) fn hash(&self) -> Option<u64> {
+        self.hash
+    }
+
+    fn has_tried(&self, id: u64) -> bool {
+        self.tried[..self.len].contains(&id) || self.overflow.contains(&id)
+    }
+
+    fn push(&mut self, id: u64) {
+        if self.len < INLINE_TRIED {
+            self.tried[self.len] = id;
+            self.len += 1;
+        } else {
+            self.overflow.push(id);
+        }
+    }
+}
+
+/// A server chosen for one request. Counts as a request in flight until dropped.
+///
+/// Report the outcome on [`Pick::server`] (`report_l4_success` /
+/// `report_l4_failure`); if the pick is an L4 retry probe, that report is what
+/// brings the server back up or down again.
+pub struct Pick {
+    server: Arc<Server>,
+    probe: bool,
+}
+
+impl fmt::Debug for Pick {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pick")
+            .field("server", &self.server.addr())
+            .field("probe", &self.probe)
+            .finish()
+    }
+}
+
+impl Pick {
+    pub(crate) fn new(server: &Arc<Server>, probe: bool, attempt: &mut Attempt) -> Self {
+        server.in_flight_add();
+        attempt.push(server.id());
+        Self {
+            server: Arc::clone(server),
+            probe,
+        }
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+
+    /// The server's record, for reporting L4 results.
+    pub fn server(&self) -> &Arc<Server> {
+        &self.server
+    }
+
+    /// Whether this request is the single retry probe of an L4-down server.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+}
+
+impl Drop for Pick {
+    fn drop(&mut self) {
+        self.server.in_flight_sub();
+    }
+}
+
+/// The clock read at most once per selection, and only if some server is L4-down.
+pub(crate) struct LazyMs {
+    epoch: Epoch,
+    now: Instant,
+    ms: Option<u64>,
+}
+
+impl LazyMs {
+    pub(crate) fn new(epoch: Epoch, now: Instant) -> Self {
+        Self {
+            epoch,
+            now,
+            ms: None,
+        }
+    }
+    pub(crate) fn get(&mut self) -> u64 {
+        *self.ms.get_or_insert_with(|| self.epoch.ms(self.now))
+    }
+}
+
+/// Whether `s` can take this request; claims the retry probe when it is due.
+/// `Some(probe)` when it can.
+#[inline]
+fn consider(s: &Server, attempt: &Attempt, clock: &mut LazyMs) -> Option<bool> {
+    if attempt.len != 0 && attempt.has_tried(s.id()) {
+        return None;
+    }
+    match s.admit(|| clock.get()) {
+        Admit::Yes => Some(false),
+        Admit::Probe => s.claim_probe(clock.get()).then_some(true),
+        Admit::No => None,
+    }
+}
+
+/// First server from `start` onwards (wrapping) that can take the request.
+#[inline]
+fn scan(
+    servers: &[Arc<Server>],
+    start: usize,
+    attempt: &Attempt,
+    clock: &mut LazyMs,
+) -> Option<(usize, bool)> {
+    let n = servers.len();
+    let mut i = start;
+    for _ in 0..n {
+        if let Some(probe) = consider(&servers[i], attempt, clock) {
+            return Some((i, probe));
+        }
+        i += 1;
+        if i == n {
+            i = 0;
+        }
+    }
+    None
+}
+
+pub(crate) fn round_robin(
+    servers: &[Arc<Server>],
+    counter: usize,
+    attempt: &Attempt,
+    clock: &mut LazyMs,
+) -> Option<(usize, bool)> {
+    scan(servers, counter % servers.len(), attempt, clock)
+}
+
+/// Power of two choices over requests in flight. A due retry probe met on
+/// the way is taken at once: a down server only comes back through a request.
+pub(crate) fn least_requests(
+    servers: &[Arc<Server>],
+    attempt: &Attempt,
+    clock: &mut LazyMs,
+) -> Option<(usize, bool)> {
+    let n = servers.len();
+    if n == 1 {
+        return scan(servers, 0, attempt, clock);
+    }
+    let a = fastrand::usize(..n);
+    let mut b = fastrand::usize(..n - 1);
+    if b >= a {
+        b += 1;
+    }
+    let first = scan(servers, a, attempt, clock)?;
+    if first.1 {
+        return Some(first);
+    }
+    match scan(servers, b, attempt, clock) {
+        Some(second) if second.1 => Some(second),
+        Some(second) if servers[second.0].in_flight() < servers[first.0].in_flight() => {
+            Some(second)
+        }
+        _ => Some(first),
+    }
+}
+
+/// Virtual nodes per server on the ring: enough for an even split (about
+/// ±10% at 100) while a ring of 1 000 servers still fits in 800 KB.
+const VNODES: u64 = 100;
+
+/// A consistent-hash ring of `(point, server index)`, sorted by point.
+/// Points depend only on server addresses, so every node and every restart
+/// builds the same ring.
+#[derive(Debug, Default)]
+pub(crate) struct Ring {
+    points: Box<[(u64, u32)]>,
+}
+
+fn addr_bytes(addr: SocketAddr) -> ([u8; 18], usize) {
+    let mut out = [0u8; 18];
+    let n = match addr.ip() {
+        IpAddr::V4(ip) => {
+            out[..4].copy_from_slice(&ip.octets());
+            4
+        }
+        IpAddr::V6(ip) => {
+            out[..16].copy_from_slice(&ip.octets());
+            16
+        }
+    };
+    out[n..n + 2].copy_from_slice(&addr.port().to_be_bytes());
+    (out, n + 2)
+}
+
+impl Ring {
+    pub(crate) fn build(servers: &[Arc<Server>]) -> Self {
+        let mut points = Vec::with_capacity(servers.len() * VNODES as usize);
+        for (i, s) in servers.iter().enumerate() {
+            let (bytes, len) = addr_bytes(s.addr());
+            for v in 0..VNODES {
+                points.push((xxh3_64_with_seed(&bytes[..len], v), i as u32));
+            }
+        }
+        points.sort_unstable();
+        Self {
+            points: points.into(),
+        }
+    }
+
+    /// Walks clockwise from `hash` to the first server that can take the request.
+    pub(crate) fn walk(
+        &self,
+        servers: &[Arc<Server>],
+        hash: u64,
+        attempt: &Attempt,
+        clock: &mut LazyMs,
+    ) -> Option<(usize, bool)> {
+        let len = self.points.len();
+        if len == 0 {
+            return None;
+        }
+        let mut i = self.points.partition_point(|p| p.0 < hash);
+        let mut last = u32::MAX;
+        for _ in 0..len {
+            if i == len {
+                i = 0;
+            }
+            let idx = self.points[i].1;
+            if idx != last {
+                if let Some(probe) = consider(&servers[idx as usize], attempt, clock) {
+                    return Some((idx as usize, probe));
+                }
+                last = idx;
+            }
+            i += 1;
+        }
+        None
+    }
+}

@@ -1,0 +1,357 @@
+//! One server's status record: lock-free for readers, one CAS or one swap per write.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+
+use crate::OriginKey;
+use crate::event::{Event, Subscribers};
+use crate::l4::{L4Policy, L4State, L4Word};
+use crate::l7::{CheckResult, L7Flip, L7Policy, L7State, L7Status};
+use crate::time::Epoch;
+
+/// What every server of one HostDb shares: the clock epoch, the L4 policy and
+/// the subscribers.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    pub(crate) epoch: Epoch,
+    pub(crate) l4: ArcSwap<L4Policy>,
+    pub(crate) subscribers: Subscribers,
+}
+
+const MAINT: u8 = 1;
+const L7_DOWN: u8 = 2;
+
+/// One server (`ip:port`) behind an origin and its health record.
+///
+/// Readers never lock: the routable test is two atomic loads (flags and the
+/// packed L4 word). Writers: L4 changes are one compare-and-swap on the packed
+/// word; L7 results publish a new immutable [`L7Status`] (serialized by a
+/// writer-only mutex, so the flag bit and the record never disagree for long).
+///
+/// A server's record lives as long as the server stays in its origin: a
+/// config reload or a DNS refresh that keeps the address keeps the record.
+pub struct Server {
+    id: u64,
+    addr: SocketAddr,
+    origin: OriginKey,
+    hub: Arc<Hub>,
+    /// `MAINT | L7_DOWN`: zero means nothing but L4 stands in the way.
+    flags: AtomicU8,
+    l4: AtomicU64,
+    in_flight: AtomicU32,
+    l7: ArcSwap<L7Status>,
+    l7_writer: Mutex<()>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("origin", &self.origin)
+            .field("addr", &self.addr)
+            .field("flags", &self.flags.load(Ordering::Relaxed))
+            .field("l4", &L4Word(self.l4.load(Ordering::Relaxed)))
+            .field("l7", &self.l7.load().state)
+            .finish()
+    }
+}
+
+/// How a request may use a server right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admit {
+    Yes,
+    /// L4-down with its down time over: routable for exactly one request.
+    Probe,
+    No,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Server {
+    pub(crate) fn new(origin: OriginKey, addr: SocketAddr, hub: Arc<Hub>, checked: bool) -> Self {
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            addr,
+            origin,
+            hub,
+            flags: AtomicU8::new(0),
+            l4: AtomicU64::new(0),
+            in_flight: AtomicU32::new(0),
+            l7: ArcSwap::from_pointee(L7Status::initial(checked)),
+            l7_writer: Mutex::new(()),
+        }
+    }
+
+    /// A process-unique id (never reused), for "already tried" sets.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The origin this server belongs to.
+    pub fn origin(&self) -> &OriginKey {
+        &self.origin
+    }
+
+    // ---- readers -------------------------------------------------------
+
+    /// Whether a request may be sent here at `now`: not in maintenance, not
+    /// L7-unhealthy, and L4 up or due for its retry probe.
+    pub fn is_routable(&self, now: Instant) -> bool {
+        self.admit_at(self.hub.epoch.ms(now)) != Admit::No
+    }
+
+    #[inline]
+    pub(crate) fn admit_at(&self, now_ms: u64) -> Admit {
+        self.admit(|| now_ms)
+    }
+
+    /// Hot path: flags, then the L4 word; the clock is consulted only when the
+    /// server is L4-down.
+    #[inline]
+    pub(crate) fn admit(&self, now_ms: impl FnOnce() -> u64) -> Admit {
+        if self.flags.load(Ordering::Acquire) != 0 {
+            return Admit::No;
+        }
+        let w = L4Word(self.l4.load(Ordering::Acquire));
+        if w.is_up() {
+            Admit::Yes
+        } else if w.probe_due(now_ms()) {
+            Admit::Probe
+        } else {
+            Admit::No
+        }
+    }
+
+    /// Whether the server is in maintenance.
+    pub fn maintenance(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & MAINT != 0
+    }
+
+    /// The L4 state at `now`.
+    pub fn l4_state(&self, now: Instant) -> L4State {
+        self.l4_word().state(self.hub.epoch.ms(now))
+    }
+
+    /// Consecutive L4 failures.
+    pub fn l4_failures(&self) -> u32 {
+        self.l4_word().failures()
+    }
+
+    /// How long until an L4-down server may be retried (zero in `retry`), or
+    /// `None` when it is up.
+    pub fn l4_down_for(&self, now: Instant) -> Option<Duration> {
+        self.l4_word()
+            .retry_in_ms(self.hub.epoch.ms(now))
+            .map(Duration::from_millis)
+    }
+
+    fn l4_word(&self) -> L4Word {
+        L4Word(self.l4.load(Ordering::Acquire))
+    }
+
+    /// The current L7 record.
+    pub fn l7(&self) -> Arc<L7Status> {
+        self.l7.load_full()
+    }
+
+    /// The current L7 state (cheaper than [`Server::l7`]: no reference count).
+    pub fn l7_state(&self) -> L7State {
+        self.l7.load().state
+    }
+
+    /// Requests now in flight to this server (picks not yet dropped).
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn in_flight_add(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn in_flight_sub(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    // ---- L4 writers ----------------------------------------------------
+
+    /// Claims the single retry probe of an L4-down server whose down time is
+    /// over. `true`: the caller's request is the probe.
+    ///
+    /// # Concurrency note
+    /// Several requests may see the server due at once; the compare-and-swap
+    /// lets exactly one of them through. A probe that never reports lapses
+    /// after `down_time`, so a cancelled request cannot strand the server.
+    pub(crate) fn claim_probe(&self, now_ms: u64) -> bool {
+        let policy = **self.hub.l4.load();
+        let cur = self.l4_word();
+        if !cur.probe_due(now_ms) {
+            return false;
+        }
+        let next = cur.claim_probe(&policy, now_ms);
+        self.l4
+            .compare_exchange(cur.0, next.0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Records an L4 failure (connect refused or timed out, read or write
+    /// error before the response head) at `now`. Returns the new state.
+    pub fn report_l4_failure(&self, now: Instant) -> L4State {
+        let now_ms = self.hub.epoch.ms(now);
+        let policy = **self.hub.l4.load();
+        let mut cur = self.l4_word();
+        loop {
+            let next = cur.on_failure(&policy, now_ms);
+            match self
+                .l4
+                .compare_exchange_weak(cur.0, next.0, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    let (from, to) = (cur.state(now_ms), next.state(now_ms));
+                    if from != to || (cur.is_probing() && next.is_down()) {
+                        self.emit_l4(from, to, next.failures());
+                    }
+                    return to;
+                }
+                Err(actual) => cur = L4Word(actual),
+            }
+        }
+    }
+
+    /// Records an L4 success (a response head was read). Clears failures and
+    /// any down mark. Costs one load and no store when already clean, so it
+    /// can run on every request.
+    pub fn report_l4_success(&self, now: Instant) {
+        let cur = self.l4_word();
+        if cur == L4Word::UP {
+            return;
+        }
+        let prev = L4Word(self.l4.swap(cur.on_success().0, Ordering::AcqRel));
+        if prev.is_down() {
+            let now_ms = self.hub.epoch.ms(now);
+            self.emit_l4(prev.state(now_ms), L4State::Up, 0);
+        }
+    }
+
+    fn emit_l4(&self, from: L4State, to: L4State, consecutive_failures: u32) {
+        self.hub.subscribers.emit(Event::L4 {
+            origin: self.origin.clone(),
+            server: self.addr,
+            from,
+            to,
+            consecutive_failures,
+        });
+    }
+
+    // ---- L7 writers ----------------------------------------------------
+
+    /// Records a local health-check result under `policy` at `now`. A passing
+    /// check also clears L4 failures (SPEC: "a passing L7 check also clears
+    /// L4-down"). Returns the flip, if the L7 state changed.
+    pub fn record_check(
+        &self,
+        result: &CheckResult,
+        policy: &L7Policy,
+        now: Instant,
+    ) -> Option<L7Flip> {
+        let flip = {
+            let _w = self.l7_writer.lock();
+            let (next, flip) = self.l7.load().apply(result, policy, now);
+            self.publish_l7(Arc::new(next));
+            flip
+        };
+        if let Some(f) = flip {
+            self.emit_l7(f, result.detail.clone(), crate::Source::Local);
+        }
+        if result.passed {
+            self.report_l4_success(now);
+        }
+        flip
+    }
+
+    /// Replaces the L7 record wholesale: for statuses adopted from another
+    /// node (`source = cluster:<id>`) or restored from a state file. Returns
+    /// the flip, if the state changed.
+    pub fn set_l7(&self, status: L7Status) -> Option<L7Flip> {
+        let (reason, source, to) = (
+            status
+                .last_result
+                .as_ref()
+                .map(|r| r.detail.clone())
+                .unwrap_or_else(|| "".into()),
+            status.source.clone(),
+            status.state,
+        );
+        let from = {
+            let _w = self.l7_writer.lock();
+            let from = self.l7.load().state;
+            self.publish_l7(Arc::new(status));
+            from
+        };
+        let flip = (from != to).then_some(L7Flip { from, to });
+        if let Some(f) = flip {
+            self.emit_l7(f, reason, source);
+        }
+        flip
+    }
+
+    /// Resets L7 to its initial state (used when a reload adds or removes the
+    /// origin's check). No event: nothing was learned about the server.
+    pub(crate) fn reset_l7(&self, checked: bool) {
+        let _w = self.l7_writer.lock();
+        self.publish_l7(Arc::new(L7Status::initial(checked)));
+    }
+
+    /// Called with `l7_writer` held: record first, then the routable bit.
+    fn publish_l7(&self, status: Arc<L7Status>) {
+        let routable = status.state.is_routable();
+        self.l7.store(status);
+        if routable {
+            self.flags.fetch_and(!L7_DOWN, Ordering::AcqRel);
+        } else {
+            self.flags.fetch_or(L7_DOWN, Ordering::AcqRel);
+        }
+    }
+
+    fn emit_l7(&self, flip: L7Flip, reason: Arc<str>, source: crate::Source) {
+        self.hub.subscribers.emit(Event::L7 {
+            origin: self.origin.clone(),
+            server: self.addr,
+            from: flip.from,
+            to: flip.to,
+            reason,
+            source,
+        });
+    }
+
+    // ---- maintenance ---------------------------------------------------
+
+    /// Puts the server into maintenance (`true`) or takes it out. In
+    /// maintenance it gets no new requests; requests in flight finish.
+    /// Returns whether anything changed.
+    pub fn set_maintenance(&self, on: bool) -> bool {
+        let prev = if on {
+            self.flags.fetch_or(MAINT, Ordering::AcqRel)
+        } else {
+            self.flags.fetch_and(!MAINT, Ordering::AcqRel)
+        };
+        let changed = (prev & MAINT != 0) != on;
+        if changed {
+            self.hub.subscribers.emit(Event::Maintenance {
+                origin: self.origin.clone(),
+                server: self.addr,
+                on,
+            });
+        }
+        changed
+    }
+}
