@@ -1,6 +1,6 @@
 //! The host database itself: the origin map, config apply, subscriptions.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,9 +15,42 @@ use crate::origin::{Origin, OriginSpec, ServerSource};
 use crate::select::{Attempt, Pick};
 use crate::server::Hub;
 use crate::time::Epoch;
-use crate::{ConfigError, L4Policy, SelectError};
+use crate::{ConfigError, L4Policy, OriginKey, SelectError};
 
-type OriginMap = HashMap<crate::OriginKey, Arc<Origin>, foldhash::fast::RandomState>;
+/// Origins filed under their [`OriginKey::hash64`]: a lookup with a key
+/// in hand hashes nothing and compares the text only on a hash match.
+#[derive(Default)]
+struct OriginMap {
+    table: hashbrown::HashTable<Arc<Origin>>,
+}
+
+impl OriginMap {
+    fn with_capacity(n: usize) -> Self {
+        Self { table: hashbrown::HashTable::with_capacity(n) }
+    }
+
+    #[inline]
+    fn get(&self, key: &OriginKey) -> Option<&Arc<Origin>> {
+        self.table.find(key.hash64(), |o| o.key() == key)
+    }
+
+    fn get_str(&self, key: &str) -> Option<&Arc<Origin>> {
+        let hash = OriginKey::hash_str(key);
+        self.table.find(hash, |o| o.key().hash64() == hash && o.key().as_str() == key)
+    }
+
+    fn insert(&mut self, origin: Arc<Origin>) {
+        self.table.insert_unique(origin.key().hash64(), origin, |o| o.key().hash64());
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Arc<Origin>> {
+        self.table.iter()
+    }
+}
 
 /// The whole desired state: L4 policy and every origin. Applied atomically by
 /// [`HostDb::apply`].
@@ -121,20 +154,14 @@ pub struct HostDb {
 
 impl fmt::Debug for HostDb {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HostDb")
-            .field("origins", &self.inner.origins.load().len())
-            .finish()
+        f.debug_struct("HostDb").field("origins", &self.inner.origins.load().len()).finish()
     }
 }
 
 impl HostDb {
     /// A builder (resolver, DNS policy, runtime).
     pub fn builder() -> HostDbBuilder {
-        HostDbBuilder {
-            resolver: None,
-            dns: DnsPolicy::default(),
-            runtime: None,
-        }
+        HostDbBuilder { resolver: None, dns: DnsPolicy::default(), runtime: None }
     }
 
     /// An empty HostDb without DNS.
@@ -165,33 +192,27 @@ impl HostDb {
                 check.validate()?;
             }
         }
-        let needs_dns: Vec<&OriginSpec> = config
-            .origins
-            .iter()
-            .filter(|s| s.servers == ServerSource::Dns)
-            .collect();
+        let needs_dns: Vec<&OriginSpec> =
+            config.origins.iter().filter(|s| s.servers == ServerSource::Dns).collect();
         let runtime = match (needs_dns.first(), &self.inner.resolver) {
             (None, _) => None,
             (Some(spec), None) => return Err(ConfigError::NoResolver(spec.key.to_string())),
-            (Some(spec), Some(_)) => match self
-                .inner
-                .runtime
-                .clone()
-                .or_else(|| tokio::runtime::Handle::try_current().ok())
-            {
-                Some(rt) => Some(rt),
-                None => return Err(ConfigError::NoRuntime(spec.key.to_string())),
-            },
+            (Some(spec), Some(_)) => {
+                match self.inner.runtime.clone().or_else(|| tokio::runtime::Handle::try_current().ok()) {
+                    Some(rt) => Some(rt),
+                    None => return Err(ConfigError::NoRuntime(spec.key.to_string())),
+                }
+            }
         };
 
         let _apply = self.inner.apply_lock.lock();
         self.inner.hub.l4.store(Arc::new(config.l4));
         let old = self.inner.origins.load_full();
-        let mut map = OriginMap::with_capacity_and_hasher(config.origins.len(), Default::default());
+        let mut map = OriginMap::with_capacity(config.origins.len());
         let mut report = ApplyReport::default();
         let mut start_dns = Vec::new();
         for spec in &config.origins {
-            let origin = match old.get(spec.key.as_str()) {
+            let origin = match old.get(&spec.key) {
                 Some(o) => {
                     let was_dns = o.uses_dns();
                     o.reconfigure(spec);
@@ -213,12 +234,12 @@ impl HostDb {
                     o
                 }
             };
-            map.insert(spec.key.clone(), origin);
+            map.insert(origin);
         }
-        for (key, o) in old.iter() {
-            if !map.contains_key(key.as_str()) {
+        for o in old.iter() {
+            if map.get(o.key()).is_none() {
                 stop_dns(o);
-                report.removed.push(key.clone());
+                report.removed.push(o.key().clone());
             }
         }
         self.inner.origins.store(Arc::new(map));
@@ -235,14 +256,19 @@ impl HostDb {
         **self.inner.hub.l4.load()
     }
 
-    /// The origin under `key` (canonical `host:port`, see [`OriginKey`](crate::OriginKey)).
+    /// The origin under `key`, the canonical `host:port` text (see [`OriginKey`]).
     pub fn origin(&self, key: &str) -> Option<Arc<Origin>> {
+        self.inner.origins.load().get_str(key).cloned()
+    }
+
+    /// The origin under `key`.
+    pub fn origin_by_key(&self, key: &OriginKey) -> Option<Arc<Origin>> {
         self.inner.origins.load().get(key).cloned()
     }
 
     /// Every origin, in no particular order.
     pub fn origins(&self) -> Vec<Arc<Origin>> {
-        self.inner.origins.load().values().cloned().collect()
+        self.inner.origins.load().iter().cloned().collect()
     }
 
     /// Number of origins.
@@ -256,16 +282,17 @@ impl HostDb {
     }
 
     /// The request path: looks `origin` up and picks a routable server for
-    /// one request at `now`, never one that `attempt` already tried. A hash,
-    /// two arc-swap loads and an atomic load or two per server considered; no
-    /// lock, no allocation, and no clock read unless a server is L4-down.
+    /// one request at `now`, never one that `attempt` already tried. The key
+    /// carries its hash, so this is a table probe, two arc-swap loads and an
+    /// atomic load or two per server considered: no lock, no allocation, and
+    /// no clock read unless a server is L4-down.
     ///
     /// # Errors
     /// [`SelectError`] says which answer the client should get.
     #[inline]
     pub fn select(
         &self,
-        origin: &str,
+        origin: &OriginKey,
         attempt: &mut Attempt,
         now: Instant,
     ) -> Result<Pick, SelectError> {
@@ -291,12 +318,7 @@ impl HostDb {
     /// Removes a subscriber. Returns whether it was registered.
     pub fn unsubscribe(&self, id: SubscriptionId) -> bool {
         let subs = &self.inner.hub.subscribers;
-        let prev = subs.list.rcu(|list| {
-            list.iter()
-                .filter(|(i, _)| *i != id)
-                .cloned()
-                .collect::<Vec<_>>()
-        });
+        let prev = subs.list.rcu(|list| list.iter().filter(|(i, _)| *i != id).cloned().collect::<Vec<_>>());
         prev.iter().any(|(i, _)| *i == id)
     }
 

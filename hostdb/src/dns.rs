@@ -117,17 +117,11 @@ async fn refresh_loop(origin: Weak<Origin>, resolver: Arc<dyn Resolve>, policy: 
         let prev = o.dns.load_full();
         let wait = match result {
             Ok(answer) if !answer.addrs.is_empty() => {
-                let addrs: Vec<SocketAddr> = answer
-                    .addrs
-                    .iter()
-                    .map(|ip| SocketAddr::new(*ip, port))
-                    .collect();
+                let addrs: Vec<SocketAddr> =
+                    answer.addrs.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
                 o.set_resolved(&addrs);
                 if failures > 0 && prev.as_ref().is_some_and(|p| p.error.is_some()) {
-                    o.hub_emit(Event::Dns {
-                        origin: o.key().clone(),
-                        error: None,
-                    });
+                    o.hub_emit(Event::Dns { origin: o.key().clone(), error: None });
                 }
                 failures = 0;
                 let wait = policy.refresh_after(answer.ttl);
@@ -150,10 +144,7 @@ async fn refresh_loop(origin: Weak<Origin>, resolver: Arc<dyn Resolve>, policy: 
                 let prev = prev.as_deref();
                 if prev.is_none_or(|p| p.error.is_none()) {
                     // Logged (and emitted) once per run of failures.
-                    o.hub_emit(Event::Dns {
-                        origin: o.key().clone(),
-                        error: Some(message.clone()),
-                    });
+                    o.hub_emit(Event::Dns { origin: o.key().clone(), error: Some(message.clone()) });
                 }
                 o.dns.store(Some(Arc::new(DnsStatus {
                     resolved_at: prev.and_then(|p| p.resolved_at),
@@ -186,18 +177,18 @@ impl StaticResolver {
 
     /// Adds (or replaces) an answer for `host`.
     pub fn with(mut self, host: &str, addrs: Vec<IpAddr>, ttl: Duration) -> Self {
-        self.table
-            .insert(host.to_ascii_lowercase(), DnsAnswer { addrs, ttl });
+        self.table.insert(host.to_ascii_lowercase(), DnsAnswer { addrs, ttl });
         self
     }
 }
 
 impl Resolve for StaticResolver {
     fn resolve<'a>(&'a self, host: &'a str) -> ResolveFuture<'a> {
-        let answer = self.table.get(host).cloned().ok_or_else(|| DnsError {
-            host: host.to_owned(),
-            message: "not in the static table".to_owned(),
-        });
+        let answer = self
+            .table
+            .get(host)
+            .cloned()
+            .ok_or_else(|| DnsError { host: host.to_owned(), message: "not in the static table".to_owned() });
         Box::pin(std::future::ready(answer))
     }
 }
@@ -251,22 +242,17 @@ impl HickoryResolver {
             .collect();
         let config = ResolverConfig::from_name_servers(name_servers);
         let provider = hickory_resolver::net::runtime::TokioRuntimeProvider::default();
-        Self::build(hickory_resolver::Resolver::builder_with_config(
-            config, provider,
-        ))
+        Self::build(hickory_resolver::Resolver::builder_with_config(config, provider))
     }
 
     fn build(
-        mut builder: hickory_resolver::ResolverBuilder<
-            hickory_resolver::net::runtime::TokioRuntimeProvider,
-        >,
+        mut builder: hickory_resolver::ResolverBuilder<hickory_resolver::net::runtime::TokioRuntimeProvider>,
     ) -> Result<Self, DnsError> {
         // Origins are looked up by their full name: no search-domain guessing.
         builder.options_mut().ndots = 0;
-        let inner = builder.build().map_err(|e| DnsError {
-            host: String::new(),
-            message: format!("building the resolver: {e}"),
-        })?;
+        let inner = builder
+            .build()
+            .map_err(|e| DnsError { host: String::new(), message: format!("building the resolver: {e}") })?;
         Ok(Self { inner })
     }
 }
@@ -281,19 +267,11 @@ impl Resolve for HickoryResolver {
                 .inner
                 .lookup_ip(fqdn.as_str())
                 .await
-                .map_err(|e| DnsError {
-                    host: host.to_owned(),
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| DnsError { host: host.to_owned(), message: e.to_string() })?;
             // hickory reports validity as a std Instant on the real clock.
             #[allow(clippy::disallowed_methods)]
-            let ttl = lookup
-                .valid_until()
-                .saturating_duration_since(std::time::Instant::now());
-            Ok(DnsAnswer {
-                addrs: lookup.iter().collect(),
-                ttl,
-            })
+            let ttl = lookup.valid_until().saturating_duration_since(std::time::Instant::now());
+            Ok(DnsAnswer { addrs: lookup.iter().collect(), ttl })
         })
     }
 }

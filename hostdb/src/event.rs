@@ -98,10 +98,7 @@ impl fmt::Debug for Subscribers {
 
 impl Subscribers {
     pub(crate) fn new() -> Self {
-        Self {
-            list: Default::default(),
-            next: Default::default(),
-        }
+        Self { list: Default::default(), next: Default::default() }
     }
 
     pub(crate) fn emit(&self, event: Event) {
@@ -115,46 +112,23 @@ impl Subscribers {
 /// One log line per change, with fields (STYLE: warn = a server changed state).
 fn log(event: &Event) {
     match event {
-        Event::L4 {
-            origin,
-            server,
-            from,
-            to,
-            consecutive_failures,
-        } => tracing::warn!(
+        Event::L4 { origin, server, from, to, consecutive_failures } => tracing::warn!(
             %origin, %server, from = from.as_str(), to = to.as_str(),
             consecutive_failures, "L4 state changed"
         ),
-        Event::L7 {
-            origin,
-            server,
-            from,
-            to,
-            reason,
-            source,
-        } => tracing::warn!(
+        Event::L7 { origin, server, from, to, reason, source } => tracing::warn!(
             %origin, %server, from = from.as_str(), to = to.as_str(),
             reason = &**reason, %source, "L7 state changed"
         ),
         Event::Maintenance { origin, server, on } => {
             tracing::warn!(%origin, %server, on, "maintenance changed")
         }
-        Event::Servers {
-            origin,
-            added,
-            removed,
-        } => tracing::info!(
+        Event::Servers { origin, added, removed } => tracing::info!(
             %origin, ?added, ?removed, "server list changed"
         ),
-        Event::Dns {
-            origin,
-            error: Some(error),
-        } => tracing::warn!(
+        Event::Dns { origin, error: Some(error) } => tracing::warn!(
             %origin, %error, "DNS lookup failing; serving the last answer"
         ),
-        Event::Dns {
-            origin,
-            error: None,
-        } => tracing::info!(%origin, "DNS lookup recovered"),
+        Event::Dns { origin, error: None } => tracing::info!(%origin, "DNS lookup recovered"),
     }
 }

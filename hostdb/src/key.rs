@@ -31,6 +31,8 @@ pub const DEFAULT_PORT: u16 = 80;
 #[derive(Clone)]
 pub struct OriginKey {
     text: Arc<str>,
+    /// xxh3-64 of `text`, computed once: the hashed key HostDB files it under.
+    hash: u64,
     /// Byte length of the host part inside `text` (brackets excluded for v6).
     host: (u16, u16),
     port: u16,
@@ -43,21 +45,13 @@ impl OriginKey {
     /// [`AddrError`] naming the input when the host is not a valid DNS name or IP literal.
     pub fn new(host: &str, port: u16) -> Result<Self, AddrError> {
         let host = host.trim_end_matches('.');
-        if let Ok(ip) = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-        {
+        if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
             return Ok(Self::from_ip(ip, port));
         }
         validate_hostname(host)?;
         let lower = host.to_ascii_lowercase();
         let text: Arc<str> = format!("{lower}:{port}").into();
-        Ok(Self {
-            host: (0, lower.len() as u16),
-            text,
-            port,
-        })
+        Ok(Self { host: (0, lower.len() as u16), hash: hash64(&text), text, port })
     }
 
     fn from_ip(ip: IpAddr, port: u16) -> Self {
@@ -66,11 +60,7 @@ impl OriginKey {
             IpAddr::V4(v4) => (0, v4.to_string().len() as u16),
             IpAddr::V6(v6) => (1, 1 + v6.to_string().len() as u16),
         };
-        Self {
-            text: sa.into(),
-            host,
-            port,
-        }
+        Self { hash: hash64(&sa), text: sa.into(), host, port }
     }
 
     /// The canonical `host:port` text.
@@ -81,6 +71,27 @@ impl OriginKey {
     /// The host part: a lower-cased name, or an IP literal without brackets.
     pub fn host(&self) -> &str {
         &self.text[self.host.0 as usize..self.host.1 as usize]
+    }
+
+    /// The key's 64-bit hash: xxh3 of the canonical text. xxh3 is a fixed,
+    /// specified function, so every process and every node computes the same
+    /// value (the cluster files shared status under it). Computed once, when
+    /// the key is built.
+    ///
+    /// ```
+    /// let a: vigil_hostdb::OriginKey = "App:80".parse()?;
+    /// assert_eq!(a.hash64(), vigil_hostdb::OriginKey::hash_str("app:80"));
+    /// # Ok::<(), vigil_hostdb::AddrError>(())
+    /// ```
+    #[inline]
+    pub fn hash64(&self) -> u64 {
+        self.hash
+    }
+
+    /// [`OriginKey::hash64`] of a canonical `host:port` text.
+    #[inline]
+    pub fn hash_str(canonical: &str) -> u64 {
+        hash64(canonical)
     }
 
     /// The port.
@@ -124,6 +135,10 @@ impl FromStr for OriginKey {
     }
 }
 
+fn hash64(text: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+}
+
 fn parse_port(p: &str) -> Option<u16> {
     if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -145,10 +160,7 @@ fn validate_hostname(host: &str) -> Result<(), AddrError> {
         if label.is_empty() || label.len() > 63 {
             return bad("each dot-separated label must be 1 to 63 bytes");
         }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             return bad("host names hold only letters, digits, '-' and '_'");
         }
         if label.starts_with('-') || label.ends_with('-') {
@@ -173,9 +185,8 @@ fn validate_hostname(host: &str) -> Result<(), AddrError> {
 /// # Errors
 /// [`AddrError`] when the text is not an IP address with a non-zero port.
 pub fn parse_server_addr(s: &str) -> Result<SocketAddr, AddrError> {
-    let addr: SocketAddr = s
-        .parse()
-        .map_err(|_| AddrError::new(s, "a server is an IP address and port, like 10.0.0.1:8080"))?;
+    let addr: SocketAddr =
+        s.parse().map_err(|_| AddrError::new(s, "a server is an IP address and port, like 10.0.0.1:8080"))?;
     if addr.port() == 0 {
         return Err(AddrError::new(s, "port 0 is not a server port"));
     }
@@ -184,7 +195,7 @@ pub fn parse_server_addr(s: &str) -> Result<SocketAddr, AddrError> {
 
 impl PartialEq for OriginKey {
     fn eq(&self, other: &Self) -> bool {
-        self.text == other.text
+        self.hash == other.hash && (Arc::ptr_eq(&self.text, &other.text) || self.text == other.text)
     }
 }
 impl Eq for OriginKey {}
@@ -225,10 +236,7 @@ mod tests {
         assert_eq!(k.as_str(), "www.example.com:443");
         assert_eq!(k.host(), "www.example.com");
         let k: OriginKey = "[::1]:8080".parse().unwrap();
-        assert_eq!(
-            (k.as_str(), k.host(), k.port()),
-            ("[::1]:8080", "::1", 8080)
-        );
+        assert_eq!((k.as_str(), k.host(), k.port()), ("[::1]:8080", "::1", 8080));
         assert_eq!(k.ip(), Some("::1".parse().unwrap()));
         let k: OriginKey = "10.0.0.1".parse().unwrap();
         assert_eq!((k.as_str(), k.host()), ("10.0.0.1:80", "10.0.0.1"));

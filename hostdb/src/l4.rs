@@ -34,10 +34,7 @@ pub struct L4Policy {
 impl Default for L4Policy {
     /// SPEC's defaults: `fail_threshold = 1`, `down_time = "10s"`.
     fn default() -> Self {
-        Self {
-            fail_threshold: 1,
-            down_time: Duration::from_secs(10),
-        }
+        Self { fail_threshold: 1, down_time: Duration::from_secs(10) }
     }
 }
 
@@ -170,8 +167,7 @@ impl L4Word {
 
     /// Milliseconds until a probe may be claimed, if down.
     pub(crate) fn retry_in_ms(self, now_ms: u64) -> Option<u64> {
-        self.is_down()
-            .then(|| self.until_ms().saturating_sub(now_ms))
+        self.is_down().then(|| self.until_ms().saturating_sub(now_ms))
     }
 }
 
@@ -180,10 +176,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const P: L4Policy = L4Policy {
-        fail_threshold: 3,
-        down_time: Duration::from_secs(10),
-    };
+    const P: L4Policy = L4Policy { fail_threshold: 3, down_time: Duration::from_secs(10) };
 
     #[test]
     fn threshold_down_retry_up() {
@@ -200,27 +193,15 @@ mod tests {
         let claimed = w.claim_probe(&P, 10_300);
         assert!(!claimed.probe_due(10_301), "one probe at a time");
         assert_eq!(claimed.state(10_301), L4State::Retry);
-        assert!(
-            claimed.probe_due(20_300),
-            "a lost probe lapses after down_time"
-        );
+        assert!(claimed.probe_due(20_300), "a lost probe lapses after down_time");
         let again = claimed.on_failure(&P, 10_400);
-        assert_eq!(
-            (again.state(10_400), again.until_ms()),
-            (L4State::Down, 20_400)
-        );
+        assert_eq!((again.state(10_400), again.until_ms()), (L4State::Down, 20_400));
         assert_eq!(again.on_success(), L4Word::UP);
     }
 
     #[test]
     fn late_failure_does_not_extend_down_time() {
-        let w = L4Word::UP.on_failure(
-            &L4Policy {
-                fail_threshold: 1,
-                ..P
-            },
-            0,
-        );
+        let w = L4Word::UP.on_failure(&L4Policy { fail_threshold: 1, ..P }, 0);
         assert_eq!(w.until_ms(), 10_000);
         assert_eq!(w.on_failure(&P, 5_000).until_ms(), 10_000);
     }
@@ -240,12 +221,7 @@ mod tests {
     }
 
     fn ev() -> impl Strategy<Value = Ev> {
-        prop_oneof![
-            Just(Ev::Fail),
-            Just(Ev::Ok),
-            Just(Ev::Claim),
-            (0u64..30_000).prop_map(Ev::Wait)
-        ]
+        prop_oneof![Just(Ev::Fail), Just(Ev::Ok), Just(Ev::Claim), (0u64..30_000).prop_map(Ev::Wait)]
     }
 
     proptest! {

@@ -60,10 +60,7 @@ pub struct L7Policy {
 impl Default for L7Policy {
     /// SPEC's defaults: 2 passes to rise, 3 failures to fall.
     fn default() -> Self {
-        Self {
-            healthy_threshold: 2,
-            unhealthy_threshold: 3,
-        }
+        Self { healthy_threshold: 2, unhealthy_threshold: 3 }
     }
 }
 
@@ -93,20 +90,12 @@ pub struct CheckResult {
 impl CheckResult {
     /// A passing result.
     pub fn pass(detail: impl Into<Arc<str>>, latency: Duration) -> Self {
-        Self {
-            passed: true,
-            detail: detail.into(),
-            latency,
-        }
+        Self { passed: true, detail: detail.into(), latency }
     }
 
     /// A failing result.
     pub fn fail(detail: impl Into<Arc<str>>, latency: Duration) -> Self {
-        Self {
-            passed: false,
-            detail: detail.into(),
-            latency,
-        }
+        Self { passed: false, detail: detail.into(), latency }
     }
 }
 
@@ -164,11 +153,7 @@ impl L7Status {
     /// The status a server starts in: `unknown` when checked, `unchecked` when not.
     pub fn initial(checked: bool) -> Self {
         Self {
-            state: if checked {
-                L7State::Unknown
-            } else {
-                L7State::Unchecked
-            },
+            state: if checked { L7State::Unknown } else { L7State::Unchecked },
             consecutive_passes: 0,
             consecutive_failures: 0,
             last_check: None,
@@ -193,12 +178,7 @@ impl L7Status {
     /// assert_eq!(s.state, L7State::Healthy);
     /// assert_eq!(flip.map(|f| f.from), Some(L7State::Unknown));
     /// ```
-    pub fn apply(
-        &self,
-        result: &CheckResult,
-        policy: &L7Policy,
-        now: Instant,
-    ) -> (Self, Option<L7Flip>) {
+    pub fn apply(&self, result: &CheckResult, policy: &L7Policy, now: Instant) -> (Self, Option<L7Flip>) {
         let (passes, failures) = if result.passed {
             (self.consecutive_passes.saturating_add(1), 0)
         } else {
@@ -211,9 +191,7 @@ impl L7Status {
             s => s,
         };
         let to = match from {
-            L7State::Unknown | L7State::Unhealthy
-                if result.passed && passes >= policy.healthy_threshold =>
-            {
+            L7State::Unknown | L7State::Unhealthy if result.passed && passes >= policy.healthy_threshold => {
                 L7State::Healthy
             }
             L7State::Unknown | L7State::Healthy
@@ -231,10 +209,7 @@ impl L7Status {
             last_result: Some(result.clone()),
             source: Source::Local,
         };
-        let flip = (to != self.state).then_some(L7Flip {
-            from: self.state,
-            to,
-        });
+        let flip = (to != self.state).then_some(L7Flip { from: self.state, to });
         (next, flip)
     }
 }
@@ -245,56 +220,30 @@ mod tests {
     use proptest::prelude::*;
 
     fn r(passed: bool) -> CheckResult {
-        CheckResult {
-            passed,
-            detail: "x".into(),
-            latency: Duration::ZERO,
-        }
+        CheckResult { passed, detail: "x".into(), latency: Duration::ZERO }
     }
 
     #[test]
     fn rise_and_fall_with_hysteresis() {
-        let p = L7Policy {
-            healthy_threshold: 2,
-            unhealthy_threshold: 3,
-        };
+        let p = L7Policy { healthy_threshold: 2, unhealthy_threshold: 3 };
         let now = tokio::time::Instant::now().into_std();
         let mut s = L7Status::initial(true);
         let mut flips = vec![];
-        for passed in [
-            true, false, true, true, false, false, true, false, false, false, true, true,
-        ] {
+        for passed in [true, false, true, true, false, false, true, false, false, false, true, true] {
             let (n, f) = s.apply(&r(passed), &p, now);
             flips.extend(f.map(|f| (f.from, f.to)));
             s = n;
         }
         use L7State::*;
-        assert_eq!(
-            flips,
-            vec![
-                (Unknown, Healthy),
-                (Healthy, Unhealthy),
-                (Unhealthy, Healthy)
-            ]
-        );
+        assert_eq!(flips, vec![(Unknown, Healthy), (Healthy, Unhealthy), (Unhealthy, Healthy)]);
     }
 
     #[test]
     fn unchecked_server_starts_from_unknown() {
-        let p = L7Policy {
-            healthy_threshold: 1,
-            unhealthy_threshold: 1,
-        };
-        let (s, f) =
-            L7Status::initial(false).apply(&r(false), &p, tokio::time::Instant::now().into_std());
+        let p = L7Policy { healthy_threshold: 1, unhealthy_threshold: 1 };
+        let (s, f) = L7Status::initial(false).apply(&r(false), &p, tokio::time::Instant::now().into_std());
         assert_eq!(s.state, L7State::Unhealthy);
-        assert_eq!(
-            f,
-            Some(L7Flip {
-                from: L7State::Unchecked,
-                to: L7State::Unhealthy
-            })
-        );
+        assert_eq!(f, Some(L7Flip { from: L7State::Unchecked, to: L7State::Unhealthy }));
     }
 
     proptest! {

@@ -23,25 +23,26 @@
 //!
 //! ```
 //! use std::time::Instant;
-//! use vigil_hostdb::{Attempt, HostDb, HostDbConfig, L4State, OriginSpec, SelectError};
+//! use vigil_hostdb::{Attempt, HostDb, HostDbConfig, L4State, OriginKey, OriginSpec, SelectError};
 //!
 //! let db = HostDb::new();
+//! let app: OriginKey = "app.internal:8080".parse()?;
 //! let servers = vec!["127.0.0.2:8080".parse()?, "127.0.0.3:8080".parse()?];
 //! db.apply(&HostDbConfig {
-//!     origins: vec![OriginSpec::with_servers("app.internal:8080".parse()?, servers)],
+//!     origins: vec![OriginSpec::with_servers(app.clone(), servers)],
 //!     ..Default::default()
 //! })?;
 //!
 //! // The request path: pick, send, report.
 //! let now = Instant::now();
 //! let mut attempt = Attempt::new();
-//! let pick = db.select("app.internal:8080", &mut attempt, now)?;
+//! let pick = db.select(&app, &mut attempt, now)?;
 //! // ... connecting failed: count an L4 failure (fail_threshold = 1 takes it down) ...
 //! assert_eq!(pick.server().report_l4_failure(now), L4State::Down);
 //! // ... and retry on another server; the attempt never repeats one.
-//! let retry = db.select("app.internal:8080", &mut attempt, now)?;
+//! let retry = db.select(&app, &mut attempt, now)?;
 //! assert_ne!(retry.addr(), pick.addr());
-//! assert_eq!(db.select("app.internal:8080", &mut attempt, now).unwrap_err(), SelectError::Exhausted);
+//! assert_eq!(db.select(&app, &mut attempt, now).unwrap_err(), SelectError::Exhausted);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!

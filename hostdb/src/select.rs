@@ -35,9 +35,9 @@ impl std::str::FromStr for LbPolicy {
             "round_robin" => Ok(Self::RoundRobin),
             "least_requests" => Ok(Self::LeastRequests),
             "consistent_hash" => Ok(Self::ConsistentHash),
-            other => Err(format!(
-                "unknown lb {other:?}: expected round_robin, least_requests or consistent_hash"
-            )),
+            other => {
+                Err(format!("unknown lb {other:?}: expected round_robin, least_requests or consistent_hash"))
+            }
         }
     }
 }
@@ -63,10 +63,7 @@ pub struct Attempt {
 
 impl fmt::Debug for Attempt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Attempt")
-            .field("tried", &self.tried())
-            .field("hash", &self.hash)
-            .finish()
+        f.debug_struct("Attempt").field("tried", &self.tried()).field("hash", &self.hash).finish()
     }
 }
 
@@ -118,10 +115,7 @@ pub struct Pick {
 
 impl fmt::Debug for Pick {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pick")
-            .field("server", &self.server.addr())
-            .field("probe", &self.probe)
-            .finish()
+        f.debug_struct("Pick").field("server", &self.server.addr()).field("probe", &self.probe).finish()
     }
 }
 
@@ -129,10 +123,7 @@ impl Pick {
     pub(crate) fn new(server: &Arc<Server>, probe: bool, attempt: &mut Attempt) -> Self {
         server.in_flight_add();
         attempt.push(server.id());
-        Self {
-            server: Arc::clone(server),
-            probe,
-        }
+        Self { server: Arc::clone(server), probe }
     }
 
     /// The server's address.
@@ -166,11 +157,7 @@ pub(crate) struct LazyMs {
 
 impl LazyMs {
     pub(crate) fn new(epoch: Epoch, now: Instant) -> Self {
-        Self {
-            epoch,
-            now,
-            ms: None,
-        }
+        Self { epoch, now, ms: None }
     }
     pub(crate) fn get(&mut self) -> u64 {
         *self.ms.get_or_insert_with(|| self.epoch.ms(self.now))
@@ -244,9 +231,7 @@ pub(crate) fn least_requests(
     }
     match scan(servers, b, attempt, clock) {
         Some(second) if second.1 => Some(second),
-        Some(second) if servers[second.0].in_flight() < servers[first.0].in_flight() => {
-            Some(second)
-        }
+        Some(second) if servers[second.0].in_flight() < servers[first.0].in_flight() => Some(second),
         _ => Some(first),
     }
 }
@@ -289,9 +274,7 @@ impl Ring {
             }
         }
         points.sort_unstable();
-        Self {
-            points: points.into(),
-        }
+        Self { points: points.into() }
     }
 
     /// Walks clockwise from `hash` to the first server that can take the request.

@@ -150,9 +150,7 @@ impl Server {
     /// How long until an L4-down server may be retried (zero in `retry`), or
     /// `None` when it is up.
     pub fn l4_down_for(&self, now: Instant) -> Option<Duration> {
-        self.l4_word()
-            .retry_in_ms(self.hub.epoch.ms(now))
-            .map(Duration::from_millis)
+        self.l4_word().retry_in_ms(self.hub.epoch.ms(now)).map(Duration::from_millis)
     }
 
     fn l4_word(&self) -> L4Word {
@@ -198,9 +196,7 @@ impl Server {
             return false;
         }
         let next = cur.claim_probe(&policy, now_ms);
-        self.l4
-            .compare_exchange(cur.0, next.0, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        self.l4.compare_exchange(cur.0, next.0, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
     /// Records an L4 failure (connect refused or timed out, read or write
@@ -211,10 +207,7 @@ impl Server {
         let mut cur = self.l4_word();
         loop {
             let next = cur.on_failure(&policy, now_ms);
-            match self
-                .l4
-                .compare_exchange_weak(cur.0, next.0, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match self.l4.compare_exchange_weak(cur.0, next.0, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
                     let (from, to) = (cur.state(now_ms), next.state(now_ms));
                     if from != to || (cur.is_probing() && next.is_down()) {
@@ -257,12 +250,7 @@ impl Server {
     /// Records a local health-check result under `policy` at `now`. A passing
     /// check also clears L4 failures (SPEC: "a passing L7 check also clears
     /// L4-down"). Returns the flip, if the L7 state changed.
-    pub fn record_check(
-        &self,
-        result: &CheckResult,
-        policy: &L7Policy,
-        now: Instant,
-    ) -> Option<L7Flip> {
+    pub fn record_check(&self, result: &CheckResult, policy: &L7Policy, now: Instant) -> Option<L7Flip> {
         let flip = {
             let _w = self.l7_writer.lock();
             let (next, flip) = self.l7.load().apply(result, policy, now);
@@ -283,11 +271,7 @@ impl Server {
     /// the flip, if the state changed.
     pub fn set_l7(&self, status: L7Status) -> Option<L7Flip> {
         let (reason, source, to) = (
-            status
-                .last_result
-                .as_ref()
-                .map(|r| r.detail.clone())
-                .unwrap_or_else(|| "".into()),
+            status.last_result.as_ref().map(|r| r.detail.clone()).unwrap_or_else(|| "".into()),
             status.source.clone(),
             status.state,
         );

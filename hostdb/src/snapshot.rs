@@ -143,10 +143,7 @@ fn ms(d: Duration) -> u64 {
 pub(crate) fn build(origins: &[Arc<Origin>], now: Instant) -> HostsView {
     let mut out: Vec<OriginView> = origins.iter().map(|o| origin_view(o, now)).collect();
     out.sort_by(|a, b| a.origin.as_str().cmp(b.origin.as_str()));
-    HostsView {
-        node: String::new(),
-        origins: out,
-    }
+    HostsView { node: String::new(), origins: out }
 }
 
 fn origin_view(o: &Origin, now: Instant) -> OriginView {

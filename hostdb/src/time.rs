@@ -30,9 +30,5 @@ impl Epoch {
 /// Duration to whole milliseconds, rounded up so a non-zero wait never becomes zero.
 pub(crate) fn ceil_ms(d: Duration) -> u64 {
     let ms = d.as_millis() as u64;
-    if Duration::from_millis(ms) < d {
-        ms + 1
-    } else {
-        ms
-    }
+    if Duration::from_millis(ms) < d { ms + 1 } else { ms }
 }

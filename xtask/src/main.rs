@@ -1,1 +1,169 @@
-fn main() {}
+//! `cargo xtask`: the project's automation. `cargo xtask ci` is the one gate.
+//!
+//! ```text
+//! cargo xtask ci            fmt, clippy, tests, docs, layering, perf (in that order; stops at the first failure)
+//! cargo xtask fmt|clippy|test|doc|layering|perf   one step
+//! cargo xtask perf --bless  re-measure and write benches/perf-baseline.json
+//! cargo xtask bench [ARGS]  the criterion suite (wall-clock figures; not a gate)
+//! ```
+
+// A command-line tool: printing is its job, and it times real steps on the wall clock.
+#![allow(clippy::print_stdout, clippy::disallowed_methods)]
+
+mod layering;
+mod perf;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = project_root();
+    std::env::set_current_dir(&root)?;
+    let (cmd, rest) = args.split_first().map(|(c, r)| (c.as_str(), r)).unwrap_or(("help", &[]));
+    match cmd {
+        "ci" => {
+            let start = Instant::now();
+            for (name, step) in STEPS {
+                timed(name, || step(&root))?;
+            }
+            println!("xtask ci: all steps passed in {:.0?}", start.elapsed());
+            // The closing line CI reads: the test totals of the whole workspace.
+            let (passed, failed) = *TEST_TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+            println!("tests: {passed} passed, {failed} failed");
+            Ok(())
+        }
+        "perf" => perf::run(&root, rest.iter().any(|a| a == "--bless")),
+        "bench" => {
+            let mut args = vec!["bench", "-p", "vigil-benches"];
+            args.extend(rest.iter().map(String::as_str));
+            cargo(&args, &[])
+        }
+        "help" | "-h" | "--help" => {
+            println!("{}", HELP);
+            Ok(())
+        }
+        other => match STEPS.iter().find(|(n, _)| *n == other) {
+            Some((name, step)) => timed(name, || step(&root)),
+            None => bail!("unknown task {other:?}\n{HELP}"),
+        },
+    }
+}
+
+const HELP: &str =
+    "usage: cargo xtask <ci | fmt | clippy | test | doc | layering | perf [--bless] | bench [ARGS]>";
+
+type Step = fn(&Path) -> Result<()>;
+
+const STEPS: &[(&str, Step)] = &[
+    ("fmt", |_| cargo(&["fmt", "--all", "--", "--check"], &[])),
+    ("clippy", |_| cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])),
+    ("test", |_| run_tests()),
+    ("doc", |_| cargo(&["doc", "--workspace", "--no-deps"], &[("RUSTDOCFLAGS", "-D warnings")])),
+    ("layering", layering::check),
+    ("perf", |root| perf::run(root, false)),
+];
+
+/// Passed and failed tests of the last `test` step, summed over every binary.
+// A std Mutex in a static needs no dependency here; xtask never contends it.
+#[allow(clippy::disallowed_types)]
+static TEST_TOTALS: std::sync::Mutex<(u64, u64)> = std::sync::Mutex::new((0, 0));
+
+/// `cargo test --workspace`, echoing its output and summing its result lines.
+fn run_tests() -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(&cargo)
+        .args(["test", "--workspace"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some((p, f)) = parse_result_line(&line) {
+                passed += p;
+                failed += f;
+            }
+        }
+    }
+    let status = child.wait()?;
+    *TEST_TOTALS.lock().unwrap_or_else(|e| e.into_inner()) = (passed, failed);
+    println!("cargo test: {passed} passed, {failed} failed in all");
+    if !status.success() {
+        bail!("`cargo test --workspace` failed ({status})");
+    }
+    if passed == 0 {
+        bail!("`cargo test --workspace` ran no test");
+    }
+    Ok(())
+}
+
+/// `test result: ok. 21 passed; 0 failed; ...` -> (21, 0).
+fn parse_result_line(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let num = |word: &str| -> Option<u64> {
+        rest.split(';')
+            .find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse().ok())
+    };
+    Some((num("passed")?, num("failed")?))
+}
+
+fn timed(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    println!("==> xtask {name}");
+    let start = Instant::now();
+    f().with_context(|| format!("step `{name}` failed"))?;
+    println!("==> xtask {name}: ok ({:.1?})", start.elapsed());
+    Ok(())
+}
+
+/// Runs cargo with `args` and extra environment; fails if it fails.
+pub(crate) fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .envs(env.iter().copied())
+        .status()
+        .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Output of a cargo command that must succeed.
+pub(crate) fn cargo_output(args: &[&str]) -> Result<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(&cargo)
+        .args(args)
+        .output()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!("`cargo {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn project_root() -> PathBuf {
+    let dir =
+        std::env::var("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("xtask"));
+    dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_cargo_test_result_lines() {
+        let line =
+            "test result: ok. 21 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.12s";
+        assert_eq!(super::parse_result_line(line), Some((21, 0)));
+        let line = "test result: FAILED. 20 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!(super::parse_result_line(line), Some((20, 1)));
+        assert_eq!(super::parse_result_line("running 3 tests"), None);
+    }
+}

@@ -11,19 +11,8 @@ use crate::{addrs, db_with, now};
 #[test]
 fn readers_never_see_a_server_that_is_out_while_writers_storm() {
     let s = addrs(8, 80);
-    for lb in [
-        LbPolicy::RoundRobin,
-        LbPolicy::LeastRequests,
-        LbPolicy::ConsistentHash,
-    ] {
-        let db = db_with(
-            s.clone(),
-            lb,
-            L4Policy {
-                fail_threshold: 2,
-                down_time: Duration::from_secs(3600),
-            },
-        );
+    for lb in [LbPolicy::RoundRobin, LbPolicy::LeastRequests, LbPolicy::ConsistentHash] {
+        let db = db_with(s.clone(), lb, L4Policy { fail_threshold: 2, down_time: Duration::from_secs(3600) });
         let origin = db.origin("app:80").unwrap();
         // Servers 0..4 are out for the whole test, each in a different way.
         origin.server(s[0]).unwrap().set_maintenance(true);
@@ -46,10 +35,7 @@ fn readers_never_see_a_server_that_is_out_while_writers_storm() {
                 let (origin, stop) = (Arc::clone(&origin), Arc::clone(&stop));
                 let s = s.clone();
                 scope.spawn(move || {
-                    let policy = L7Policy {
-                        healthy_threshold: 1,
-                        unhealthy_threshold: 1000,
-                    };
+                    let policy = L7Policy { healthy_threshold: 1, unhealthy_threshold: 1000 };
                     let mut i = w;
                     while !stop.load(Ordering::Relaxed) {
                         let server = origin.server(s[4 + i % 4]).unwrap();
@@ -81,13 +67,9 @@ fn readers_never_see_a_server_that_is_out_while_writers_storm() {
                     for i in 0..50_000u64 {
                         let key = (i ^ r).to_le_bytes();
                         let mut attempt = Attempt::new().with_hash_key(&key);
-                        match db.select("app:80", &mut attempt, now()) {
+                        match db.select(&crate::k("app:80"), &mut attempt, now()) {
                             Ok(p) => {
-                                assert!(
-                                    !out.contains(&p.addr()),
-                                    "{lb:?} picked {} which is out",
-                                    p.addr()
-                                );
+                                assert!(!out.contains(&p.addr()), "{lb:?} picked {} which is out", p.addr());
                                 picks.fetch_add(1, Ordering::Relaxed);
                             }
                             // A writer may hold a server at one failure below
@@ -100,10 +82,7 @@ fn readers_never_see_a_server_that_is_out_while_writers_storm() {
             }
         });
         assert_eq!(picks.load(Ordering::Relaxed), 100_000);
-        assert!(
-            origin.servers().iter().all(|s| s.in_flight() == 0),
-            "every pick released"
-        );
+        assert!(origin.servers().iter().all(|s| s.in_flight() == 0), "every pick released");
     }
 }
 
@@ -111,11 +90,7 @@ fn readers_never_see_a_server_that_is_out_while_writers_storm() {
 async fn exactly_one_of_many_racing_requests_gets_the_retry_probe() {
     let s = addrs(1, 80);
     let db = db_with(s.clone(), LbPolicy::RoundRobin, L4Policy::default());
-    db.origin("app:80")
-        .unwrap()
-        .server(s[0])
-        .unwrap()
-        .report_l4_failure(now());
+    db.origin("app:80").unwrap().server(s[0]).unwrap().report_l4_failure(now());
     tokio::time::advance(Duration::from_secs(10)).await;
     for _round in 0..20 {
         let t = now();
@@ -126,29 +101,16 @@ async fn exactly_one_of_many_racing_requests_gets_the_retry_probe() {
                     let (db, barrier) = (db.clone(), Arc::clone(&barrier));
                     scope.spawn(move || {
                         barrier.wait();
-                        db.select("app:80", &mut Attempt::new(), t)
-                            .map(|p| p.is_probe())
+                        db.select(&crate::k("app:80"), &mut Attempt::new(), t).map(|p| p.is_probe())
                     })
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        assert_eq!(
-            results.iter().filter(|r| matches!(r, Ok(true))).count(),
-            1,
-            "{results:?}"
-        );
-        assert!(
-            results
-                .iter()
-                .all(|r| matches!(r, Ok(true) | Err(SelectError::NoneRoutable { .. })))
-        );
+        assert_eq!(results.iter().filter(|r| matches!(r, Ok(true))).count(), 1, "{results:?}");
+        assert!(results.iter().all(|r| matches!(r, Ok(true) | Err(SelectError::NoneRoutable { .. }))));
         // The probe failed: down again, and due for the next round.
-        db.origin("app:80")
-            .unwrap()
-            .server(s[0])
-            .unwrap()
-            .report_l4_failure(t);
+        db.origin("app:80").unwrap().server(s[0]).unwrap().report_l4_failure(t);
         tokio::time::advance(Duration::from_secs(10)).await;
     }
 }

@@ -14,15 +14,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use vigil_hostdb::{
-    Event, HostDb, HostDbConfig, L4Policy, L7Policy, LbPolicy, OriginSpec, ServerSource,
-};
+use vigil_hostdb::{Event, HostDb, HostDbConfig, L4Policy, L7Policy, LbPolicy, OriginSpec, ServerSource};
 
 /// `n` loopback servers 127.0.0.2.. on `port`.
 pub(crate) fn addrs(n: u8, port: u16) -> Vec<SocketAddr> {
-    (0..n)
-        .map(|i| SocketAddr::from(([127, 0, 0, 2 + i], port)))
-        .collect()
+    (0..n).map(|i| SocketAddr::from(([127, 0, 0, 2 + i], port))).collect()
 }
 
 pub(crate) fn spec(key: &str, servers: Vec<SocketAddr>, lb: LbPolicy) -> OriginSpec {
@@ -37,11 +33,7 @@ pub(crate) fn spec(key: &str, servers: Vec<SocketAddr>, lb: LbPolicy) -> OriginS
 /// A HostDb with one origin `app:80`.
 pub(crate) fn db_with(servers: Vec<SocketAddr>, lb: LbPolicy, l4: L4Policy) -> HostDb {
     let db = HostDb::new();
-    db.apply(&HostDbConfig {
-        l4,
-        origins: vec![spec("app:80", servers, lb)],
-    })
-    .unwrap();
+    db.apply(&HostDbConfig { l4, origins: vec![spec("app:80", servers, lb)] }).unwrap();
     db
 }
 
@@ -64,4 +56,9 @@ impl Recorder {
     pub(crate) fn take(&self) -> Vec<Event> {
         std::mem::take(&mut *self.0.lock())
     }
+}
+
+/// An origin key from text.
+pub(crate) fn k(s: &str) -> vigil_hostdb::OriginKey {
+    s.parse().unwrap()
 }

@@ -8,7 +8,7 @@ use crate::{Recorder, addrs, db_with, now};
 fn split(db: &vigil_hostdb::HostDb, n: usize) -> HashMap<std::net::SocketAddr, usize> {
     let mut counts = HashMap::new();
     for _ in 0..n {
-        let pick = db.select("app:80", &mut Attempt::new(), now()).unwrap();
+        let pick = db.select(&crate::k("app:80"), &mut Attempt::new(), now()).unwrap();
         *counts.entry(pick.addr()).or_default() += 1;
     }
     counts
@@ -43,10 +43,7 @@ fn l7_unhealthy_is_not_routable_and_recovers() {
     assert!(!split(&db, 50).contains_key(&s[0]));
     let pass = CheckResult::pass("200", Duration::from_millis(1));
     origin.record_check(&server, &pass, t);
-    assert!(
-        !server.is_routable(t),
-        "one pass is below healthy_threshold"
-    );
+    assert!(!server.is_routable(t), "one pass is below healthy_threshold");
     origin.record_check(&server, &pass, t);
     assert!(server.is_routable(t));
     assert_eq!(split(&db, 50)[&s[0]], 25);
@@ -55,10 +52,7 @@ fn l7_unhealthy_is_not_routable_and_recovers() {
 #[tokio::test(start_paused = true)]
 async fn l4_down_then_one_retry_probe_then_up() {
     let s = addrs(2, 80);
-    let policy = L4Policy {
-        fail_threshold: 2,
-        down_time: Duration::from_secs(10),
-    };
+    let policy = L4Policy { fail_threshold: 2, down_time: Duration::from_secs(10) };
     let db = db_with(s.clone(), LbPolicy::RoundRobin, policy);
     let events = Recorder::attach(&db);
     let server = db.origin("app:80").unwrap().server(s[0]).unwrap();
@@ -67,12 +61,7 @@ async fn l4_down_then_one_retry_probe_then_up() {
     assert_eq!(server.report_l4_failure(now()), L4State::Down);
     assert!(matches!(
         events.take()[..],
-        [Event::L4 {
-            from: L4State::Up,
-            to: L4State::Down,
-            consecutive_failures: 2,
-            ..
-        }]
+        [Event::L4 { from: L4State::Up, to: L4State::Down, consecutive_failures: 2, .. }]
     ));
     assert!(!split(&db, 20).contains_key(&s[0]));
 
@@ -82,9 +71,8 @@ async fn l4_down_then_one_retry_probe_then_up() {
     assert_eq!(server.l4_state(now()), L4State::Retry);
 
     // Exactly one request probes it; the others go elsewhere meanwhile.
-    let picks: Vec<_> = (0..10)
-        .map(|_| db.select("app:80", &mut Attempt::new(), now()).unwrap())
-        .collect();
+    let picks: Vec<_> =
+        (0..10).map(|_| db.select(&crate::k("app:80"), &mut Attempt::new(), now()).unwrap()).collect();
     let probes: Vec<_> = picks.iter().filter(|p| p.addr() == s[0]).collect();
     assert_eq!(probes.len(), 1);
     assert!(probes[0].is_probe());
@@ -96,7 +84,7 @@ async fn l4_down_then_one_retry_probe_then_up() {
 
     tokio::time::advance(Duration::from_secs(10)).await;
     let probe = loop {
-        let p = db.select("app:80", &mut Attempt::new(), now()).unwrap();
+        let p = db.select(&crate::k("app:80"), &mut Attempt::new(), now()).unwrap();
         if p.is_probe() {
             break p;
         }
@@ -104,17 +92,7 @@ async fn l4_down_then_one_retry_probe_then_up() {
     probe.server().report_l4_success(now());
     assert_eq!(server.l4_state(now()), L4State::Up);
     let ev = events.take();
-    assert!(
-        matches!(
-            ev.last(),
-            Some(Event::L4 {
-                from: L4State::Retry,
-                to: L4State::Up,
-                ..
-            })
-        ),
-        "{ev:?}"
-    );
+    assert!(matches!(ev.last(), Some(Event::L4 { from: L4State::Retry, to: L4State::Up, .. })), "{ev:?}");
     assert_eq!(split(&db, 20)[&s[0]], 10);
 }
 
@@ -125,19 +103,15 @@ async fn a_lost_probe_lapses_after_down_time() {
     let server = db.origin("app:80").unwrap().server(s[0]).unwrap();
     server.report_l4_failure(now());
     tokio::time::advance(Duration::from_secs(10)).await;
-    let probe = db.select("app:80", &mut Attempt::new(), now()).unwrap();
+    let probe = db.select(&crate::k("app:80"), &mut Attempt::new(), now()).unwrap();
     assert!(probe.is_probe());
     drop(probe); // cancelled: never reports
     assert!(matches!(
-        db.select("app:80", &mut Attempt::new(), now()),
+        db.select(&crate::k("app:80"), &mut Attempt::new(), now()),
         Err(SelectError::NoneRoutable { .. })
     ));
     tokio::time::advance(Duration::from_secs(10)).await;
-    assert!(
-        db.select("app:80", &mut Attempt::new(), now())
-            .unwrap()
-            .is_probe()
-    );
+    assert!(db.select(&crate::k("app:80"), &mut Attempt::new(), now()).unwrap().is_probe());
 }
 
 #[tokio::test(start_paused = true)]
@@ -157,8 +131,7 @@ async fn errors_say_what_the_client_gets() {
     let s = addrs(2, 80);
     let db = db_with(s.clone(), LbPolicy::RoundRobin, L4Policy::default());
     assert_eq!(
-        db.select("nope:80", &mut Attempt::new(), now())
-            .unwrap_err(),
+        db.select(&crate::k("nope:80"), &mut Attempt::new(), now()).unwrap_err(),
         SelectError::UnknownOrigin
     );
 
@@ -168,38 +141,32 @@ async fn errors_say_what_the_client_gets() {
     tokio::time::advance(Duration::from_secs(3)).await;
     // 503 with Retry-After: when the L4-down server comes up for retry.
     assert_eq!(
-        db.select("app:80", &mut Attempt::new(), now()).unwrap_err(),
-        SelectError::NoneRoutable {
-            retry_after: Some(Duration::from_secs(7))
-        }
+        db.select(&crate::k("app:80"), &mut Attempt::new(), now()).unwrap_err(),
+        SelectError::NoneRoutable { retry_after: Some(Duration::from_secs(7)) }
     );
     origin.server(s[1]).unwrap().set_maintenance(true);
     assert_eq!(
-        db.select("app:80", &mut Attempt::new(), now()).unwrap_err(),
+        db.select(&crate::k("app:80"), &mut Attempt::new(), now()).unwrap_err(),
         SelectError::NoneRoutable { retry_after: None }
     );
 }
 
 #[test]
 fn retries_never_repeat_a_server() {
-    for lb in [
-        LbPolicy::RoundRobin,
-        LbPolicy::LeastRequests,
-        LbPolicy::ConsistentHash,
-    ] {
+    for lb in [LbPolicy::RoundRobin, LbPolicy::LeastRequests, LbPolicy::ConsistentHash] {
         let s = addrs(4, 80);
         let db = db_with(s.clone(), lb, L4Policy::default());
         for _ in 0..50 {
             let mut attempt = Attempt::new().with_hash_key(b"/x");
             let mut seen = Vec::new();
             for _ in 0..4 {
-                seen.push(db.select("app:80", &mut attempt, now()).unwrap().addr());
+                seen.push(db.select(&crate::k("app:80"), &mut attempt, now()).unwrap().addr());
             }
             seen.sort();
             seen.dedup();
             assert_eq!(seen.len(), 4, "{lb:?}");
             assert_eq!(
-                db.select("app:80", &mut attempt, now()).unwrap_err(),
+                db.select(&crate::k("app:80"), &mut attempt, now()).unwrap_err(),
                 SelectError::Exhausted
             );
         }
@@ -214,23 +181,18 @@ fn least_requests_prefers_fewer_in_flight() {
     // choices, so every new pick must go to s[1] while it has fewer.
     let origin = db.origin("app:80").unwrap();
     origin.server(s[1]).unwrap().set_maintenance(true);
-    let held: Vec<_> = (0..5)
-        .map(|_| db.select("app:80", &mut Attempt::new(), now()).unwrap())
-        .collect();
+    let held: Vec<_> =
+        (0..5).map(|_| db.select(&crate::k("app:80"), &mut Attempt::new(), now()).unwrap()).collect();
     origin.server(s[1]).unwrap().set_maintenance(false);
     let mut more = Vec::new();
     for _ in 0..5 {
-        let p = db.select("app:80", &mut Attempt::new(), now()).unwrap();
+        let p = db.select(&crate::k("app:80"), &mut Attempt::new(), now()).unwrap();
         assert_eq!(p.addr(), s[1]);
         more.push(p);
     }
     assert_eq!(origin.server(s[0]).unwrap().in_flight(), 5);
     drop(held);
-    assert_eq!(
-        origin.server(s[0]).unwrap().in_flight(),
-        0,
-        "picks release in-flight on drop"
-    );
+    assert_eq!(origin.server(s[0]).unwrap().in_flight(), 0, "picks release in-flight on drop");
 }
 
 #[test]
@@ -241,13 +203,9 @@ fn consistent_hash_is_sticky_and_a_leaving_server_remaps_only_its_share() {
     let place = |db: &vigil_hostdb::HostDb| -> Vec<std::net::SocketAddr> {
         keys.iter()
             .map(|k| {
-                db.select(
-                    "app:80",
-                    &mut Attempt::new().with_hash_key(k.as_bytes()),
-                    now(),
-                )
-                .unwrap()
-                .addr()
+                db.select(&crate::k("app:80"), &mut Attempt::new().with_hash_key(k.as_bytes()), now())
+                    .unwrap()
+                    .addr()
             })
             .collect()
     };
@@ -257,17 +215,10 @@ fn consistent_hash_is_sticky_and_a_leaving_server_remaps_only_its_share() {
     for a in &before {
         *share.entry(*a).or_default() += 1;
     }
-    assert!(
-        share.values().all(|&n| (250..=550).contains(&n)),
-        "uneven ring: {share:?}"
-    );
+    assert!(share.values().all(|&n| (250..=550).contains(&n)), "uneven ring: {share:?}");
 
     // s[2] taken out of service: only its keys move.
-    db.origin("app:80")
-        .unwrap()
-        .server(s[2])
-        .unwrap()
-        .set_maintenance(true);
+    db.origin("app:80").unwrap().server(s[2]).unwrap().set_maintenance(true);
     let during = place(&db);
     for (b, d) in before.iter().zip(&during) {
         if *b != s[2] {

@@ -18,24 +18,18 @@ async fn hosts_json_carries_every_spec_field() {
     let server = origin.server(s[0]).unwrap();
     origin.touch(now());
     origin.set_checking(true);
-    origin.record_check(
-        &server,
-        &CheckResult::pass("200", Duration::from_micros(1200)),
-        now(),
-    );
-    let _held = db.select("app:8080", &mut Attempt::new(), now()).unwrap();
+    origin.record_check(&server, &CheckResult::pass("200", Duration::from_micros(1200)), now());
+    let _held = db.select(&crate::k("app:8080"), &mut Attempt::new(), now()).unwrap();
     origin.server(s[1]).unwrap().report_l4_failure(now());
     tokio::time::advance(Duration::from_millis(800)).await;
 
     let mut view = db.snapshot(now());
     view.node = "edge-1".into();
-    view.fill_pool(|_, addr| {
-        if addr == s[0] {
-            PoolView { idle: 3, in_use: 1 }
-        } else {
-            PoolView::default()
-        }
-    });
+    view.fill_pool(
+        |_, addr| {
+            if addr == s[0] { PoolView { idle: 3, in_use: 1 } } else { PoolView::default() }
+        },
+    );
     let json: Value = serde_json::to_value(&view).unwrap();
 
     assert_eq!(json["node"], "edge-1");
@@ -47,10 +41,7 @@ async fn hosts_json_carries_every_spec_field() {
     assert_eq!(a["addr"], "127.0.0.2:8080");
     assert_eq!(a["routable"], true);
     assert_eq!(a["maintenance"], false);
-    assert_eq!(
-        a["l4"],
-        serde_json::json!({"state": "up", "consecutive_failures": 0, "down_for_ms": 0})
-    );
+    assert_eq!(a["l4"], serde_json::json!({"state": "up", "consecutive_failures": 0, "down_for_ms": 0}));
     let l7 = &a["l7"];
     assert_eq!(l7["state"], "unknown");
     assert_eq!(l7["consecutive_passes"], 1);
@@ -65,10 +56,7 @@ async fn hosts_json_carries_every_spec_field() {
 
     let b = &o["servers"][1];
     assert_eq!(b["routable"], false);
-    assert_eq!(
-        b["l4"],
-        serde_json::json!({"state": "down", "consecutive_failures": 1, "down_for_ms": 9200})
-    );
+    assert_eq!(b["l4"], serde_json::json!({"state": "down", "consecutive_failures": 1, "down_for_ms": 9200}));
     assert_eq!(b["l7"]["state"], "unknown");
     assert_eq!(b["l7"]["last_result"], Value::Null);
 }

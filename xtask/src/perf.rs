@@ -1,0 +1,118 @@
+//! The performance gate: instruction counts under callgrind against the
+//! committed `benches/perf-baseline.json`.
+//!
+//! Wall-clock time on a shared 2-core machine moves by ±20% run to run;
+//! instruction counts of the same binary on the same input do not. Each
+//! scenario of `vigil-perf` runs under `valgrind --tool=callgrind` with
+//! collection switched on only inside its measured loop, and the count per
+//! iteration is compared with the baseline: more than `tolerance_pct` above
+//! fails; more than that below asks for `--bless` so the gain is locked in.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+const BASELINE: &str = "benches/perf-baseline.json";
+const DEFAULT_TOLERANCE_PCT: f64 = 2.0;
+
+pub(crate) fn run(root: &Path, bless: bool) -> Result<()> {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        bail!(
+            "valgrind is not installed (Debian: apt-get install -y valgrind); the perf gate counts instructions with it"
+        );
+    }
+    crate::cargo(&["build", "--release", "--quiet", "-p", "vigil-benches", "--bin", "vigil-perf"], &[])?;
+    let bin = root.join("target/release/vigil-perf");
+    let list = Command::new(&bin).arg("list").output().context("listing scenarios")?;
+    let list = String::from_utf8(list.stdout)?;
+    let tmp = std::env::temp_dir().join(format!("vigil-perf-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+
+    let mut measured = BTreeMap::new();
+    for line in list.lines() {
+        let mut cols = line.split('\t');
+        let (Some(name), Some(iters)) = (cols.next(), cols.next()) else { continue };
+        let iters: f64 = iters.parse().with_context(|| format!("iterations of {name}"))?;
+        let out = tmp.join(format!("{name}.callgrind"));
+        let status = Command::new("valgrind")
+            .args(["--tool=callgrind", "--toggle-collect=*perf_measured_region*"])
+            .arg(format!("--callgrind-out-file={}", out.display()))
+            .arg(&bin)
+            .arg(name)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .context("running valgrind")?;
+        if !status.success() {
+            bail!("vigil-perf {name} failed under valgrind ({status})");
+        }
+        let total = totals(&std::fs::read_to_string(&out)?)
+            .with_context(|| format!("no totals in {}", out.display()))?;
+        measured.insert(name.to_string(), (total as f64 / iters * 10.0).round() / 10.0);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+
+    let path = root.join(BASELINE);
+    let old: Value =
+        std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(json!({}));
+    let tolerance = old["tolerance_pct"].as_f64().unwrap_or(DEFAULT_TOLERANCE_PCT);
+    if bless {
+        let doc = json!({
+            "about": "Instructions per iteration of each vigil-perf scenario under callgrind. Written by `cargo xtask perf --bless`; checked by `cargo xtask ci`.",
+            "tolerance_pct": tolerance,
+            "instructions": measured,
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")?;
+        println!("perf: wrote {BASELINE}");
+    }
+
+    let mut failures = Vec::new();
+    let mut improved = Vec::new();
+    println!("{:<26} {:>12} {:>12} {:>8}", "scenario", "baseline", "now", "change");
+    for (name, now) in &measured {
+        let base = old["instructions"][name].as_f64();
+        let change = base.map(|b| (now - b) / b * 100.0);
+        println!(
+            "{name:<26} {:>12} {now:>12.1} {:>8}",
+            base.map_or("-".into(), |b| format!("{b:.1}")),
+            change.map_or("new".into(), |c| format!("{c:+.1}%"))
+        );
+        match change {
+            None if !bless => failures.push(format!("{name}: no baseline (run `cargo xtask perf --bless`)")),
+            Some(c) if c > tolerance && !bless => failures.push(format!("{name}: {c:+.1}% instructions")),
+            Some(c) if c < -tolerance && !bless => improved.push(name.as_str()),
+            _ => {}
+        }
+    }
+    if !improved.is_empty() {
+        println!(
+            "perf: faster than the baseline: {}; lock it in with `cargo xtask perf --bless`",
+            improved.join(", ")
+        );
+    }
+    if !failures.is_empty() {
+        bail!("performance regressed beyond {tolerance}%:\n  {}", failures.join("\n  "));
+    }
+    Ok(())
+}
+
+/// The `totals:` (or `summary:`) line of a callgrind output file.
+fn totals(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_callgrind_totals() {
+        assert_eq!(super::totals("events: Ir\nfl=x\ntotals: 8740011\n"), Some(8_740_011));
+        assert_eq!(super::totals("summary: 12\n"), Some(12));
+        assert_eq!(super::totals("events: Ir\n"), None);
+    }
+}
