@@ -50,6 +50,15 @@ fn lookup_select_bench(c: &mut Criterion) {
                 black_box(lookup_select(&db, black_box(&keys[i]), t))
             })
         });
+        // The same walk over the RwLock<HashMap> baseline, with no writer:
+        // what the lock-free design costs when nothing contends.
+        let base = Baseline::new(n);
+        g.bench_with_input(BenchmarkId::new("rwlock_baseline_spread", n), &n, |b, _| {
+            b.iter(|| {
+                i = (i + 1) & 4095;
+                black_box(base.lookup_select(black_box(&keys[i]), t))
+            })
+        });
     }
     g.finish();
 }

@@ -266,6 +266,12 @@ impl HostDb {
         self.inner.origins.load().get(key).cloned()
     }
 
+    /// The server `addr` of origin `key` (canonical `host:port` text): what
+    /// an admin request naming both resolves to.
+    pub fn server(&self, key: &str, addr: std::net::SocketAddr) -> Option<Arc<crate::Server>> {
+        self.inner.origins.load().get_str(key)?.server(addr)
+    }
+
     /// Every origin, in no particular order.
     pub fn origins(&self) -> Vec<Arc<Origin>> {
         self.inner.origins.load().iter().cloned().collect()

@@ -3,12 +3,24 @@
 //! # Performance
 //!
 //! The request path, [`HostDb::select`](crate::HostDb::select), costs:
-//! one `arc-swap` load of the origin map, one foldhash of the key and a
-//! hash-table probe, one `arc-swap` load of the origin's state, then per
-//! server considered two atomic loads (flags, packed L4 word). Round robin
-//! adds one relaxed `fetch_add`; the pick adds one `fetch_add` on the server's
-//! in-flight counter and an `Arc` clone. There is no lock, no allocation, and
-//! no clock read unless a server is L4-down.
+//! one `arc-swap` load of the origin map, a hash-table probe with the hash
+//! the [`OriginKey`](crate::OriginKey) carries (xxh3, computed once when the
+//! key was parsed; the key text is compared only on a hash match, and not at
+//! all when the caller's key shares the config's `Arc`), one `arc-swap` load
+//! of the origin's state, then per server considered two atomic loads
+//! (flags, packed L4 word). Round robin advances its counter with a plain
+//! load and store; the pick adds one `fetch_add` on the server's in-flight
+//! counter and an `Arc` clone (both undone when the pick drops). There is no
+//! lock, no allocation, and no clock read unless a server is L4-down.
+//!
+//! In time, the atomic read-modify-writes dominate (two per `arc-swap` load,
+//! four for the pick): about 45-55 ns per lookup+select+release median on the
+//! 2-core development VM whatever the origin count, when the origin is warm in
+//! cache. Walking many origins (4 096 keys over 100 000 origins) costs
+//! 150-300 ns, bounded by about five dependent cache misses (table, origin,
+//! state, server list, server). A `RwLock<HashMap>` with no writer is no
+//! faster hot; with one writer storming updates it falls to about 15 us per
+//! lookup, while HostDB stays within 2x of its quiet figure.
 //!
 //! Writers never block readers: an L4 report is one compare-and-swap (and a
 //! success on a clean server is one load, no store); an L7 result publishes a

@@ -269,6 +269,23 @@ mod tests {
         assert!(parse_server_addr("[::1]:80").is_ok());
     }
 
+    proptest::proptest! {
+        /// Any text either parses to a key whose canonical form parses back to
+        /// itself, or is refused with an error naming (a prefix of) it. Never a panic.
+        #[test]
+        fn parsing_never_panics_and_round_trips(s in "\\PC{0,40}|[a-zA-Z0-9.:\\[\\]-]{0,40}") {
+            match s.parse::<OriginKey>() {
+                Ok(k) => {
+                    let again: OriginKey = k.as_str().parse().unwrap();
+                    proptest::prop_assert_eq!(again.as_str(), k.as_str());
+                    proptest::prop_assert_eq!(again.hash64(), k.hash64());
+                }
+                Err(e) => proptest::prop_assert!(s.starts_with(e.input())),
+            }
+            let _ = parse_server_addr(&s);
+        }
+    }
+
     #[test]
     fn borrow_lookup_matches_hash() {
         let mut m = std::collections::HashMap::new();

@@ -133,6 +133,9 @@ fn removed_origins_disappear_and_events_fire_once_per_change() {
     assert!(db.origin("a:80").is_none());
 
     let server = db.origin("b:80").unwrap().server(s[0]).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&server, &db.server("b:80", s[0]).unwrap()));
+    assert!(db.server("a:80", s[0]).is_none(), "removed origin");
+    assert!(db.server("b:80", "127.0.0.9:80".parse().unwrap()).is_none(), "not a server of b");
     assert!(server.set_maintenance(true));
     assert!(!server.set_maintenance(true), "no change, no event");
     server.report_l4_failure(now());
