@@ -40,8 +40,9 @@
 //!   (not copying a 100 000-origin map per answer) is worth that.
 //! - **Selection is linear in unroutable servers.** Round robin and least
 //!   requests skip unroutable servers one by one from their starting point;
-//!   a consistent-hash walk may pass every virtual node (100 per server)
-//!   when none is routable. Origins have tens of servers, not thousands.
+//!   a consistent-hash walk visits at most 400 ring points, then scans the
+//!   server list from the key's home server. So a request costs O(servers)
+//!   when most are out. Origins have tens of servers, not thousands.
 //! - **Skipping biases the split.** A server after a run of unroutable ones
 //!   inherits their share in round robin (as nginx's does).
 //! - **Millisecond resolution** for L4 times, and the packed counter

@@ -240,6 +240,9 @@ pub(crate) fn least_requests(
 /// ±10% at 100) while a ring of 1 000 servers still fits in 800 KB.
 const VNODES: u64 = 100;
 
+/// Ring points a walk visits before falling back to a linear scan.
+const WALK_LIMIT: usize = 4 * VNODES as usize;
+
 /// A consistent-hash ring of `(point, server index)`, sorted by point.
 /// Points depend only on server addresses, so every node and every restart
 /// builds the same ring.
@@ -278,6 +281,11 @@ impl Ring {
     }
 
     /// Walks clockwise from `hash` to the first server that can take the request.
+    ///
+    /// The walk is bounded by [`WALK_LIMIT`] points; past that (most servers
+    /// out) it falls back to a linear scan from the key's home server, so a
+    /// request costs O(limit + servers), not O(100 x servers), during an
+    /// outage, and the choice stays deterministic per key.
     pub(crate) fn walk(
         &self,
         servers: &[Arc<Server>],
@@ -289,12 +297,10 @@ impl Ring {
         if len == 0 {
             return None;
         }
-        let mut i = self.points.partition_point(|p| p.0 < hash);
+        let start = self.points.partition_point(|p| p.0 < hash) % len;
+        let mut i = start;
         let mut last = u32::MAX;
-        for _ in 0..len {
-            if i == len {
-                i = 0;
-            }
+        for _ in 0..len.min(WALK_LIMIT) {
             let idx = self.points[i].1;
             if idx != last {
                 if let Some(probe) = consider(&servers[idx as usize], attempt, clock) {
@@ -303,7 +309,13 @@ impl Ring {
                 last = idx;
             }
             i += 1;
+            if i == len {
+                i = 0;
+            }
         }
-        None
+        if len <= WALK_LIMIT {
+            return None; // the whole ring was walked
+        }
+        scan(servers, self.points[start].1 as usize, attempt, clock)
     }
 }

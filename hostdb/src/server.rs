@@ -210,7 +210,7 @@ impl Server {
             match self.l4.compare_exchange_weak(cur.0, next.0, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
                     let (from, to) = (cur.state(now_ms), next.state(now_ms));
-                    if from != to || (cur.is_probing() && next.is_down()) {
+                    if from != to {
                         self.emit_l4(from, to, next.failures());
                     }
                     return to;

@@ -237,3 +237,33 @@ fn consistent_hash_is_sticky_and_a_leaving_server_remaps_only_its_share() {
     .unwrap();
     assert_eq!(place(&db), during);
 }
+
+#[test]
+fn consistent_hash_with_most_servers_out_finds_the_one_left_deterministically() {
+    let s: Vec<std::net::SocketAddr> =
+        (0..200u16).map(|p| std::net::SocketAddr::from(([127, 0, 0, 2], 8000 + p))).collect();
+    let db = db_with(s.clone(), LbPolicy::ConsistentHash, L4Policy::default());
+    let origin = db.origin("app:80").unwrap();
+    for a in &s[..199] {
+        origin.server(*a).unwrap().set_maintenance(true);
+    }
+    for key in 0..200u32 {
+        let mut attempt = Attempt::new().with_hash_key(&key.to_le_bytes());
+        assert_eq!(db.select(&crate::k("app:80"), &mut attempt, now()).unwrap().addr(), s[199]);
+        assert_eq!(db.select(&crate::k("app:80"), &mut attempt, now()).unwrap_err(), SelectError::Exhausted);
+    }
+    origin.server(s[199]).unwrap().set_maintenance(true);
+    let mut attempt = Attempt::new().with_hash_key(b"/x");
+    assert_eq!(
+        db.select(&crate::k("app:80"), &mut attempt, now()).unwrap_err(),
+        SelectError::NoneRoutable { retry_after: None }
+    );
+    // One server back: found through the ring or the fallback, stably.
+    origin.server(s[10]).unwrap().set_maintenance(false);
+    let pick = |k: &[u8]| {
+        db.select(&crate::k("app:80"), &mut Attempt::new().with_hash_key(k), now()).unwrap().addr()
+    };
+    for key in 0..100u32 {
+        assert_eq!(pick(&key.to_le_bytes()), pick(&key.to_le_bytes()));
+    }
+}
