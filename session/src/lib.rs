@@ -1,12 +1,177 @@
 //! # vigil-session: the origin session pool
 //!
-//! Keep-alive sessions to origin servers (HTTP/1.1 and h2c), shared by
-//! proxied requests and L7 health checks, so a check warms a session a user
-//! request then reuses and the other way round.
+//! Keep-alive sessions to origin servers, shared by proxied requests and L7
+//! health checks: a check warms a session a user request then reuses, and
+//! the other way round. Built on hyper 1.x's conn-level client
+//! (`client::conn::http1` / `http2`) over tokio sockets; the pooling is ours.
 //!
-//! Not built yet: this crate lands with the session-pool issue. Its place in
-//! the layering is fixed already: it knows nothing of health policy (it
-//! reports connect and I/O outcomes through an observer trait and never
-//! depends on `vigil-hostdb`). See `ARCHITECTURE.md`.
+//! - **HTTP/1.1**: one request at a time per session (unique reservation),
+//!   idle sessions reused last-in first-out, at most `max_idle_per_server`
+//!   kept, closed after `idle_timeout`. A session returns to the pool only
+//!   when its response was read to the end and it is still open
+//!   ([`PooledBody`] sees to it); one whose peer closed or sent stray bytes
+//!   while idle is found closed and dropped.
+//! - **h2c** (prior knowledge): connections shared by concurrent requests,
+//!   streams counted against the server's `max_concurrent_streams` (and our
+//!   cap); a second connection only when the first is full; one connect in
+//!   flight per server.
+//! - [`SessionError`] says what happened, whether the request was sent and
+//!   whether the session was reused.
+//! - [`Observer`] hears connect outcomes and I/O errors on established
+//!   sessions, so a binary can wire in a health database. This crate knows
+//!   nothing of health policy.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use http_body_util::BodyExt;
+//! use vigil_session::{Freshness, NoopObserver, Pool, PoolConfig, Target, empty_body};
+//!
+//! # async fn demo() -> Result<(), vigil_session::BoxError> {
+//! let pool = Pool::new(PoolConfig::default(), Arc::new(NoopObserver));
+//! let target = Target::http1("127.0.0.2:8080".parse()?);
+//! let session = pool.checkout(target, Freshness::IdlePreferred).await?;
+//! let req = http::Request::get("/healthz").header("host", "app.internal").body(empty_body())?;
+//! let resp = session.send(req).await?;
+//! let body = resp.into_body().collect().await?.to_bytes(); // read to the end: the session goes back
+//! # Ok(()) }
+//! ```
 
 #![warn(missing_docs)]
+
+mod error;
+mod pool;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+
+pub use error::{BoxError, ErrorKind, SessionError};
+pub use pool::{Freshness, Pool, PoolCounts, PooledBody, Session};
+
+/// The request body every session takes: any body, boxed.
+pub type RequestBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// An empty request body.
+pub fn empty_body() -> RequestBody {
+    http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+}
+
+/// A request body from bytes in memory.
+pub fn full_body(bytes: impl Into<Bytes>) -> RequestBody {
+    http_body_util::Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// The protocol spoken to a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// HTTP/1.1 with keep-alive.
+    Http1,
+    /// HTTP/2 over cleartext TCP with prior knowledge.
+    H2c,
+}
+
+/// What makes two sessions interchangeable: the server and the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// The server.
+    pub addr: SocketAddr,
+    /// The protocol.
+    pub protocol: Protocol,
+}
+
+impl Target {
+    /// HTTP/1.1 to `addr`.
+    pub fn http1(addr: SocketAddr) -> Self {
+        Self { addr, protocol: Protocol::Http1 }
+    }
+
+    /// h2c to `addr`.
+    pub fn h2c(addr: SocketAddr) -> Self {
+        Self { addr, protocol: Protocol::H2c }
+    }
+}
+
+/// Pool settings (SPEC's `[pool]` and `[l4] connect_timeout`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Idle HTTP/1.1 sessions kept per target; beyond that the oldest closes.
+    pub max_idle_per_server: usize,
+    /// An idle session (or an h2 connection with no stream) older than this closes.
+    pub idle_timeout: Duration,
+    /// Bound on one TCP connect.
+    pub connect_timeout: Duration,
+    /// Largest response head accepted (HTTP/1.1); more is `ResponseTooLarge`.
+    pub max_response_head_bytes: usize,
+    /// Our cap on concurrent streams per h2 connection (the server's own
+    /// limit applies too, whichever is lower).
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for PoolConfig {
+    /// SPEC's defaults: 64 idle per server, 60 s idle timeout, 2 s connect timeout.
+    fn default() -> Self {
+        Self {
+            max_idle_per_server: 64,
+            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(2),
+            max_response_head_bytes: 64 * 1024,
+            h2_max_concurrent_streams: 100,
+        }
+    }
+}
+
+impl PoolConfig {
+    /// How often idle sessions are swept: a quarter of the idle timeout,
+    /// between 100 ms and 10 s.
+    fn eviction_interval(&self) -> Duration {
+        (self.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
+    }
+}
+
+/// Hears what the pool learns about servers at L4. Called inline: be quick.
+pub trait Observer: Send + Sync {
+    /// A TCP connect finished.
+    fn on_connect(&self, addr: SocketAddr, result: Result<(), &SessionError>);
+    /// An established session failed before a response head (reset, EOF).
+    fn on_io_error(&self, addr: SocketAddr, error: &SessionError);
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoopObserver;
+
+impl Observer for NoopObserver {
+    fn on_connect(&self, _: SocketAddr, _: Result<(), &SessionError>) {}
+    fn on_io_error(&self, _: SocketAddr, _: &SessionError) {}
+}
+
+/// The pool's counters (for metrics): monotonic totals.
+#[derive(Debug, Default)]
+pub struct PoolMetrics {
+    pub(crate) connects_ok: AtomicU64,
+    pub(crate) connects_failed: AtomicU64,
+    pub(crate) reused: AtomicU64,
+    pub(crate) evicted: AtomicU64,
+}
+
+impl PoolMetrics {
+    /// Successful TCP connects.
+    pub fn connects_ok(&self) -> u64 {
+        self.connects_ok.load(Ordering::Relaxed)
+    }
+    /// Failed TCP connects.
+    pub fn connects_failed(&self) -> u64 {
+        self.connects_failed.load(Ordering::Relaxed)
+    }
+    /// Checkouts served by an existing session.
+    pub fn reused(&self) -> u64 {
+        self.reused.load(Ordering::Relaxed)
+    }
+    /// Idle sessions closed by the pool (timeout, over the limit, found closed).
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,715 @@
+//! The pool: per-target idle HTTP/1.1 sessions and shared h2c connections.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body as _, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::error::{BoxError, ErrorKind, SessionError, classify};
+use crate::{Observer, PoolConfig, PoolMetrics, Protocol, RequestBody, Target};
+
+/// Whether a checkout may take an idle session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Freshness {
+    /// An idle session if one is open, else a new connection.
+    #[default]
+    IdlePreferred,
+    /// Always a new connection (checks that must see the path a new
+    /// connection takes; retries after a reused session failed). It joins
+    /// the pool afterwards like any other.
+    Fresh,
+}
+
+/// Idle and in-use counts for one server (the admin view's `pool`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolCounts {
+    /// Open sessions nobody uses (h2: connections with no stream open).
+    pub idle: u32,
+    /// Sessions in use (h2: connections with a stream open).
+    pub in_use: u32,
+}
+
+type H2Driver = http2::Connection<TokioIo<TcpStream>, RequestBody, TokioExecutor>;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+struct IdleH1 {
+    tx: http1::SendRequest<RequestBody>,
+    id: u64,
+    since: Instant,
+}
+
+struct H2Conn {
+    tx: http2::SendRequest<RequestBody>,
+    id: u64,
+    streams: Arc<AtomicUsize>,
+    /// The connection itself, shared with its driver task, to read the
+    /// server's SETTINGS_MAX_CONCURRENT_STREAMS (it may change at any time).
+    conn: Arc<Mutex<H2Driver>>,
+    idle_since: Instant,
+}
+
+#[derive(Default)]
+struct Host {
+    /// LIFO: push and pop at the back; the oldest sit at the front.
+    idle: VecDeque<IdleH1>,
+    in_use: usize,
+    h2: Vec<H2Conn>,
+    /// Set while one task connects h2c for this target; others wait on it.
+    h2_connecting: Option<Arc<Notify>>,
+}
+
+impl Host {
+    fn is_empty(&self) -> bool {
+        self.idle.is_empty() && self.in_use == 0 && self.h2.is_empty() && self.h2_connecting.is_none()
+    }
+}
+
+pub(crate) struct Inner {
+    config: PoolConfig,
+    observer: Arc<dyn Observer>,
+    metrics: PoolMetrics,
+    hosts: Mutex<HashMap<Target, Host>>,
+}
+
+/// A pool of keep-alive origin sessions, shared by requests and checks.
+///
+/// Cheap to clone. Sessions are keyed by [`Target`] (server address and
+/// protocol: only sessions that are interchangeable share a key).
+///
+/// # Concurrency note
+/// One mutex guards the per-target lists; every critical section is a push,
+/// a pop or a counter change (no I/O, no await). Connects happen outside it.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool").field("targets", &self.inner.hosts.lock().len()).finish()
+    }
+}
+
+impl Pool {
+    /// A pool with `config`, reporting connects and I/O errors to `observer`.
+    /// Spawns its eviction task on the current tokio runtime; the task ends
+    /// when the last clone of the pool is dropped.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn new(config: PoolConfig, observer: Arc<dyn Observer>) -> Self {
+        let inner =
+            Arc::new(Inner { config, observer, metrics: PoolMetrics::default(), hosts: Mutex::default() });
+        let weak = Arc::downgrade(&inner);
+        let every = inner.config.eviction_interval();
+        tokio::spawn(evict_loop(weak, every));
+        Self { inner }
+    }
+
+    /// The pool's counters.
+    pub fn metrics(&self) -> &PoolMetrics {
+        &self.inner.metrics
+    }
+
+    /// Idle and in-use sessions to `addr`, all protocols.
+    pub fn counts(&self, addr: SocketAddr) -> PoolCounts {
+        let hosts = self.inner.hosts.lock();
+        let mut c = PoolCounts::default();
+        for (t, h) in hosts.iter().filter(|(t, _)| t.addr == addr) {
+            let _ = t;
+            c.idle += h.idle.len() as u32;
+            c.in_use += h.in_use as u32;
+            for conn in &h.h2 {
+                if conn.streams.load(Ordering::Relaxed) == 0 {
+                    c.idle += 1;
+                } else {
+                    c.in_use += 1;
+                }
+            }
+        }
+        c
+    }
+
+    /// Number of targets with any state in the pool (idle, in use, connecting).
+    pub fn targets(&self) -> usize {
+        self.inner.hosts.lock().len()
+    }
+
+    /// Drops every idle session at once (config reload, shutdown).
+    pub fn clear_idle(&self) {
+        let mut hosts = self.inner.hosts.lock();
+        for h in hosts.values_mut() {
+            h.idle.clear();
+            h.h2.retain(|c| c.streams.load(Ordering::Relaxed) > 0);
+        }
+        hosts.retain(|_, h| !h.is_empty());
+    }
+
+    /// A session to `target`: an idle one when `freshness` allows and one is
+    /// open, else a new connection (bounded by `connect_timeout`).
+    ///
+    /// # Errors
+    /// Connect failures ([`SessionError::is_connect`]); they are also
+    /// reported to the observer.
+    pub async fn checkout(&self, target: Target, freshness: Freshness) -> Result<Session, SessionError> {
+        match target.protocol {
+            Protocol::Http1 => self.checkout_h1(target, freshness).await,
+            Protocol::H2c => self.checkout_h2(target, freshness).await,
+        }
+    }
+
+    /// Checks out a session and sends `req` on it, with the one retry a
+    /// reused session deserves: if it fails before any response and the
+    /// request either never left or has an empty body (so it can be sent
+    /// again as it was), the request goes once more on a fresh connection.
+    /// The retry's outcome is what the caller sees.
+    ///
+    /// # Errors
+    /// As [`Pool::checkout`] and [`Session::send`].
+    pub async fn request(
+        &self,
+        target: Target,
+        freshness: Freshness,
+        req: http::Request<RequestBody>,
+    ) -> Result<http::Response<PooledBody>, SessionError> {
+        use http_body::Body as _;
+        // An empty body can be replayed: keep the head to rebuild it.
+        let replay = req.body().is_end_stream().then(|| {
+            let mut copy = http::Request::new(crate::empty_body());
+            *copy.method_mut() = req.method().clone();
+            *copy.uri_mut() = req.uri().clone();
+            *copy.version_mut() = req.version();
+            *copy.headers_mut() = req.headers().clone();
+            copy
+        });
+        let session = self.checkout(target, freshness).await?;
+        match session.send_keeping(req).await {
+            Ok(resp) => Ok(resp),
+            // Not reported to the observer: only the retry's outcome counts.
+            Err((e, unsent))
+                if e.is_reused() && (unsent.is_some() || (e.is_retryable_on_fresh() && replay.is_some())) =>
+            {
+                tracing::debug!(server = %target.addr, error = %e, "reused session failed; retrying on a fresh one");
+                let Some(req) = unsent.or(replay) else { return Err(e) };
+                self.checkout(target, Freshness::Fresh).await?.send(req).await
+            }
+            Err((e, _)) => Err(report(&*self.inner.observer, e)),
+        }
+    }
+
+    async fn checkout_h1(&self, target: Target, freshness: Freshness) -> Result<Session, SessionError> {
+        if freshness == Freshness::IdlePreferred {
+            let mut hosts = self.inner.hosts.lock();
+            if let Some(host) = hosts.get_mut(&target) {
+                while let Some(idle) = host.idle.pop_back() {
+                    if idle.tx.is_closed() || idle.since.elapsed() >= self.inner.config.idle_timeout {
+                        self.inner.metrics.evicted.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    host.in_use += 1;
+                    self.inner.metrics.reused.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Session::h1(&self.inner, target, idle.tx, idle.id, true));
+                }
+            }
+        }
+        let stream = self.connect(target.addr).await?;
+        let (tx, conn) = http1::Builder::new()
+            .max_buf_size(self.inner.config.max_response_head_bytes.max(8192))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| SessionError::new(ErrorKind::Protocol, target.addr).with_source(e))?;
+        tokio::spawn(async move {
+            // Ends when the peer closes or the last SendRequest drops.
+            let _ = conn.await;
+        });
+        self.inner.hosts.lock().entry(target).or_default().in_use += 1;
+        Ok(Session::h1(&self.inner, target, tx, NEXT_ID.fetch_add(1, Ordering::Relaxed), false))
+    }
+
+    async fn checkout_h2(&self, target: Target, freshness: Freshness) -> Result<Session, SessionError> {
+        loop {
+            let wait = {
+                let mut hosts = self.inner.hosts.lock();
+                let host = hosts.entry(target).or_default();
+                host.h2.retain(|c| !c.tx.is_closed());
+                if freshness == Freshness::IdlePreferred {
+                    let cap = self.inner.config.h2_max_concurrent_streams as usize;
+                    if let Some(c) = host.h2.iter().find(|c| {
+                        let server_max = c.conn.lock().current_max_send_streams().max(1);
+                        c.streams.load(Ordering::Relaxed) < cap.min(server_max)
+                    }) {
+                        c.streams.fetch_add(1, Ordering::Relaxed);
+                        self.inner.metrics.reused.fetch_add(1, Ordering::Relaxed);
+                        let stream = StreamGuard(Arc::clone(&c.streams));
+                        return Ok(Session::h2(target, c.tx.clone(), c.id, stream, true, None));
+                    }
+                }
+                match &host.h2_connecting {
+                    // One connect in flight per target, never a burst.
+                    Some(n) if freshness == Freshness::IdlePreferred => Some(Arc::clone(n)),
+                    _ => {
+                        host.h2_connecting = Some(Arc::new(Notify::new()));
+                        None
+                    }
+                }
+            };
+            match wait {
+                Some(notify) => {
+                    let notified = notify.notified();
+                    // Re-check under the lock: the connect may have finished already.
+                    if self.inner.hosts.lock().get(&target).and_then(|h| h.h2_connecting.as_ref()).is_some() {
+                        notified.await;
+                    }
+                }
+                None => return self.connect_h2(target).await,
+            }
+        }
+    }
+
+    async fn connect_h2(&self, target: Target) -> Result<Session, SessionError> {
+        let result = async {
+            let stream = self.connect(target.addr).await?;
+            let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                .max_concurrent_streams(self.inner.config.h2_max_concurrent_streams)
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| SessionError::new(ErrorKind::Protocol, target.addr).with_source(e))?;
+            let conn = Arc::new(Mutex::new(conn));
+            let driven = Arc::clone(&conn);
+            // Drive the connection; the pool reads its stream limit between polls.
+            tokio::spawn(std::future::poll_fn(move |cx| Pin::new(&mut *driven.lock()).poll(cx).map(|_| ())));
+            Ok((tx, conn))
+        }
+        .await;
+        let mut hosts = self.inner.hosts.lock();
+        let host = hosts.entry(target).or_default();
+        let (tx, conn) = match result {
+            Ok(ok) => ok,
+            Err(e) => {
+                if let Some(n) = host.h2_connecting.take() {
+                    n.notify_waiters();
+                }
+                if host.is_empty() {
+                    hosts.remove(&target);
+                }
+                return Err(e);
+            }
+        };
+        let streams = Arc::new(AtomicUsize::new(1));
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        host.h2.push(H2Conn {
+            tx: tx.clone(),
+            id,
+            streams: Arc::clone(&streams),
+            conn,
+            idle_since: Instant::now(),
+        });
+        // Others keep waiting until this connection has settled (see
+        // `Settle`), and at most SETTLE_WAIT: a slow first response must not
+        // hold every other request back.
+        if let Some(n) = host.h2_connecting.clone() {
+            let (pool, target) = (Arc::downgrade(&self.inner), target);
+            tokio::spawn(async move {
+                tokio::time::sleep(SETTLE_WAIT).await;
+                Settle::release(&pool, target, &n);
+            });
+        }
+        let settle = Settle { pool: Arc::downgrade(&self.inner), target };
+        Ok(Session::h2(target, tx, id, StreamGuard(streams), false, Some(settle)))
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, SessionError> {
+        let result =
+            match tokio::time::timeout(self.inner.config.connect_timeout, TcpStream::connect(addr)).await {
+                Err(_) => Err(SessionError::new(ErrorKind::ConnectTimeout, addr)),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    Err(SessionError::new(ErrorKind::ConnectRefused, addr).with_source(e))
+                }
+                Ok(Err(e)) => Err(SessionError::new(ErrorKind::Connect, addr).with_source(e)),
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    Ok(s)
+                }
+            };
+        match &result {
+            Ok(_) => {
+                self.inner.metrics.connects_ok.fetch_add(1, Ordering::Relaxed);
+                self.inner.observer.on_connect(addr, Ok(()));
+            }
+            Err(e) => {
+                self.inner.metrics.connects_failed.fetch_add(1, Ordering::Relaxed);
+                self.inner.observer.on_connect(addr, Err(e));
+            }
+        }
+        result
+    }
+}
+
+impl Inner {
+    /// Returns an HTTP/1.1 session whose response was read to the end.
+    fn checkin_h1(&self, target: Target, tx: http1::SendRequest<RequestBody>, id: u64) {
+        let mut hosts = self.hosts.lock();
+        let Some(host) = hosts.get_mut(&target) else { return };
+        host.in_use = host.in_use.saturating_sub(1);
+        if tx.is_closed() || self.config.max_idle_per_server == 0 {
+            self.metrics.evicted.fetch_add(1, Ordering::Relaxed);
+        } else {
+            if host.idle.len() >= self.config.max_idle_per_server {
+                host.idle.pop_front(); // the oldest goes
+                self.metrics.evicted.fetch_add(1, Ordering::Relaxed);
+            }
+            host.idle.push_back(IdleH1 { tx, id, since: Instant::now() });
+        }
+        if host.is_empty() {
+            hosts.remove(&target);
+        }
+    }
+
+    /// An HTTP/1.1 session that will not come back (error, unread body).
+    fn discard_h1(&self, target: Target) {
+        let mut hosts = self.hosts.lock();
+        if let Some(host) = hosts.get_mut(&target) {
+            host.in_use = host.in_use.saturating_sub(1);
+            if host.is_empty() {
+                hosts.remove(&target);
+            }
+        }
+    }
+}
+
+async fn evict_loop(pool: Weak<Inner>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = pool.upgrade() else { return };
+        let timeout = inner.config.idle_timeout;
+        let mut hosts = inner.hosts.lock();
+        let mut evicted = 0;
+        for host in hosts.values_mut() {
+            let before = host.idle.len() + host.h2.len();
+            host.idle.retain(|s| !s.tx.is_closed() && s.since.elapsed() < timeout);
+            let now = Instant::now();
+            host.h2.retain_mut(|c| {
+                if c.streams.load(Ordering::Relaxed) > 0 {
+                    c.idle_since = now;
+                }
+                !c.tx.is_closed() && now.duration_since(c.idle_since) < timeout
+            });
+            evicted += before - host.idle.len() - host.h2.len();
+        }
+        // Pingora's lesson: a map that keeps an empty entry per key grows forever.
+        hosts.retain(|_, h| !h.is_empty());
+        inner.metrics.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
+    }
+}
+
+/// Tells the observer about an I/O failure of an established session.
+fn report(observer: &dyn Observer, e: SessionError) -> SessionError {
+    if e.is_l4_failure() && !e.is_connect() {
+        observer.on_io_error(e.addr(), &e);
+    }
+    e
+}
+
+/// Marks a new h2 connection as settled when dropped: its first response
+/// head arrived (or its first request failed, or was never sent).
+///
+/// # Race window
+/// Until the server's SETTINGS arrive, a new connection reports the
+/// protocol's default stream limit (100). Were waiters let onto it at once,
+/// streams past the server's real limit would be refused and retried on
+/// fresh connections: a burst. A response head comes after SETTINGS, so
+/// the waiters are held until then, one round trip.
+struct Settle {
+    pool: Weak<Inner>,
+    target: Target,
+}
+
+/// Longest a new h2 connection holds other requests back (SETTINGS take
+/// one round trip to arrive; this is many).
+const SETTLE_WAIT: Duration = Duration::from_millis(50);
+
+impl Settle {
+    /// Ends the connect-in-flight state of `target` if `which` is still it.
+    fn release(pool: &Weak<Inner>, target: Target, which: &Arc<Notify>) {
+        let Some(inner) = pool.upgrade() else { return };
+        let mut hosts = inner.hosts.lock();
+        let Some(host) = hosts.get_mut(&target) else { return };
+        if host.h2_connecting.as_ref().is_some_and(|n| Arc::ptr_eq(n, which)) {
+            host.h2_connecting = None;
+            which.notify_waiters();
+        }
+    }
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        let Some(inner) = self.pool.upgrade() else { return };
+        let mut hosts = inner.hosts.lock();
+        if let Some(n) = hosts.get_mut(&self.target).and_then(|h| h.h2_connecting.take()) {
+            n.notify_waiters();
+        }
+    }
+}
+
+/// Holds one h2 stream slot until dropped.
+#[derive(Debug)]
+struct StreamGuard(Arc<AtomicUsize>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+enum Conn {
+    H1 { tx: http1::SendRequest<RequestBody>, pool: Weak<Inner> },
+    H2 { tx: http2::SendRequest<RequestBody>, _stream: StreamGuard, settle: Option<Settle> },
+}
+
+/// One checked-out session: send one request on it with [`Session::send`].
+///
+/// Dropped unused, an HTTP/1.1 session goes back to the pool.
+pub struct Session {
+    conn: Option<Conn>,
+    target: Target,
+    id: u64,
+    reused: bool,
+    observer: Arc<dyn Observer>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("target", &self.target)
+            .field("id", &self.id)
+            .field("reused", &self.reused)
+            .finish()
+    }
+}
+
+impl Session {
+    fn h1(
+        inner: &Arc<Inner>,
+        target: Target,
+        tx: http1::SendRequest<RequestBody>,
+        id: u64,
+        reused: bool,
+    ) -> Self {
+        Self {
+            conn: Some(Conn::H1 { tx, pool: Arc::downgrade(inner) }),
+            target,
+            id,
+            reused,
+            observer: Arc::clone(&inner.observer),
+        }
+    }
+
+    fn h2(
+        target: Target,
+        tx: http2::SendRequest<RequestBody>,
+        id: u64,
+        stream: StreamGuard,
+        reused: bool,
+        settle: Option<Settle>,
+    ) -> Self {
+        // h2 sessions never report L4 per request: the connection's fate is
+        // seen by whoever next connects.
+        Self {
+            conn: Some(Conn::H2 { tx, _stream: stream, settle }),
+            target,
+            id,
+            reused,
+            observer: Arc::new(crate::NoopObserver),
+        }
+    }
+
+    /// Whether this session came from the pool (was used before).
+    pub fn is_reused(&self) -> bool {
+        self.reused
+    }
+
+    /// The connection's id: equal ids mean the same TCP connection.
+    pub fn connection_id(&self) -> u64 {
+        self.id
+    }
+
+    /// The target.
+    pub fn target(&self) -> Target {
+        self.target
+    }
+
+    /// Sends `req` and waits for the response head. The session goes back to
+    /// the pool when the response body has been read to the end (at once if
+    /// it has none); if the body is dropped early or fails, it is closed.
+    ///
+    /// # Errors
+    /// A [`SessionError`] that says whether the request was sent and whether
+    /// the session was reused. Resets and EOF before the head are reported
+    /// to the observer as I/O errors.
+    pub async fn send(
+        self,
+        req: http::Request<RequestBody>,
+    ) -> Result<http::Response<PooledBody>, SessionError> {
+        let observer = Arc::clone(&self.observer);
+        self.send_keeping(req).await.map_err(|(e, _)| report(&*observer, e))
+    }
+
+    /// [`Session::send`], handing back the request when it never left.
+    async fn send_keeping(
+        mut self,
+        req: http::Request<RequestBody>,
+    ) -> Result<http::Response<PooledBody>, (SessionError, Option<http::Request<RequestBody>>)> {
+        let (target, reused) = (self.target, self.reused);
+        let err = |kind, sent| SessionError::new(kind, target.addr).sent(sent).reused(reused);
+        match self.conn.take() {
+            Some(Conn::H1 { mut tx, pool }) => {
+                if let Err(e) = tx.ready().await {
+                    // Closed while idle: the request never left.
+                    self.discard(&pool);
+                    return Err((err(ErrorKind::ClosedBeforeHead, false).with_source(e), Some(req)));
+                }
+                match tx.try_send_request(req).await {
+                    Ok(resp) => Ok(resp.map(|body| {
+                        let release = Release::H1 { tx, pool, target, id: self.id };
+                        PooledBody::new(body, release)
+                    })),
+                    Err(mut e) => {
+                        let unsent = e.take_message();
+                        self.discard(&pool);
+                        let kind = classify(e.error());
+                        Err((err(kind, unsent.is_none()).with_source(e.into_error()), unsent))
+                    }
+                }
+            }
+            Some(Conn::H2 { mut tx, _stream, settle }) => {
+                if let Err(e) = tx.ready().await {
+                    return Err((err(ErrorKind::ClosedBeforeHead, false).with_source(e), Some(req)));
+                }
+                let sent = tx.try_send_request(req).await;
+                drop(settle); // a head arrived (after SETTINGS) or the request failed
+                match sent {
+                    Ok(resp) => Ok(resp.map(|body| PooledBody::new(body, Release::H2 { _stream }))),
+                    Err(mut e) => {
+                        let unsent = e.take_message();
+                        let kind = classify(e.error());
+                        Err((err(kind, unsent.is_none()).with_source(e.into_error()), unsent))
+                    }
+                }
+            }
+            None => unreachable!("send consumes the session"),
+        }
+    }
+
+    fn discard(&self, pool: &Weak<Inner>) {
+        if let Some(p) = pool.upgrade() {
+            p.discard_h1(self.target);
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Checked out and never used: still clean, so it goes back.
+        if let Some(Conn::H1 { tx, pool }) = self.conn.take()
+            && let Some(p) = pool.upgrade()
+        {
+            p.checkin_h1(self.target, tx, self.id);
+        }
+    }
+}
+
+enum Release {
+    H1 { tx: http1::SendRequest<RequestBody>, pool: Weak<Inner>, target: Target, id: u64 },
+    H2 { _stream: StreamGuard },
+}
+
+/// A response body that returns its session to the pool when read to the
+/// end, and closes it if dropped early or failed.
+pub struct PooledBody {
+    inner: Incoming,
+    release: Option<Release>,
+}
+
+impl fmt::Debug for PooledBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledBody").field("done", &self.release.is_none()).finish()
+    }
+}
+
+impl PooledBody {
+    fn new(inner: Incoming, release: Release) -> Self {
+        let mut body = Self { inner, release: Some(release) };
+        if body.inner.is_end_stream() {
+            body.finish(true);
+        }
+        body
+    }
+
+    fn finish(&mut self, complete: bool) {
+        match self.release.take() {
+            Some(Release::H1 { tx, pool, target, .. }) if !complete => {
+                drop(tx); // closes the connection: its response was not read to the end
+                if let Some(p) = pool.upgrade() {
+                    p.discard_h1(target);
+                }
+            }
+            Some(Release::H1 { tx, pool, target, id }) => {
+                if let Some(p) = pool.upgrade() {
+                    p.checkin_h1(target, tx, id);
+                }
+            }
+            Some(Release::H2 { .. }) | None => {}
+        }
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+impl http_body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.finish(true),
+            Poll::Ready(Some(Err(_))) => self.finish(false),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(true),
+            _ => {}
+        }
+        polled.map(|o| o.map(|r| r.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,78 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use vigil_session::{Freshness, NoopObserver, Pool, PoolConfig, PoolCounts, Target};
+
+use crate::{get, h1_origin, read_all};
+
+#[tokio::test]
+async fn parallel_requests_stay_within_the_idle_limit() {
+    let origin = h1_origin().await;
+    let config = PoolConfig { max_idle_per_server: 4, ..Default::default() };
+    let pool = Pool::new(config, Arc::new(NoopObserver));
+    let t = Target::http1(origin.addr);
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                read_all(pool.request(t, Freshness::IdlePreferred, get("/slow")).await.unwrap()).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(origin.conns(), 16, "h1 sessions are unique: one per concurrent request");
+    assert_eq!(pool.counts(origin.addr), PoolCounts { idle: 4, in_use: 0 });
+    assert_eq!(pool.metrics().evicted(), 12);
+}
+
+#[tokio::test]
+async fn idle_sessions_expire_and_leave_no_empty_entry() {
+    let origin = h1_origin().await;
+    let config = PoolConfig { idle_timeout: Duration::from_millis(300), ..Default::default() };
+    let pool = Pool::new(config, Arc::new(NoopObserver));
+    read_all(pool.request(Target::http1(origin.addr), Freshness::IdlePreferred, get("/")).await.unwrap())
+        .await;
+    assert_eq!(pool.targets(), 1);
+    // Real sockets: the sweep runs on the real clock (every 100 ms here).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while pool.targets() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pool.targets(), 0, "the swept target's entry is gone too");
+    assert_eq!(pool.metrics().evicted(), 1);
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_checkouts_hold_no_more_descriptors_than_the_limits_allow() {
+    let origin = h1_origin().await;
+    let config = PoolConfig { max_idle_per_server: 4, ..Default::default() };
+    let pool = Pool::new(config, Arc::new(NoopObserver));
+    let t = Target::http1(origin.addr);
+    let before = open_fds();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                for _ in 0..2_500 {
+                    let resp = pool.request(t, Freshness::IdlePreferred, get("/")).await.unwrap();
+                    read_all(resp).await;
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let grown = open_fds().saturating_sub(before);
+    // At most 4 pooled client sockets, and the in-process origin's 4 ends.
+    assert!(grown <= 8, "{grown} descriptors more after 10 000 checkouts");
+    assert!(origin.conns() <= 8, "{} connections for 4 workers", origin.conns());
+    assert_eq!(origin.requests(), 10_000);
+    assert!(pool.metrics().reused() >= 9_990);
+}
