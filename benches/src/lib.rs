@@ -3,6 +3,8 @@
 //! same code: HostDBs of a given size, key sets, the update storm, and the
 //! `RwLock<HashMap>` baseline HostDB is compared against.
 
+pub mod origin;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -84,7 +84,7 @@ pub(crate) struct Inner {
     config: PoolConfig,
     observer: Arc<dyn Observer>,
     metrics: PoolMetrics,
-    hosts: Mutex<HashMap<Target, Host>>,
+    hosts: Mutex<HashMap<Target, Host, foldhash::fast::RandomState>>,
 }
 
 /// A pool of keep-alive origin sessions, shared by requests and checks.
@@ -217,8 +217,10 @@ impl Pool {
         if freshness == Freshness::IdlePreferred {
             let mut hosts = self.inner.hosts.lock();
             if let Some(host) = hosts.get_mut(&target) {
+                // Age is the sweep's business (it runs every idle_timeout/4);
+                // a closed session is caught here, with no clock read.
                 while let Some(idle) = host.idle.pop_back() {
-                    if idle.tx.is_closed() || idle.since.elapsed() >= self.inner.config.idle_timeout {
+                    if idle.tx.is_closed() {
                         self.inner.metrics.evicted.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
@@ -257,7 +259,7 @@ impl Pool {
                         c.streams.fetch_add(1, Ordering::Relaxed);
                         self.inner.metrics.reused.fetch_add(1, Ordering::Relaxed);
                         let stream = StreamGuard(Arc::clone(&c.streams));
-                        return Ok(Session::h2(target, c.tx.clone(), c.id, stream, true, None));
+                        return Ok(Session::h2(&self.inner, target, c.tx.clone(), c.id, stream, true, None));
                     }
                 }
                 match &host.h2_connecting {
@@ -331,7 +333,7 @@ impl Pool {
             });
         }
         let settle = Settle { pool: Arc::downgrade(&self.inner), target };
-        Ok(Session::h2(target, tx, id, StreamGuard(streams), false, Some(settle)))
+        Ok(Session::h2(&self.inner, target, tx, id, StreamGuard(streams), false, Some(settle)))
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, SessionError> {
@@ -480,7 +482,7 @@ impl Drop for StreamGuard {
 }
 
 enum Conn {
-    H1 { tx: http1::SendRequest<RequestBody>, pool: Weak<Inner> },
+    H1 { tx: http1::SendRequest<RequestBody> },
     H2 { tx: http2::SendRequest<RequestBody>, _stream: StreamGuard, settle: Option<Settle> },
 }
 
@@ -492,7 +494,9 @@ pub struct Session {
     target: Target,
     id: u64,
     reused: bool,
-    observer: Arc<dyn Observer>,
+    /// Strong: a session out keeps its pool alive (one reference count, not
+    /// a weak upgrade per check-in).
+    pool: Arc<Inner>,
 }
 
 impl fmt::Debug for Session {
@@ -513,16 +517,11 @@ impl Session {
         id: u64,
         reused: bool,
     ) -> Self {
-        Self {
-            conn: Some(Conn::H1 { tx, pool: Arc::downgrade(inner) }),
-            target,
-            id,
-            reused,
-            observer: Arc::clone(&inner.observer),
-        }
+        Self { conn: Some(Conn::H1 { tx }), target, id, reused, pool: Arc::clone(inner) }
     }
 
     fn h2(
+        inner: &Arc<Inner>,
         target: Target,
         tx: http2::SendRequest<RequestBody>,
         id: u64,
@@ -530,14 +529,12 @@ impl Session {
         reused: bool,
         settle: Option<Settle>,
     ) -> Self {
-        // h2 sessions never report L4 per request: the connection's fate is
-        // seen by whoever next connects.
         Self {
             conn: Some(Conn::H2 { tx, _stream: stream, settle }),
             target,
             id,
             reused,
-            observer: Arc::new(crate::NoopObserver),
+            pool: Arc::clone(inner),
         }
     }
 
@@ -568,8 +565,8 @@ impl Session {
         self,
         req: http::Request<RequestBody>,
     ) -> Result<http::Response<PooledBody>, SessionError> {
-        let observer = Arc::clone(&self.observer);
-        self.send_keeping(req).await.map_err(|(e, _)| report(&*observer, e))
+        let pool = Arc::clone(&self.pool);
+        self.send_keeping(req).await.map_err(|(e, _)| report(&*pool.observer, e))
     }
 
     /// [`Session::send`], handing back the request when it never left.
@@ -580,20 +577,20 @@ impl Session {
         let (target, reused) = (self.target, self.reused);
         let err = |kind, sent| SessionError::new(kind, target.addr).sent(sent).reused(reused);
         match self.conn.take() {
-            Some(Conn::H1 { mut tx, pool }) => {
+            Some(Conn::H1 { mut tx }) => {
                 if let Err(e) = tx.ready().await {
                     // Closed while idle: the request never left.
-                    self.discard(&pool);
+                    self.pool.discard_h1(target);
                     return Err((err(ErrorKind::ClosedBeforeHead, false).with_source(e), Some(req)));
                 }
                 match tx.try_send_request(req).await {
                     Ok(resp) => Ok(resp.map(|body| {
-                        let release = Release::H1 { tx, pool, target, id: self.id };
+                        let release = Release::H1 { tx, pool: Arc::clone(&self.pool), target, id: self.id };
                         PooledBody::new(body, release)
                     })),
                     Err(mut e) => {
                         let unsent = e.take_message();
-                        self.discard(&pool);
+                        self.pool.discard_h1(target);
                         let kind = classify(e.error());
                         Err((err(kind, unsent.is_none()).with_source(e.into_error()), unsent))
                     }
@@ -617,27 +614,19 @@ impl Session {
             None => unreachable!("send consumes the session"),
         }
     }
-
-    fn discard(&self, pool: &Weak<Inner>) {
-        if let Some(p) = pool.upgrade() {
-            p.discard_h1(self.target);
-        }
-    }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         // Checked out and never used: still clean, so it goes back.
-        if let Some(Conn::H1 { tx, pool }) = self.conn.take()
-            && let Some(p) = pool.upgrade()
-        {
-            p.checkin_h1(self.target, tx, self.id);
+        if let Some(Conn::H1 { tx }) = self.conn.take() {
+            self.pool.checkin_h1(self.target, tx, self.id);
         }
     }
 }
 
 enum Release {
-    H1 { tx: http1::SendRequest<RequestBody>, pool: Weak<Inner>, target: Target, id: u64 },
+    H1 { tx: http1::SendRequest<RequestBody>, pool: Arc<Inner>, target: Target, id: u64 },
     H2 { _stream: StreamGuard },
 }
 
@@ -667,15 +656,9 @@ impl PooledBody {
         match self.release.take() {
             Some(Release::H1 { tx, pool, target, .. }) if !complete => {
                 drop(tx); // closes the connection: its response was not read to the end
-                if let Some(p) = pool.upgrade() {
-                    p.discard_h1(target);
-                }
+                pool.discard_h1(target);
             }
-            Some(Release::H1 { tx, pool, target, id }) => {
-                if let Some(p) = pool.upgrade() {
-                    p.checkin_h1(target, tx, id);
-                }
-            }
+            Some(Release::H1 { tx, pool, target, id }) => pool.checkin_h1(target, tx, id),
             Some(Release::H2 { .. }) | None => {}
         }
     }

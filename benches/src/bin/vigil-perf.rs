@@ -41,6 +41,7 @@ const SCENARIOS: &[Scenario] = &[
     }),
     ("report_l4_success_clean", "L4 success on a server with no failures (every response)", l4_success),
     ("storm_update", "one status update of the storm mix (L4, L7, maintenance)", storm),
+    ("session_checkout_checkin", "take an idle HTTP/1.1 session from the pool and put it back", session),
 ];
 
 fn main() {
@@ -113,4 +114,26 @@ fn storm() {
     }
     let _ = CheckResult::pass("", Duration::ZERO);
     perf_measured_region(&mut |i| storm_update(&db, &keys, i, t));
+}
+
+fn session() {
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Waker};
+    use vigil_session::{Freshness, NoopObserver, Pool, PoolConfig, Target};
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let (addr, _) = rt.block_on(vigil_benches::origin::start_h1_origin());
+    let target = Target::http1(addr);
+    let pool = rt.block_on(async { Pool::new(PoolConfig::default(), Arc::new(NoopObserver)) });
+    rt.block_on(vigil_benches::origin::get(&pool, target, Freshness::IdlePreferred));
+    let _enter = rt.enter();
+    let mut cx = Context::from_waker(Waker::noop());
+    perf_measured_region(&mut |_| {
+        let mut fut = std::pin::pin!(pool.checkout(target, Freshness::IdlePreferred));
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(session)) => drop(black_box(session)),
+            _ => panic!("the idle session was not handed out at once"),
+        }
+    });
 }
