@@ -1,19 +1,31 @@
 //! # vigil-l7check: lazy L7 health checks
 //!
-//! Reads the dedicated health-check file, starts checking an origin's servers
-//! when user traffic for it arrives (and stops after `idle_after`), sends the
-//! checks over `vigil-session`'s pooled sessions and records results through
-//! `vigil-hostdb`'s API.
+//! HTTP health checks configured in their own file, mapped to origin host
+//! names, started by user traffic, sent over the same pooled sessions as
+//! user requests, with results kept in HostDB.
 //!
-//! Built so far: the file ([`HealthChecks`]): parsing with unknown keys
-//! refused, validation, errors at `file:line:column`, and matching checks to
-//! origins (`host:port` beats `host` beats `*.suffix`). The scheduler and the
-//! probe land with the rest of the L7-check issue. This crate changes health
-//! only through `vigil-hostdb` (`Origin::record_check`,
-//! `Server::report_l4_failure`). See `ARCHITECTURE.md`.
+//! - [`HealthChecks`]: the file. Unknown keys refused, values validated,
+//!   errors at `file:line:column`; [`HealthChecks::matching`] finds an
+//!   origin's check (`host:port` beats `host` beats `*.suffix`).
+//! - [`Checker`]: the lazy scheduler. [`Checker::touch`] from the request
+//!   path starts an origin's checks (one atomic load once they run); each
+//!   server is checked every `interval` (± jitter), every
+//!   `unhealthy_interval` while unhealthy; checks stop after `idle_after`
+//!   without a request. Checks in flight are bounded.
+//! - [`Probe`] and [`HttpProbe`]: one check, judged by status ranges and an
+//!   optional body substring, one timeout for everything, redirects never
+//!   followed, a failure on a reused session retried once on a fresh one.
+//!
+//! It changes health only through `vigil-hostdb`: `Origin::record_check`
+//! (the hysteresis and the one log line per flip are HostDB's) and
+//! `Server::report_l4_failure` for connect failures. See `ARCHITECTURE.md`.
 
 #![warn(missing_docs)]
 
 mod config;
+mod probe;
+mod scheduler;
 
 pub use config::{Check, ConfigError, HealthChecks, OriginPattern, Settings, StatusRange, parse_duration};
+pub use probe::{HttpProbe, MAX_BODY, Probe, ProbeFuture, ProbeOutcome, ProbeRequest};
+pub use scheduler::{Checker, CheckerMetrics, CheckerOptions, ResultHook};

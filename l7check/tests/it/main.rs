@@ -4,3 +4,5 @@
 #![allow(clippy::unwrap_used)]
 
 mod config;
+mod probe;
+mod scheduler;

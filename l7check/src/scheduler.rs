@@ -1,0 +1,296 @@
+//! The lazy scheduler: checks start with the first user request for an
+//! origin, run every `interval` (± jitter) per server, every
+//! `unhealthy_interval` while a server is unhealthy, and stop after
+//! `idle_after` without a request.
+//!
+//! Time is tokio's: tests drive it with paused time.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use vigil_hostdb::{CheckResult, HostDb, L7State, Origin, OriginKey};
+use vigil_session::Protocol;
+
+use crate::probe::{Probe, ProbeRequest};
+use crate::{Check, HealthChecks};
+
+/// Checker options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckerOptions {
+    /// Checks in flight at once, over all origins; more wait their turn.
+    pub max_in_flight: usize,
+}
+
+impl Default for CheckerOptions {
+    fn default() -> Self {
+        Self { max_in_flight: 4096 }
+    }
+}
+
+/// Called with every check result (for per-server metrics).
+pub type ResultHook = Arc<dyn Fn(&OriginKey, SocketAddr, &CheckResult) + Send + Sync>;
+
+/// Totals since start.
+#[derive(Debug, Default)]
+pub struct CheckerMetrics {
+    passed: AtomicU64,
+    failed: AtomicU64,
+    in_flight: AtomicU64,
+    origins_started: AtomicU64,
+}
+
+impl CheckerMetrics {
+    /// Checks that passed.
+    pub fn passed(&self) -> u64 {
+        self.passed.load(Ordering::Relaxed)
+    }
+    /// Checks that failed.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+    /// Checks running now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+    /// Times an origin's checks were started by a touch.
+    pub fn origins_started(&self) -> u64 {
+        self.origins_started.load(Ordering::Relaxed)
+    }
+}
+
+struct Inner {
+    db: HostDb,
+    probe: Arc<dyn Probe>,
+    config: RwLock<Arc<HealthChecks>>,
+    protocols: RwLock<Arc<HashMap<OriginKey, Protocol>>>,
+    limit: Arc<Semaphore>,
+    metrics: CheckerMetrics,
+    hook: RwLock<Option<ResultHook>>,
+}
+
+/// The L7 checker: lazy per-origin schedules sending [`Probe`]s and
+/// recording the results in HostDB.
+///
+/// It changes health only through HostDB's API: `Origin::record_check`
+/// (hysteresis, flip events and logs are HostDB's), and
+/// `Server::report_l4_failure` for connect failures and resets.
+#[derive(Clone)]
+pub struct Checker {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Checker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Checker").field("checks", &self.inner.config.read().checks.len()).finish()
+    }
+}
+
+impl Checker {
+    /// A checker over `db`, probing with `probe`, configured by `config`.
+    /// Nothing is checked until [`Checker::touch`].
+    pub fn new(db: HostDb, probe: Arc<dyn Probe>, config: HealthChecks, options: CheckerOptions) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                db,
+                probe,
+                config: RwLock::new(Arc::new(config)),
+                protocols: RwLock::default(),
+                limit: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
+                metrics: CheckerMetrics::default(),
+                hook: RwLock::new(None),
+            }),
+        }
+    }
+
+    /// Replaces the health-check file (reload). Running schedules pick the
+    /// new checks up at their next step; an origin that lost its check stops.
+    pub fn set_config(&self, config: HealthChecks) {
+        *self.inner.config.write() = Arc::new(config);
+    }
+
+    /// Sets which origins speak h2c (the rest: HTTP/1.1).
+    pub fn set_protocols(&self, protocols: HashMap<OriginKey, Protocol>) {
+        *self.inner.protocols.write() = Arc::new(protocols);
+    }
+
+    /// Calls `hook` with every result.
+    pub fn on_result(&self, hook: ResultHook) {
+        *self.inner.hook.write() = Some(hook);
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &CheckerMetrics {
+        &self.inner.metrics
+    }
+
+    /// The request path's call: notes a user request for `origin` at `now`
+    /// and starts its checks if they are not running. While they run this
+    /// is one atomic load (and a store at most once a millisecond).
+    /// Origins without a check (HostDB says `check_policy() == None`) are
+    /// never started.
+    #[inline]
+    pub fn touch(&self, origin: &Arc<Origin>, now: std::time::Instant) {
+        origin.touch(now);
+        if !origin.is_checking() {
+            self.start(origin);
+        }
+    }
+
+    #[cold]
+    fn start(&self, origin: &Arc<Origin>) {
+        if origin.check_policy().is_none() || self.inner.config.read().matching(origin.key()).is_none() {
+            return;
+        }
+        if origin.set_checking(true) {
+            return; // another request started it first
+        }
+        self.inner.metrics.origins_started.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(origin = %origin.key(), "health checks started");
+        tokio::spawn(run_origin(Arc::downgrade(&self.inner), Arc::clone(origin)));
+    }
+}
+
+/// A server's place in its origin's schedule.
+struct Due {
+    /// When the next check starts; `None` while one is in flight.
+    at: Option<Instant>,
+    /// Checks started so far (for `fresh_connect_every`).
+    count: u64,
+}
+
+/// Sent by a finished check to its origin's schedule.
+struct Done {
+    server: SocketAddr,
+    at: Instant,
+    unhealthy: bool,
+}
+
+/// One origin's schedule. Ends when the origin goes idle, loses its check,
+/// leaves HostDB, or the checker is dropped.
+///
+/// The next check of a server is timed from the end of the last one (as
+/// Envoy does), with the interval its state then calls for: a server that
+/// just turned unhealthy is next checked after `unhealthy_interval`. A
+/// server with a check in flight is never scheduled again until it ends.
+async fn run_origin(inner: Weak<Inner>, origin: Arc<Origin>) {
+    let mut due: HashMap<SocketAddr, Due> = HashMap::new();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
+    loop {
+        let Some(inner) = inner.upgrade() else {
+            origin.set_checking(false);
+            return;
+        };
+        let now = Instant::now();
+        let still_ours = inner.db.origin_by_key(origin.key()).is_some_and(|o| Arc::ptr_eq(&o, &origin));
+        let check = inner.config.read().matching(origin.key()).cloned();
+        let Some(check) = check.filter(|_| still_ours && origin.check_policy().is_some()) else {
+            stop(&origin, "no check for the origin any more");
+            return;
+        };
+        let settings = check.settings;
+        while let Ok(done) = done_rx.try_recv() {
+            reschedule(&mut due, &done, &settings);
+        }
+        let idle_after = settings.idle_after;
+        let idle_in = match origin.last_request_ago(now.into_std()) {
+            Some(ago) if ago < idle_after => idle_after - ago,
+            _ => {
+                // Idle. A touch racing with this sees `checking` still set
+                // and starts nothing, so look once more after clearing it.
+                origin.set_checking(false);
+                let touched =
+                    origin.last_request_ago(Instant::now().into_std()).is_some_and(|a| a < idle_after);
+                if touched && !origin.set_checking(true) {
+                    continue;
+                }
+                tracing::info!(origin = %origin.key(), "health checks stopped: no requests for {idle_after:?}");
+                return;
+            }
+        };
+        let check = Arc::new(check);
+        let protocol = inner.protocols.read().get(origin.key()).copied().unwrap_or(Protocol::Http1);
+        let servers = origin.servers();
+        due.retain(|addr, _| servers.iter().any(|s| s.addr() == *addr));
+        for server in servers.iter() {
+            let slot = due.entry(server.addr()).or_insert(Due { at: Some(now), count: 0 });
+            if slot.at.is_none_or(|at| at > now) {
+                continue;
+            }
+            slot.at = None;
+            slot.count += 1;
+            let every = settings.fresh_connect_every as u64;
+            let fresh = every > 0 && slot.count.is_multiple_of(every);
+            let done = done_tx.clone();
+            spawn_check(&inner, &origin, Arc::clone(server), Arc::clone(&check), protocol, fresh, done);
+        }
+        let next = due.values().filter_map(|d| d.at).min().unwrap_or(now + idle_in);
+        drop(inner);
+        tokio::select! {
+            _ = tokio::time::sleep_until(next.min(now + idle_in)) => {}
+            Some(done) = done_rx.recv() => reschedule(&mut due, &done, &settings),
+        }
+    }
+}
+
+/// A check ended: its server's next one is an interval (the one its state
+/// now calls for, jittered) after that.
+fn reschedule(due: &mut HashMap<SocketAddr, Due>, done: &Done, settings: &crate::Settings) {
+    if let Some(slot) = due.get_mut(&done.server) {
+        let interval = if done.unhealthy { settings.unhealthy_interval } else { settings.interval };
+        slot.at = Some(done.at + jittered(interval, settings.jitter));
+    }
+}
+
+fn stop(origin: &Origin, why: &str) {
+    origin.set_checking(false);
+    tracing::info!(origin = %origin.key(), "health checks stopped: {why}");
+}
+
+/// `interval` times a uniform factor in `[1 - jitter, 1 + jitter]`.
+pub(crate) fn jittered(interval: Duration, jitter: f64) -> Duration {
+    if jitter <= 0.0 {
+        return interval;
+    }
+    interval.mul_f64(1.0 + jitter * (fastrand::f64() * 2.0 - 1.0))
+}
+
+fn spawn_check(
+    inner: &Arc<Inner>,
+    origin: &Arc<Origin>,
+    server: Arc<vigil_hostdb::Server>,
+    check: Arc<Check>,
+    protocol: Protocol,
+    fresh: bool,
+    done: tokio::sync::mpsc::UnboundedSender<Done>,
+) {
+    let (inner, origin) = (Arc::clone(inner), Arc::clone(origin));
+    tokio::spawn(async move {
+        // Bounded: past max_in_flight, checks wait here for a turn.
+        let Ok(_permit) = Arc::clone(&inner.limit).acquire_owned().await else { return };
+        inner.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        let req =
+            ProbeRequest { origin: origin.key(), server: server.addr(), protocol, check: &check, fresh };
+        let outcome = inner.probe.probe(req).await;
+        inner.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let now = Instant::now().into_std();
+        if outcome.l4_failure {
+            server.report_l4_failure(now);
+        }
+        origin.record_check(&server, &outcome.result, now);
+        let unhealthy = server.l7_state() == L7State::Unhealthy;
+        let _ = done.send(Done { server: server.addr(), at: Instant::now(), unhealthy });
+        let counter = if outcome.result.passed { &inner.metrics.passed } else { &inner.metrics.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let hook = inner.hook.read().clone();
+        if let Some(hook) = hook {
+            hook(origin.key(), server.addr(), &outcome.result);
+        }
+    });
+}

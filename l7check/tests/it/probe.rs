@@ -1,0 +1,238 @@
+//! The HTTP probe against real loopback origins (real time: a check is real I/O).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use vigil_hostdb::OriginKey;
+use vigil_l7check::{HealthChecks, HttpProbe, Probe, ProbeOutcome, ProbeRequest};
+use vigil_session::{NoopObserver, Pool, PoolConfig, Protocol};
+
+/// A real origin: `/healthz` answers `status` with body "OK <host>"; `/hang`
+/// never answers. Counts connections and requests.
+pub(crate) struct Origin {
+    pub(crate) addr: SocketAddr,
+    pub(crate) status: Arc<AtomicU16>,
+    pub(crate) conns: Arc<AtomicUsize>,
+    pub(crate) requests: Arc<AtomicUsize>,
+}
+
+pub(crate) async fn origin() -> Origin {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let status = Arc::new(AtomicU16::new(200));
+    let (conns, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (s, c, r) = (status.clone(), conns.clone(), requests.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let (s, r) = (s.clone(), r.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (s, r) = (s.clone(), r.clone());
+                    async move {
+                        r.fetch_add(1, Ordering::SeqCst);
+                        if req.uri().path() == "/hang" {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                        }
+                        let host =
+                            req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or("").to_owned();
+                        let mut resp = hyper::Response::new(Full::new(Bytes::from(format!("OK {host}"))));
+                        *resp.status_mut() = hyper::StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap();
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Origin { addr, status, conns, requests }
+}
+
+/// A raw origin answering each request once with `reply` and then closing.
+async fn raw_origin(reply: &'static [u8]) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(reply).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+fn check(extra: &str) -> HealthChecks {
+    let text = format!(
+        "[defaults]\ntimeout = \"300ms\"\n[[check]]\norigin = \"app\"\npath = \"/healthz\"\n{extra}\n"
+    );
+    HealthChecks::parse(&text, "hc.toml").unwrap()
+}
+
+async fn run(pool: &Pool, hc: &HealthChecks, server: SocketAddr, fresh: bool) -> ProbeOutcome {
+    let key: OriginKey = "app:8080".parse().unwrap();
+    let c = hc.matching(&key).unwrap();
+    let probe = HttpProbe::new(pool.clone());
+    probe.probe(ProbeRequest { origin: &key, server, protocol: Protocol::Http1, check: c, fresh }).await
+}
+
+fn pool() -> Pool {
+    Pool::new(PoolConfig::default(), Arc::new(NoopObserver))
+}
+
+#[tokio::test]
+async fn status_and_body_decide_and_host_defaults_to_the_origin() {
+    let o = origin().await;
+    let pool = pool();
+    let hc = check("expect_body = \"OK app:8080\"");
+    let out = run(&pool, &hc, o.addr, false).await;
+    assert!(out.result.passed, "{out:?}");
+    assert_eq!(&*out.result.detail, "200");
+
+    o.status.store(503, Ordering::SeqCst);
+    let out = run(&pool, &hc, o.addr, false).await;
+    assert!(!out.result.passed && !out.l4_failure);
+    assert_eq!(&*out.result.detail, "503");
+
+    o.status.store(302, Ordering::SeqCst); // in the default 200-399, never followed
+    let hc_default = check("");
+    assert!(run(&pool, &hc_default, o.addr, false).await.result.passed);
+
+    o.status.store(200, Ordering::SeqCst);
+    let wrong_body = check("expect_body = \"READY\"");
+    let out = run(&pool, &wrong_body, o.addr, false).await;
+    assert!(!out.result.passed);
+    assert!(out.result.detail.contains("body"), "{out:?}");
+
+    let head = check("method = \"HEAD\"\nhost = \"health.internal\"");
+    assert!(run(&pool, &head, o.addr, false).await.result.passed);
+}
+
+#[tokio::test]
+async fn in_steady_state_checks_open_no_new_connections_and_fresh_ones_do() {
+    let o = origin().await;
+    let pool = pool();
+    let hc = check("");
+    for _ in 0..20 {
+        assert!(run(&pool, &hc, o.addr, false).await.result.passed);
+    }
+    assert_eq!((o.conns.load(Ordering::SeqCst), o.requests.load(Ordering::SeqCst)), (1, 20));
+    for _ in 0..3 {
+        assert!(run(&pool, &hc, o.addr, true).await.result.passed);
+    }
+    assert_eq!(o.conns.load(Ordering::SeqCst), 4, "each fresh check: one new connection");
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_fails_by_timeout() {
+    let o = origin().await;
+    let hc = HealthChecks::parse(
+        "[defaults]\ntimeout = \"200ms\"\n[[check]]\norigin = \"app\"\npath = \"/hang\"\n",
+        "hc.toml",
+    )
+    .unwrap();
+    let start = tokio::time::Instant::now();
+    let out = run(&pool(), &hc, o.addr, false).await;
+    assert_eq!((&*out.result.detail, out.result.passed, out.l4_failure), ("timeout", false, false));
+    assert!(start.elapsed() < Duration::from_secs(2), "one timeout bounds the check: {:?}", start.elapsed());
+}
+
+#[tokio::test]
+async fn garbage_fails_and_refused_connections_fail_as_l4() {
+    let garbage = raw_origin(b"this is not http\r\n\r\n").await;
+    let out = run(&pool(), &check(""), garbage, false).await;
+    assert!(!out.result.passed);
+    assert_eq!(&*out.result.detail, "protocol error");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let out = run(&pool(), &check(""), closed, false).await;
+    assert_eq!((&*out.result.detail, out.l4_failure), ("connect refused", true));
+}
+
+#[tokio::test]
+async fn a_reused_session_that_died_is_retried_on_a_fresh_one_before_it_counts() {
+    // Keep-alive answer, then the server closes: every pooled session dies idle.
+    let addr = raw_origin(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nOK").await;
+    let pool = pool();
+    for _ in 0..20 {
+        let out = run(&pool, &check(""), addr, false).await;
+        assert!(out.result.passed, "{out:?}");
+    }
+}
+
+/// Polls `cond` every 10 ms for up to 5 s (real I/O under way: no paused time).
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn end_to_end_an_origin_answering_503_turns_unhealthy_and_recovers() {
+    use vigil_hostdb::{HostDb, HostDbConfig, L4State, L7State, OriginSpec, ServerSource};
+    use vigil_l7check::{Checker, CheckerOptions};
+
+    let o = origin().await;
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let hc = HealthChecks::parse(
+        "[defaults]\ninterval = \"200ms\"\nunhealthy_interval = \"160ms\"\ntimeout = \"150ms\"\njitter = \"0%\"\nidle_after = \"1h\"\nhealthy_threshold = 2\nunhealthy_threshold = 2\n[[check]]\norigin = \"app\"\npath = \"/healthz\"\n",
+        "hc.toml",
+    )
+    .unwrap();
+    let key: OriginKey = "app:8080".parse().unwrap();
+    let db = HostDb::new();
+    db.apply(&HostDbConfig {
+        origins: vec![OriginSpec {
+            key: key.clone(),
+            servers: ServerSource::Static(vec![o.addr, refused]),
+            lb: Default::default(),
+            check: hc.matching(&key).map(|c| c.settings.policy),
+        }],
+        ..Default::default()
+    })
+    .unwrap();
+    let checker = Checker::new(db.clone(), Arc::new(HttpProbe::new(pool())), hc, CheckerOptions::default());
+    let origin = db.origin("app:8080").unwrap();
+    let (good, bad) = (origin.server(o.addr).unwrap(), origin.server(refused).unwrap());
+
+    checker.touch(&origin, tokio::time::Instant::now().into_std());
+    eventually("healthy", || good.l7_state() == L7State::Healthy).await;
+    eventually("refused server L4-down and unhealthy", || {
+        bad.l4_state(tokio::time::Instant::now().into_std()) != L4State::Up
+            && bad.l7_state() == L7State::Unhealthy
+    })
+    .await;
+
+    o.status.store(503, Ordering::SeqCst);
+    eventually("unhealthy on 503", || good.l7_state() == L7State::Unhealthy).await;
+    assert!(!good.is_routable(tokio::time::Instant::now().into_std()));
+    assert_eq!(&*good.l7().last_result.as_ref().unwrap().detail, "503");
+
+    o.status.store(200, Ordering::SeqCst);
+    eventually("recovered", || good.l7_state() == L7State::Healthy).await;
+    let checks = o.requests.load(Ordering::SeqCst);
+    assert!(checks >= 6, "{checks}");
+    assert_eq!(o.conns.load(Ordering::SeqCst), 1, "{checks} checks over one pooled session");
+    assert!(checker.metrics().failed() >= 2 && checker.metrics().passed() >= 4);
+}
