@@ -182,6 +182,7 @@ struct Done {
 async fn run_origin(inner: Weak<Inner>, origin: Arc<Origin>) {
     let mut due: HashMap<SocketAddr, Due> = HashMap::new();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
+    let mut origin_offset = None;
     loop {
         let Some(inner) = inner.upgrade() else {
             origin.set_checking(false);
@@ -195,6 +196,8 @@ async fn run_origin(inner: Weak<Inner>, origin: Arc<Origin>) {
             return;
         };
         let settings = check.settings;
+        let origin_offset = *origin_offset
+            .get_or_insert_with(|| settings.interval.mul_f64(settings.jitter * fastrand::f64()));
         while let Ok(done) = done_rx.try_recv() {
             reschedule(&mut due, &done, &settings);
         }
@@ -219,7 +222,14 @@ async fn run_origin(inner: Weak<Inner>, origin: Arc<Origin>) {
         let servers = origin.servers();
         due.retain(|addr, _| servers.iter().any(|s| s.addr() == *addr));
         for server in servers.iter() {
-            let slot = due.entry(server.addr()).or_insert(Due { at: Some(now), count: 0 });
+            // First checks are staggered, never all at once (HAProxy's
+            // start_checks does the same): server k of n starts k/n of an
+            // interval in, after this origin's own random offset within the
+            // jitter window. Touching thousands of servers together must not
+            // become thousands of connects in one instant.
+            let k = due.len() as u32;
+            let first = now + origin_offset + settings.interval * k / servers.len().max(1) as u32;
+            let slot = due.entry(server.addr()).or_insert(Due { at: Some(first), count: 0 });
             if slot.at.is_none_or(|at| at > now) {
                 continue;
             }
