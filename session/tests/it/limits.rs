@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use vigil_session::{Freshness, NoopObserver, Pool, PoolConfig, PoolCounts, Target};
 
-use crate::{get, h1_origin, read_all};
+use crate::{concurrent, get, h1_origin, read_all};
 
 #[tokio::test]
 async fn parallel_requests_stay_within_the_idle_limit() {
@@ -11,17 +11,7 @@ async fn parallel_requests_stay_within_the_idle_limit() {
     let config = PoolConfig { max_idle_per_server: 4, ..Default::default() };
     let pool = Pool::new(config, Arc::new(NoopObserver));
     let t = Target::http1(origin.addr);
-    let tasks: Vec<_> = (0..16)
-        .map(|_| {
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                read_all(pool.request(t, Freshness::IdlePreferred, get("/slow")).await.unwrap()).await
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    concurrent(&pool, t, 16, "/slow").await;
     assert_eq!(origin.conns(), 16, "h1 sessions are unique: one per concurrent request");
     assert_eq!(pool.counts(origin.addr), PoolCounts { idle: 4, in_use: 0 });
     assert_eq!(pool.metrics().evicted(), 12);
@@ -75,4 +65,18 @@ async fn ten_thousand_checkouts_hold_no_more_descriptors_than_the_limits_allow()
     assert!(origin.conns() <= 8, "{} connections for 4 workers", origin.conns());
     assert_eq!(origin.requests(), 10_000);
     assert!(pool.metrics().reused() >= 9_990);
+}
+
+#[tokio::test]
+async fn clear_idle_closes_every_idle_session_and_keeps_those_in_use() {
+    let origin = h1_origin().await;
+    let pool = Pool::new(PoolConfig::default(), Arc::new(NoopObserver));
+    let t = Target::http1(origin.addr);
+    concurrent(&pool, t, 3, "/").await;
+    let held = pool.request(t, Freshness::IdlePreferred, get("/big")).await.unwrap();
+    assert_eq!(pool.counts(origin.addr), PoolCounts { idle: 2, in_use: 1 });
+    pool.clear_idle();
+    assert_eq!(pool.counts(origin.addr), PoolCounts { idle: 0, in_use: 1 });
+    read_all(held).await; // finished after the clear: it still comes back
+    assert_eq!(pool.counts(origin.addr), PoolCounts { idle: 1, in_use: 0 });
 }

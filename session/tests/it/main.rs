@@ -142,6 +142,29 @@ pub(crate) fn get(path: &str) -> http::Request<vigil_session::RequestBody> {
     http::Request::get(path).header("host", "origin.test").body(empty_body()).unwrap()
 }
 
+/// `n` concurrent GETs of `path` through `pool`; returns their bodies.
+pub(crate) async fn concurrent(
+    pool: &vigil_session::Pool,
+    t: vigil_session::Target,
+    n: usize,
+    path: &'static str,
+) -> Vec<Bytes> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let resp = pool.request(t, vigil_session::Freshness::IdlePreferred, get(path)).await.unwrap();
+                read_all(resp).await
+            })
+        })
+        .collect();
+    let mut bodies = Vec::with_capacity(n);
+    for task in tasks {
+        bodies.push(task.await.unwrap());
+    }
+    bodies
+}
+
 pub(crate) async fn read_all(resp: http::Response<vigil_session::PooledBody>) -> Bytes {
     resp.into_body().collect().await.unwrap().to_bytes()
 }
