@@ -25,12 +25,19 @@ use crate::{Check, HealthChecks};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckerOptions {
     /// Checks in flight at once, over all origins; more wait their turn.
+    ///
+    /// A check's timeout starts when it gets its turn, so this bound turns
+    /// overload into delay instead of timeouts (false failures). Measured
+    /// with `check-scale` on a 2-core machine at 10 000 checks/s, 9 000
+    /// servers, cold start: 4 096 and 1 024 in flight gave first-round
+    /// timeouts, 512 and 256 none.
     pub max_in_flight: usize,
 }
 
 impl Default for CheckerOptions {
+    /// 256 in flight: half the highest bound measured clean (see above).
     fn default() -> Self {
-        Self { max_in_flight: 4096 }
+        Self { max_in_flight: 256 }
     }
 }
 

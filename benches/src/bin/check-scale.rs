@@ -2,7 +2,7 @@
 //! against a fast local origin, reporting checks/s sustained, timeouts, CPU
 //! per 1 000 checks/s and memory per tracked server.
 //!
-//! Run: `cargo run --release -p vigil-benches --bin check-scale -- [--servers N] [--interval-ms I] [--timeout-ms T] [--seconds S]`
+//! Run: `cargo run --release -p vigil-benches --bin check-scale -- [--servers N] [--interval-ms I] [--timeout-ms T] [--max-in-flight M] [--seconds S]`
 //! (defaults: 9 000 servers, every 900 ms = 10 000 checks/s, timeout half the interval, 20 s measured).
 //!
 //! Every server is its own `ip:port` (127.1.x.y on one port), so each is
@@ -135,8 +135,9 @@ async fn harness() {
         .collect();
     db.apply(&HostDbConfig { origins, ..Default::default() }).unwrap();
     let pool = Pool::new(PoolConfig { max_idle_per_server: 4, ..Default::default() }, Arc::new(NoopObserver));
-    let checker =
-        Checker::new(db.clone(), Arc::new(HttpProbe::new(pool.clone())), hc, CheckerOptions::default());
+    let max_in_flight = arg("--max-in-flight", CheckerOptions::default().max_in_flight as u64) as usize;
+    let options = CheckerOptions { max_in_flight };
+    let checker = Checker::new(db.clone(), Arc::new(HttpProbe::new(pool.clone())), hc, options);
     let failures: Arc<parking_lot::Mutex<HashMap<String, u64>>> = Arc::default();
     let f = Arc::clone(&failures);
     checker.on_result(Arc::new(move |_, _, r| {
@@ -172,7 +173,7 @@ async fn harness() {
     let rate = checks / elapsed;
     let cores = (cpu1 - cpu0) / elapsed;
     println!(
-        "check-scale: {servers} servers, interval {interval_ms} ms (+-10%), timeout {timeout_ms} ms, {seconds} s measured"
+        "check-scale: {servers} servers, interval {interval_ms} ms (+-10%), timeout {timeout_ms} ms, max_in_flight {max_in_flight}, {seconds} s measured"
     );
     println!(
         "  checks/s sustained        {rate:>10.0}  (target {:.0})",
