@@ -5,7 +5,8 @@
 //!
 //! Time is tokio's: tests drive it with paused time.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -164,12 +165,103 @@ impl Checker {
     }
 }
 
-/// A server's place in its origin's schedule.
-struct Due {
+/// One server's place in its origin's schedule.
+struct Slot {
     /// When the next check starts; `None` while one is in flight.
     at: Option<Instant>,
+    /// Matches the heap entry that is current (older entries are stale).
+    seq: u64,
     /// Checks started so far (for `fresh_connect_every`).
     count: u64,
+}
+
+/// The due times of one origin's servers: a min-heap with lazy deletion,
+/// so finding the next due server is O(log n), whatever the origin's size.
+#[derive(Default)]
+struct Schedule {
+    slots: HashMap<SocketAddr, Slot>,
+    heap: BinaryHeap<Reverse<(Instant, u64, SocketAddr)>>,
+    servers: HashMap<SocketAddr, Arc<vigil_hostdb::Server>>,
+    list: Option<Arc<[Arc<vigil_hostdb::Server>]>>,
+    seq: u64,
+}
+
+impl Schedule {
+    /// Follows the origin's server list (a pointer compare when unchanged).
+    /// New servers are staggered, never all at once (HAProxy's
+    /// start_checks does the same): server k of n starts k/n of an interval
+    /// in, after this origin's own random offset within the jitter window.
+    fn sync(
+        &mut self,
+        list: &Arc<[Arc<vigil_hostdb::Server>]>,
+        now: Instant,
+        offset: Duration,
+        interval: Duration,
+    ) {
+        if self.list.as_ref().is_some_and(|l| Arc::ptr_eq(l, list)) {
+            return;
+        }
+        self.servers = list.iter().map(|s| (s.addr(), Arc::clone(s))).collect();
+        self.slots.retain(|addr, _| self.servers.contains_key(addr));
+        let n = list.len().max(1) as u32;
+        for (k, server) in list.iter().enumerate() {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.slots.entry(server.addr()) {
+                e.insert(Slot { at: None, seq: 0, count: 0 });
+                self.set(server.addr(), now + offset + interval * k as u32 / n);
+            }
+        }
+        self.list = Some(Arc::clone(list));
+    }
+
+    fn set(&mut self, addr: SocketAddr, at: Instant) {
+        if let Some(slot) = self.slots.get_mut(&addr) {
+            self.seq += 1;
+            slot.seq = self.seq;
+            slot.at = Some(at);
+            self.heap.push(Reverse((at, self.seq, addr)));
+        }
+    }
+
+    /// A check ended: its server's next one is an interval (the one its
+    /// state now calls for, jittered) after that.
+    fn done(&mut self, done: &Done, settings: &crate::Settings) {
+        if self.slots.get(&done.server).is_some_and(|s| s.at.is_none()) {
+            let interval = if done.unhealthy { settings.unhealthy_interval } else { settings.interval };
+            self.set(done.server, done.at + jittered(interval, settings.jitter));
+        }
+    }
+
+    /// The next server due at or before `now`, marked in flight, with its
+    /// check count.
+    fn pop_due(&mut self, now: Instant) -> Option<(Arc<vigil_hostdb::Server>, u64)> {
+        while let Some(Reverse((at, seq, addr))) = self.heap.peek().copied() {
+            let current = self.slots.get(&addr).is_some_and(|s| s.seq == seq && s.at == Some(at));
+            if !current {
+                self.heap.pop(); // stale: rescheduled, in flight, or gone
+                continue;
+            }
+            if at > now {
+                return None;
+            }
+            self.heap.pop();
+            let slot = self.slots.get_mut(&addr)?;
+            slot.at = None;
+            slot.count += 1;
+            return self.servers.get(&addr).map(|s| (Arc::clone(s), slot.count));
+        }
+        None
+    }
+
+    /// When the next check is due, if any server is waiting.
+    fn next(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, seq, addr))) = self.heap.peek().copied() {
+            if self.slots.get(&addr).is_some_and(|s| s.seq == seq && s.at == Some(at)) {
+                return Some(at);
+            }
+            self.heap.pop();
+        }
+        None
+    }
 }
 
 /// Sent by a finished check to its origin's schedule.
@@ -187,7 +279,7 @@ struct Done {
 /// just turned unhealthy is next checked after `unhealthy_interval`. A
 /// server with a check in flight is never scheduled again until it ends.
 async fn run_origin(inner: Weak<Inner>, origin: Arc<Origin>) {
-    let mut due: HashMap<SocketAddr, Due> = HashMap::new();
+    let mut schedule = Schedule::default();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
     let mut origin_offset = None;
     loop {
@@ -203,10 +295,10 @@ async fn run_origin(inner: Weak<Inner>, origin: Arc<Origin>) {
             return;
         };
         let settings = check.settings;
-        let origin_offset = *origin_offset
+        let offset = *origin_offset
             .get_or_insert_with(|| settings.interval.mul_f64(settings.jitter * fastrand::f64()));
         while let Ok(done) = done_rx.try_recv() {
-            reschedule(&mut due, &done, &settings);
+            schedule.done(&done, &settings);
         }
         let idle_after = settings.idle_after;
         let idle_in = match origin.last_request_ago(now.into_std()) {
@@ -226,42 +318,18 @@ async fn run_origin(inner: Weak<Inner>, origin: Arc<Origin>) {
         };
         let check = Arc::new(check);
         let protocol = inner.protocols.read().get(origin.key()).copied().unwrap_or(Protocol::Http1);
-        let servers = origin.servers();
-        due.retain(|addr, _| servers.iter().any(|s| s.addr() == *addr));
-        for server in servers.iter() {
-            // First checks are staggered, never all at once (HAProxy's
-            // start_checks does the same): server k of n starts k/n of an
-            // interval in, after this origin's own random offset within the
-            // jitter window. Touching thousands of servers together must not
-            // become thousands of connects in one instant.
-            let k = due.len() as u32;
-            let first = now + origin_offset + settings.interval * k / servers.len().max(1) as u32;
-            let slot = due.entry(server.addr()).or_insert(Due { at: Some(first), count: 0 });
-            if slot.at.is_none_or(|at| at > now) {
-                continue;
-            }
-            slot.at = None;
-            slot.count += 1;
-            let every = settings.fresh_connect_every as u64;
-            let fresh = every > 0 && slot.count.is_multiple_of(every);
-            let done = done_tx.clone();
-            spawn_check(&inner, &origin, Arc::clone(server), Arc::clone(&check), protocol, fresh, done);
+        schedule.sync(&origin.servers(), now, offset, settings.interval);
+        let every = settings.fresh_connect_every as u64;
+        while let Some((server, count)) = schedule.pop_due(now) {
+            let fresh = every > 0 && count.is_multiple_of(every);
+            spawn_check(&inner, &origin, server, Arc::clone(&check), protocol, fresh, done_tx.clone());
         }
-        let next = due.values().filter_map(|d| d.at).min().unwrap_or(now + idle_in);
+        let wake = schedule.next().unwrap_or(now + idle_in).min(now + idle_in);
         drop(inner);
         tokio::select! {
-            _ = tokio::time::sleep_until(next.min(now + idle_in)) => {}
-            Some(done) = done_rx.recv() => reschedule(&mut due, &done, &settings),
+            _ = tokio::time::sleep_until(wake) => {}
+            Some(done) = done_rx.recv() => schedule.done(&done, &settings),
         }
-    }
-}
-
-/// A check ended: its server's next one is an interval (the one its state
-/// now calls for, jittered) after that.
-fn reschedule(due: &mut HashMap<SocketAddr, Due>, done: &Done, settings: &crate::Settings) {
-    if let Some(slot) = due.get_mut(&done.server) {
-        let interval = if done.unhealthy { settings.unhealthy_interval } else { settings.interval };
-        slot.at = Some(done.at + jittered(interval, settings.jitter));
     }
 }
 

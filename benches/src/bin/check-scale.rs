@@ -2,7 +2,7 @@
 //! against a fast local origin, reporting checks/s sustained, timeouts, CPU
 //! per 1 000 checks/s and memory per tracked server.
 //!
-//! Run: `cargo run --release -p vigil-benches --bin check-scale -- [--servers N] [--interval-ms I] [--timeout-ms T] [--max-in-flight M] [--seconds S]`
+//! Run: `cargo run --release -p vigil-benches --bin check-scale -- [--servers N] [--interval-ms I] [--timeout-ms T] [--max-in-flight M] [--servers-per-origin K] [--seconds S]`
 //! (defaults: 9 000 servers, every 900 ms = 10 000 checks/s, timeout half the interval, 20 s measured).
 //!
 //! Every server is its own `ip:port` (127.1.x.y on one port), so each is
@@ -25,7 +25,6 @@ use vigil_l7check::{Checker, CheckerOptions, HealthChecks, HttpProbe};
 use vigil_session::{NoopObserver, Pool, PoolConfig};
 
 const PORT: u16 = 18_181;
-const SERVERS_PER_ORIGIN: usize = 10;
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -100,6 +99,7 @@ async fn harness() {
     let servers = arg("--servers", 9_000) as usize;
     let interval_ms = arg("--interval-ms", 900);
     let seconds = arg("--seconds", 20);
+    let per_origin = arg("--servers-per-origin", 10).max(1) as usize;
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
         .arg("--origin")
         .stdin(std::process::Stdio::piped())
@@ -119,12 +119,10 @@ async fn harness() {
     );
     let hc = HealthChecks::parse(&file, "check-scale").unwrap();
     let db = HostDb::new();
-    let origins: Vec<OriginSpec> = (0..servers.div_ceil(SERVERS_PER_ORIGIN))
+    let origins: Vec<OriginSpec> = (0..servers.div_ceil(per_origin))
         .map(|o| {
             let key: OriginKey = format!("o{o}.scale.test:{PORT}").parse().unwrap();
-            let addrs = (o * SERVERS_PER_ORIGIN..((o + 1) * SERVERS_PER_ORIGIN).min(servers))
-                .map(server_addr)
-                .collect();
+            let addrs = (o * per_origin..((o + 1) * per_origin).min(servers)).map(server_addr).collect();
             OriginSpec {
                 check: hc.matching(&key).map(|c| c.settings.policy),
                 key,

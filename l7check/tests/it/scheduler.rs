@@ -209,3 +209,31 @@ async fn an_origin_without_a_check_is_never_started() {
     assert!(!origin.is_checking());
     assert_eq!(origin.servers()[0].l7_state(), L7State::Unchecked);
 }
+
+#[tokio::test(start_paused = true)]
+async fn servers_joining_and_leaving_are_picked_up_while_checks_run() {
+    let probe = Arc::new(TableProbe::default());
+    let (db, checker, origin) = setup(STEADY, probe.clone(), CheckerOptions::default());
+    checker.touch(&origin, now());
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // B leaves, C joins (as a DNS answer or a reload would do).
+    let c: SocketAddr = "127.0.0.4:80".parse().unwrap();
+    let key: vigil_hostdb::OriginKey = "app:80".parse().unwrap();
+    db.apply(&HostDbConfig {
+        origins: vec![OriginSpec {
+            key,
+            servers: ServerSource::Static(vec![A.parse().unwrap(), c]),
+            lb: Default::default(),
+            check: origin.check_policy(),
+        }],
+        ..Default::default()
+    })
+    .unwrap();
+    let t_change = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after =
+        |addr: SocketAddr| probe.calls.lock().iter().filter(|x| x.0 == addr && x.1 > t_change).count();
+    assert_eq!(after(B.parse().unwrap()), 0, "a server that left is not checked");
+    assert!((4..=6).contains(&after(c)), "the new server is checked every interval: {}", after(c));
+    assert!((4..=6).contains(&after(A.parse().unwrap())), "the server that stayed keeps its schedule");
+}
