@@ -11,6 +11,8 @@
 //! the descriptor limit. The origin listens on 0.0.0.0 bound to the `lo`
 //! device: it takes connections to any 127.x.y.z and nothing from outside.
 //! It stops by itself when the harness ends (it exits when its stdin closes).
+//! Both processes raise their soft descriptor limit to the hard one; a
+//! `--servers` count the limit cannot hold is refused up front.
 
 #![allow(clippy::print_stdout, clippy::print_stderr, clippy::disallowed_methods, clippy::unwrap_used)]
 
@@ -47,6 +49,7 @@ fn main() {
 
 /// The fast origin: `200 OK` with a 2-byte body to every request.
 async fn origin() {
+    raise_fd_limit();
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_reuseaddr(true).unwrap();
     sock.bind_device(Some(b"lo")).expect("SO_BINDTODEVICE lo");
@@ -95,8 +98,31 @@ fn usage() -> (f64, u64) {
     (cpu, rss_kb * 1024)
 }
 
+/// Raises the soft descriptor limit to the hard one; returns it.
+fn raise_fd_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("check-scale: cannot read the descriptor limit: {e}");
+            0
+        }
+    }
+}
+
 async fn harness() {
     let servers = arg("--servers", 9_000) as usize;
+    // One client socket per server here, one accepted socket per server in
+    // the origin process (which raises its own limit too), plus slack.
+    let limit = raise_fd_limit();
+    if servers as u64 + 200 > limit {
+        eprintln!(
+            "check-scale: {servers} servers need about {} descriptors in each process; the limit here is {limit} \
+             (the hard limit: raising it needs CAP_SYS_RESOURCE). Use --servers {} or fewer.",
+            servers + 200,
+            limit.saturating_sub(200)
+        );
+        std::process::exit(2);
+    }
     let interval_ms = arg("--interval-ms", 900);
     let seconds = arg("--seconds", 20);
     let per_origin = arg("--servers-per-origin", 10).max(1) as usize;
