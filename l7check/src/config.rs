@@ -35,8 +35,9 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Turns a byte span of `text` into a [`ConfigError`].
-pub(crate) fn error_at(
+/// Turns a byte span of `text` into a [`ConfigError`] at its line and
+/// column (in characters): shared by every config file of the project.
+pub fn error_at(
     file: &str,
     text: &str,
     span: Option<Range<usize>>,

@@ -26,6 +26,9 @@ mod config;
 mod probe;
 mod scheduler;
 
-pub use config::{Check, ConfigError, HealthChecks, OriginPattern, Settings, StatusRange, parse_duration};
+pub use config::{
+    Check, ConfigError, HealthChecks, OriginPattern, Settings, StatusRange, error_at as config_error_at,
+    parse_duration,
+};
 pub use probe::{HttpProbe, MAX_BODY, Probe, ProbeFuture, ProbeOutcome, ProbeRequest};
 pub use scheduler::{Checker, CheckerMetrics, CheckerOptions, ResultHook};

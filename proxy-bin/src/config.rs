@@ -1,0 +1,325 @@
+//! `vigil.toml`: parsing and validation. Every error names `file:line:column`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use vigil_hostdb::{LbPolicy, OriginKey};
+use vigil_l7check::{ConfigError, parse_duration};
+
+/// The whole main config, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Config {
+    pub(crate) listen: SocketAddr,
+    pub(crate) threads: usize,
+    pub(crate) admin: SocketAddr,
+    pub(crate) health_checks: PathBuf,
+    pub(crate) origin_timeout: Duration,
+    pub(crate) admin_token: Option<String>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) fail_threshold: u32,
+    pub(crate) down_time: Duration,
+    pub(crate) connect_attempts: u32,
+    pub(crate) max_idle_per_server: usize,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) remaps: Vec<Remap>,
+    pub(crate) origins: BTreeMap<String, OriginSettings>,
+    pub(crate) cluster: Option<Cluster>,
+    /// Things worth a word that are not errors (an admin listener off loopback).
+    pub(crate) warnings: Vec<String>,
+}
+
+/// One `[[remap]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Remap {
+    /// Exact host, or `.suffix` for `*.suffix`.
+    pub(crate) from: HostMatch,
+    pub(crate) to: OriginKey,
+    pub(crate) preserve_host: bool,
+}
+
+/// How a remap matches the client's Host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HostMatch {
+    Exact(String),
+    Suffix(String),
+}
+
+/// `[origins."host:port"]`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct OriginSettings {
+    /// `None`: resolve through DNS.
+    pub(crate) servers: Option<Vec<SocketAddr>>,
+    pub(crate) lb: LbPolicy,
+    pub h2c: bool,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Cluster {
+    pub(crate) node_id: String,
+    pub(crate) listen: SocketAddr,
+    pub(crate) seeds: Vec<SocketAddr>,
+    pub(crate) cluster_id: String,
+    pub(crate) gossip_interval: Duration,
+    pub(crate) key_file: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    proxy: Spanned<RawProxy>,
+    #[serde(default)]
+    l4: RawL4,
+    #[serde(default)]
+    pool: RawPool,
+    #[serde(default)]
+    remap: Vec<Spanned<RawRemap>>,
+    #[serde(default)]
+    origins: BTreeMap<Spanned<String>, Spanned<RawOrigin>>,
+    cluster: Option<Spanned<RawCluster>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    listen: Spanned<String>,
+    threads: Option<Spanned<i64>>,
+    admin: Option<Spanned<String>>,
+    health_checks: Option<Spanned<String>>,
+    origin_timeout: Option<Spanned<String>>,
+    admin_token: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawL4 {
+    connect_timeout: Option<Spanned<String>>,
+    fail_threshold: Option<Spanned<i64>>,
+    down_time: Option<Spanned<String>>,
+    connect_attempts: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    max_idle_per_server: Option<Spanned<i64>>,
+    idle_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemap {
+    from: Spanned<String>,
+    to: Spanned<String>,
+    #[serde(default)]
+    preserve_host: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOrigin {
+    servers: Option<Vec<Spanned<String>>>,
+    lb: Option<Spanned<String>>,
+    protocol: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    node_id: Spanned<String>,
+    listen: Spanned<String>,
+    #[serde(default)]
+    seeds: Vec<Spanned<String>>,
+    cluster_id: Option<Spanned<String>>,
+    gossip_interval: Option<Spanned<String>>,
+    key_file: Spanned<String>,
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        vigil_l7check::config_error_at(self.file, self.text, Some(span), message)
+    }
+
+    fn addr(&self, v: &Spanned<String>, what: &str) -> Result<SocketAddr, ConfigError> {
+        v.get_ref()
+            .parse()
+            .map_err(|_| self.err(v.span(), format!("{what} {:?} is not an ip:port address", v.get_ref())))
+    }
+
+    fn dur(&self, v: &Option<Spanned<String>>, default: Duration) -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => match parse_duration(s.get_ref()) {
+                Ok(d) if !d.is_zero() => Ok(d),
+                Ok(_) => Err(self.err(s.span(), "a duration here must be more than 0")),
+                Err(m) => Err(self.err(s.span(), m)),
+            },
+        }
+    }
+
+    fn int(
+        &self,
+        v: &Option<Spanned<i64>>,
+        default: i64,
+        min: i64,
+        max: i64,
+        name: &str,
+    ) -> Result<i64, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(n) if (min..=max).contains(n.get_ref()) => Ok(*n.get_ref()),
+            Some(n) => {
+                Err(self
+                    .err(n.span(), format!("{name} must be between {min} and {max}, not {}", n.get_ref())))
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Parses `text`, the contents of `path` (relative paths inside it are
+    /// resolved against the file's folder).
+    pub(crate) fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let cx = Ctx { file: &file, text };
+        let raw: Raw = toml::from_str(text)
+            .map_err(|e| vigil_l7check::config_error_at(&file, text, e.span(), e.message().trim()))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut warnings = Vec::new();
+
+        let p = raw.proxy.get_ref();
+        let listen = cx.addr(&p.listen, "listen")?;
+        let admin = match &p.admin {
+            Some(a) => cx.addr(a, "admin")?,
+            None => SocketAddr::from(([127, 0, 0, 1], 9090)),
+        };
+        if !admin.ip().is_loopback() {
+            warnings.push(format!("{file}: the admin API listens on {admin}, off loopback; keep it on loopback or set admin_token"));
+        }
+        let health_checks =
+            dir.join(p.health_checks.as_ref().map_or("healthchecks.toml", |h| h.get_ref().as_str()));
+        let admin_token = match &p.admin_token {
+            Some(t) if t.get_ref().trim().is_empty() => {
+                return Err(cx.err(t.span(), "admin_token must not be empty"));
+            }
+            other => other.as_ref().map(|t| t.get_ref().clone()),
+        };
+
+        let l4 = &raw.l4;
+        let pool = &raw.pool;
+        let mut remaps = Vec::new();
+        for r in &raw.remap {
+            let r = r.get_ref();
+            let from_text = r.from.get_ref().to_ascii_lowercase();
+            let from = match from_text.strip_prefix("*.") {
+                Some(sfx) => OriginKey::new(sfx, 80).map(|k| HostMatch::Suffix(format!(".{}", k.host()))),
+                None => OriginKey::new(&from_text, 80).map(|k| HostMatch::Exact(k.host().to_owned())),
+            }
+            .map_err(|e| {
+                cx.err(r.from.span(), format!("remap from {:?}: {}", r.from.get_ref(), e.reason()))
+            })?;
+            let to_text = r.to.get_ref();
+            let Some(rest) = to_text.strip_prefix("http://") else {
+                let why = if to_text.starts_with("https://") {
+                    "https origins are not supported yet"
+                } else {
+                    "expected http://host[:port]"
+                };
+                return Err(cx.err(r.to.span(), format!("remap to {to_text:?}: {why}")));
+            };
+            let to: OriginKey =
+                rest.trim_end_matches('/').parse().map_err(|e: vigil_hostdb::AddrError| {
+                    cx.err(r.to.span(), format!("remap to {to_text:?}: {}", e.reason()))
+                })?;
+            if remaps.iter().any(|x: &Remap| x.from == from) {
+                return Err(cx.err(r.from.span(), format!("remap from {:?} appears twice", r.from.get_ref())));
+            }
+            remaps.push(Remap { from, to, preserve_host: r.preserve_host });
+        }
+
+        let mut origins = BTreeMap::new();
+        for (key, o) in &raw.origins {
+            let k: OriginKey = key.get_ref().parse().map_err(|e: vigil_hostdb::AddrError| {
+                cx.err(key.span(), format!("origin {:?}: {}", key.get_ref(), e.reason()))
+            })?;
+            let o = o.get_ref();
+            let servers = match &o.servers {
+                None => None,
+                Some(list) if list.is_empty() => {
+                    return Err(
+                        cx.err(key.span(), "servers must list at least one ip:port (or be left out for DNS)")
+                    );
+                }
+                Some(list) => Some(list.iter().map(|s| cx.addr(s, "server")).collect::<Result<Vec<_>, _>>()?),
+            };
+            let lb = match &o.lb {
+                None => LbPolicy::RoundRobin,
+                Some(l) => l.get_ref().parse().map_err(|m: String| cx.err(l.span(), m))?,
+            };
+            let h2c = match o.protocol.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
+                None | Some(("http1", _)) => false,
+                Some(("h2c", _)) => true,
+                Some((other, span)) => {
+                    return Err(cx.err(span, format!("protocol must be http1 or h2c, not {other:?}")));
+                }
+            };
+            if !remaps.iter().any(|r| r.to == k) {
+                warnings.push(format!("{file}: origin {k} has settings but no remap sends traffic to it"));
+            }
+            if origins.insert(k.as_str().to_owned(), OriginSettings { servers, lb, h2c }).is_some() {
+                return Err(cx.err(key.span(), format!("origin {k} is configured twice")));
+            }
+        }
+
+        let cluster = match &raw.cluster {
+            None => None,
+            Some(c) => {
+                let c = c.get_ref();
+                if c.node_id.get_ref().trim().is_empty() {
+                    return Err(cx.err(c.node_id.span(), "node_id must not be empty"));
+                }
+                Some(Cluster {
+                    node_id: c.node_id.get_ref().clone(),
+                    listen: cx.addr(&c.listen, "cluster listen")?,
+                    seeds: c.seeds.iter().map(|s| cx.addr(s, "seed")).collect::<Result<_, _>>()?,
+                    cluster_id: c
+                        .cluster_id
+                        .as_ref()
+                        .map_or_else(|| "vigil".to_owned(), |i| i.get_ref().clone()),
+                    gossip_interval: cx.dur(&c.gossip_interval, Duration::from_millis(200))?,
+                    key_file: dir.join(c.key_file.get_ref()),
+                })
+            }
+        };
+
+        Ok(Self {
+            listen,
+            threads: cx.int(&p.threads, 0, 0, 1024, "threads")? as usize,
+            admin,
+            health_checks,
+            origin_timeout: cx.dur(&p.origin_timeout, Duration::from_secs(30))?,
+            admin_token,
+            connect_timeout: cx.dur(&l4.connect_timeout, Duration::from_secs(2))?,
+            fail_threshold: cx.int(&l4.fail_threshold, 1, 1, 4_194_303, "fail_threshold")? as u32,
+            down_time: cx.dur(&l4.down_time, Duration::from_secs(10))?,
+            connect_attempts: cx.int(&l4.connect_attempts, 3, 1, 100, "connect_attempts")? as u32,
+            max_idle_per_server: cx.int(&pool.max_idle_per_server, 64, 0, 100_000, "max_idle_per_server")?
+                as usize,
+            idle_timeout: cx.dur(&pool.idle_timeout, Duration::from_secs(60))?,
+            remaps,
+            origins,
+            cluster,
+            warnings,
+        })
+    }
+}

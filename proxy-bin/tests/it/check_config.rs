@@ -1,0 +1,160 @@
+use std::path::PathBuf;
+use std::process::Command;
+
+/// A fresh folder for one test's files.
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vigil-it-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs `vigil check-config` on `main` (with `hc` as healthchecks.toml).
+fn check(name: &str, main: &str, hc: Option<&str>) -> (i32, String, String) {
+    let d = dir(name);
+    std::fs::write(d.join("vigil.toml"), main).unwrap();
+    if let Some(hc) = hc {
+        std::fs::write(d.join("healthchecks.toml"), hc).unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["check-config", "--config"])
+        .arg(d.join("vigil.toml"))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&d);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// SPEC's example main config (its cluster section left out: it needs a key file).
+const SPEC_MAIN: &str = r#"[proxy]
+listen = "127.0.0.1:8080"            # HTTP/1.1 and h2c (prior knowledge)
+threads = 0                          # worker threads; 0 = one per core
+admin = "127.0.0.1:9090"             # admin API; keep it on loopback
+health_checks = "healthchecks.toml"  # dedicated L7 file, relative to this file
+origin_timeout = "30s"               # request sent -> response head
+
+[l4]
+connect_timeout = "2s"
+fail_threshold = 1                   # consecutive L4 failures that mark a server down
+down_time = "10s"                    # then it is retried by the next request that picks it
+connect_attempts = 3                 # distinct servers tried per request before 502
+
+[pool]
+max_idle_per_server = 64
+idle_timeout = "60s"
+
+[[remap]]
+from = "www.example.com"             # client Host (its port ignored): exact, or "*.example.com"
+to = "http://app.internal:8080"      # the origin
+preserve_host = false                # false: Host is rewritten to the origin's host
+
+[origins."app.internal:8080"]        # optional per-origin settings
+servers = ["127.0.0.2:8080", "127.0.0.3:8080"]  # absent: DNS, TTL honoured, stale served on DNS failure
+lb = "round_robin"                   # round_robin | least_requests | consistent_hash (on path)
+protocol = "http1"                   # http1 | h2c
+"#;
+
+const HC: &str = "[[check]]\norigin = \"app.internal\"\npath = \"/healthz\"\n";
+
+#[test]
+fn specs_example_passes() {
+    let (code, out, err) = check("spec", SPEC_MAIN, Some(HC));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(": ok (1 remaps, 1 origins with settings, 1 health checks"), "{out}");
+    assert!(err.is_empty(), "no warnings expected: {err}");
+}
+
+#[test]
+fn a_bad_main_config_names_file_line_and_column() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("[proxy]\nlisten = \"127.0.0.1:8080\"\nlisten_port = 1\n", "3:1", "listen_port"),
+        ("[proxy]\nlisten = \"localhost:8080\"\n", "2:10", "not an ip:port"),
+        ("[proxy]\nlisten = \"127.0.0.1:8080\"\norigin_timeout = \"soon\"\n", "3:18", "invalid duration"),
+        ("[proxy]\nlisten = \"127.0.0.1:8080\"\n[l4]\nfail_threshold = 0\n", "4:18", "fail_threshold"),
+        (
+            "[proxy]\nlisten = \"127.0.0.1:8080\"\n[[remap]]\nfrom = \"a\"\nto = \"https://b\"\n",
+            "5:6",
+            "https",
+        ),
+        (
+            "[proxy]\nlisten = \"127.0.0.1:8080\"\n[[remap]]\nfrom = \"a b\"\nto = \"http://b\"\n",
+            "4:8",
+            "remap from",
+        ),
+        ("[proxy]\nlisten = \"127.0.0.1:8080\"\n[origins.\"b:80\"]\nlb = \"random\"\n", "4:6", "unknown lb"),
+        (
+            "[proxy]\nlisten = \"127.0.0.1:8080\"\n[origins.\"b:80\"]\nprotocol = \"h3\"\n",
+            "4:12",
+            "http1 or h2c",
+        ),
+        (
+            "[proxy]\nlisten = \"127.0.0.1:8080\"\n[origins.\"b:80\"]\nservers = [\"10.0.0.1\"]\n",
+            "4:12",
+            "not an ip:port",
+        ),
+        ("[l4]\nfail_threshold = 1\n", "1:1", "proxy"),
+    ];
+    for (i, (main, at, what)) in cases.iter().enumerate() {
+        let (code, _, err) = check(&format!("bad{i}"), main, Some(""));
+        assert_eq!(code, 1, "{main:?}: {err}");
+        let expected = format!("vigil.toml:{at}: ");
+        assert!(err.contains(&expected), "{main:?}: expected {expected:?} in {err}");
+        assert!(err.to_lowercase().contains(&what.to_lowercase()), "{main:?}: expected {what:?} in {err}");
+    }
+}
+
+#[test]
+fn a_bad_health_check_file_names_its_own_file() {
+    let (code, _, err) = check("badhc", SPEC_MAIN, Some("[defaults]\ninterval = \"2s\"\ntimeout = \"5s\"\n"));
+    assert_eq!(code, 1);
+    assert!(err.contains("healthchecks.toml:3:11: timeout"), "{err}");
+    let (code, _, err) = check("nohc", SPEC_MAIN, None);
+    assert_eq!(code, 1);
+    assert!(err.contains("healthchecks.toml: cannot read"), "{err}");
+}
+
+#[test]
+fn warnings_for_an_off_loopback_admin_and_an_unused_origin() {
+    let main = "[proxy]\nlisten = \"127.0.0.1:8080\"\nadmin = \"0.0.0.0:9090\"\n[origins.\"idle:80\"]\nservers = [\"127.0.0.2:80\"]\n";
+    let (code, _, err) = check("warn", main, Some(""));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning:") && err.contains("off loopback"), "{err}");
+    assert!(err.contains("origin idle:80 has settings but no remap"), "{err}");
+}
+
+#[test]
+fn the_cluster_key_file_must_hold_32_bytes() {
+    let d = dir("cluster");
+    let main = format!(
+        "{SPEC_MAIN}\n[cluster]\nnode_id = \"edge-1\"\nlisten = \"127.0.0.1:7946\"\nkey_file = \"cluster.key\"\n"
+    );
+    std::fs::write(d.join("vigil.toml"), &main).unwrap();
+    std::fs::write(d.join("healthchecks.toml"), HC).unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["check-config", "--config"])
+            .arg(d.join("vigil.toml"))
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cluster.key: cannot read the cluster key"));
+    std::fs::write(d.join("cluster.key"), b"short").unwrap();
+    let out = run();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exactly 32 random bytes, not 5"));
+    std::fs::write(d.join("cluster.key"), [7u8; 32]).unwrap();
+    assert_eq!(run().status.code(), Some(0));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn commands_not_built_yet_say_so() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil")).args(["demo"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not built yet"));
+}

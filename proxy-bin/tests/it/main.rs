@@ -1,0 +1,6 @@
+//! End-to-end tests of the real `vigil` binary.
+
+// Helpers outside #[test] fns are test code too: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod check_config;
