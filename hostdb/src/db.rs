@@ -192,9 +192,8 @@ impl HostDb {
                 check.validate()?;
             }
         }
-        let needs_dns: Vec<&OriginSpec> =
-            config.origins.iter().filter(|s| s.servers == ServerSource::Dns).collect();
-        let runtime = match (needs_dns.first(), &self.inner.resolver) {
+        let first_dns = config.origins.iter().find(|s| s.servers == ServerSource::Dns);
+        let runtime = match (first_dns, &self.inner.resolver) {
             (None, _) => None,
             (Some(spec), None) => return Err(ConfigError::NoResolver(spec.key.to_string())),
             (Some(spec), Some(_)) => {

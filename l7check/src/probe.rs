@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -107,15 +106,14 @@ impl HttpProbe {
         freshness: Freshness,
         timeout: Duration,
     ) -> (Attempt, bool) {
-        let reused = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = Arc::clone(&reused);
-        let work = async move {
+        let mut reused = false;
+        let work = async {
             let target = Target { addr: req.server, protocol: req.protocol };
             let session = match self.pool.checkout(target, freshness).await {
                 Ok(s) => s,
                 Err(e) => return Attempt::Transport(e),
             };
-            flag.store(session.is_reused(), std::sync::atomic::Ordering::Relaxed);
+            reused = session.is_reused();
             let request = match build_request(req) {
                 Ok(r) => r,
                 Err(_) => return Attempt::BodyError, // unreachable with a validated config
@@ -147,7 +145,7 @@ impl HttpProbe {
             Attempt::Judged { status, body_ok }
         };
         let outcome = tokio::time::timeout(timeout, work).await.unwrap_or(Attempt::TimedOut);
-        (outcome, reused.load(std::sync::atomic::Ordering::Relaxed))
+        (outcome, reused)
     }
 }
 

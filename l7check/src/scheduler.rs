@@ -282,6 +282,7 @@ async fn run_origin(inner: Weak<Inner>, origin: Arc<Origin>) {
     let mut schedule = Schedule::default();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
     let mut origin_offset = None;
+    let mut matched: Option<(Arc<HealthChecks>, Option<Arc<Check>>)> = None;
     loop {
         let Some(inner) = inner.upgrade() else {
             origin.set_checking(false);
@@ -289,7 +290,14 @@ async fn run_origin(inner: Weak<Inner>, origin: Arc<Origin>) {
         };
         let now = Instant::now();
         let still_ours = inner.db.origin_by_key(origin.key()).is_some_and(|o| Arc::ptr_eq(&o, &origin));
-        let check = inner.config.read().matching(origin.key()).cloned();
+        // Re-match only when the config was replaced, not on every wake:
+        // matching is a scan over the checks and a Check holds strings.
+        let config = Arc::clone(&inner.config.read());
+        if !matched.as_ref().is_some_and(|(c, _)| Arc::ptr_eq(c, &config)) {
+            let check = config.matching(origin.key()).cloned().map(Arc::new);
+            matched = Some((config, check));
+        }
+        let check = matched.as_ref().and_then(|(_, c)| c.clone());
         let Some(check) = check.filter(|_| still_ours && origin.check_policy().is_some()) else {
             stop(&origin, "no check for the origin any more");
             return;
@@ -316,7 +324,6 @@ async fn run_origin(inner: Weak<Inner>, origin: Arc<Origin>) {
                 return;
             }
         };
-        let check = Arc::new(check);
         let protocol = inner.protocols.read().get(origin.key()).copied().unwrap_or(Protocol::Http1);
         schedule.sync(&origin.servers(), now, offset, settings.interval);
         let every = settings.fresh_connect_every as u64;

@@ -131,8 +131,10 @@ impl Pool {
     pub fn counts(&self, addr: SocketAddr) -> PoolCounts {
         let hosts = self.inner.hosts.lock();
         let mut c = PoolCounts::default();
-        for (t, h) in hosts.iter().filter(|(t, _)| t.addr == addr) {
-            let _ = t;
+        // A server has at most two keys: look them up, never scan the map
+        // (the admin view asks once per server).
+        let keys = [Target::http1(addr), Target::h2c(addr)];
+        for h in keys.iter().filter_map(|t| hosts.get(t)) {
             c.idle += h.idle.len() as u32;
             c.in_use += h.in_use as u32;
             for conn in &h.h2 {

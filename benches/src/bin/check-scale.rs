@@ -19,7 +19,6 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use vigil_hostdb::{HostDb, HostDbConfig, OriginKey, OriginSpec, ServerSource};
@@ -169,7 +168,6 @@ async fn harness() {
             *f.lock().entry(r.detail.to_string()).or_default() += 1;
         }
     }));
-    let total = Arc::new(AtomicU64::new(0));
     let now = tokio::time::Instant::now().into_std();
     for o in db.origins() {
         checker.touch(&o, now);
@@ -192,7 +190,6 @@ async fn harness() {
     let elapsed = t0.elapsed().as_secs_f64();
     let (cpu1, _) = usage();
     let (p1, f1) = (checker.metrics().passed(), checker.metrics().failed());
-    total.store(p1 + f1 - p0 - f0, Ordering::Relaxed);
     let checks = (p1 + f1 - p0 - f0) as f64;
     let rate = checks / elapsed;
     let cores = (cpu1 - cpu0) / elapsed;

@@ -88,7 +88,6 @@ const STEADY: &str =
 async fn nothing_is_checked_before_the_first_touch_then_every_interval() {
     let probe = Arc::new(TableProbe::default());
     let (_db, checker, origin) = setup(STEADY, probe.clone(), CheckerOptions::default());
-    let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(probe.calls.lock().is_empty(), "a check before any request");
     assert!(!origin.is_checking());
@@ -97,7 +96,6 @@ async fn nothing_is_checked_before_the_first_touch_then_every_interval() {
     checker.touch(&origin, now());
     assert!(origin.is_checking());
     tokio::time::sleep(Duration::from_millis(6_500)).await;
-    let _ = t0;
     assert_eq!(probe.times(A.parse().unwrap(), t1), [0, 2000, 4000, 6000]);
     // The second of two servers starts half an interval in (staggered).
     assert_eq!(probe.times(B.parse().unwrap(), t1), [1000, 3000, 5000]);
@@ -236,4 +234,26 @@ async fn servers_joining_and_leaving_are_picked_up_while_checks_run() {
     assert_eq!(after(B.parse().unwrap()), 0, "a server that left is not checked");
     assert!((4..=6).contains(&after(c)), "the new server is checked every interval: {}", after(c));
     assert!((4..=6).contains(&after(A.parse().unwrap())), "the server that stayed keeps its schedule");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_changes_the_interval_and_a_lost_check_stops_the_origin() {
+    let probe = Arc::new(TableProbe::default());
+    let (_db, checker, origin) = setup(STEADY, probe.clone(), CheckerOptions::default());
+    let a: SocketAddr = A.parse().unwrap();
+    let t0 = Instant::now();
+    checker.touch(&origin, now());
+    tokio::time::sleep(Duration::from_millis(2_500)).await; // checks at 0 and 2 s
+    let faster = "[defaults]\ninterval = \"500ms\"\ntimeout = \"200ms\"\nunhealthy_interval = \"500ms\"\njitter = \"0%\"\nidle_after = \"60s\"\n[[check]]\norigin = \"app\"\n";
+    checker.set_config(HealthChecks::parse(faster, "hc.toml").unwrap());
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    // The 4 s check was already scheduled under the old interval; after it, every 500 ms.
+    assert_eq!(probe.times(a, t0), [0, 2000, 4000]);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(probe.times(a, t0), [0, 2000, 4000, 4500, 5000]);
+
+    checker.set_config(HealthChecks::parse("[[check]]\norigin = \"other\"\n", "hc.toml").unwrap());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!origin.is_checking(), "the origin lost its check: its checks stop");
+    assert_eq!(probe.times(a, t0).len(), 5, "no check after the check was removed");
 }
