@@ -24,6 +24,8 @@ pub enum ErrorKind {
     ResponseTooLarge,
     /// Reading or writing a body failed after the response head.
     Body,
+    /// No response head within the caller's response timeout.
+    ResponseTimeout,
 }
 
 impl ErrorKind {
@@ -37,6 +39,7 @@ impl ErrorKind {
             Self::Protocol => "protocol_error",
             Self::ResponseTooLarge => "response_too_large",
             Self::Body => "body_error",
+            Self::ResponseTimeout => "response_timeout",
         }
     }
 }

@@ -190,28 +190,51 @@ impl Pool {
         freshness: Freshness,
         req: http::Request<RequestBody>,
     ) -> Result<http::Response<PooledBody>, SessionError> {
-        use http_body::Body as _;
-        // An empty body can be replayed: keep the head to rebuild it.
-        let replay = req.body().is_end_stream().then(|| {
-            let mut copy = http::Request::new(crate::empty_body());
-            *copy.method_mut() = req.method().clone();
-            *copy.uri_mut() = req.uri().clone();
-            *copy.version_mut() = req.version();
-            *copy.headers_mut() = req.headers().clone();
-            copy
-        });
-        let session = self.checkout(target, freshness).await?;
-        match session.send_keeping(req).await {
+        self.try_request(target, freshness, req, None).await.map_err(|(e, _)| e)
+    }
+
+    /// [`Pool::request`] for a proxy: `response_timeout` bounds each send
+    /// (request written, response head read; the connect has its own
+    /// bound), and a failure hands the request back whenever it can be sent
+    /// again: it never left (a failed connect, a session found closed), or
+    /// its body was empty (a copy of its head is kept). The caller decides
+    /// from [`SessionError::is_sent`] and the method whether to resend it,
+    /// on another server.
+    ///
+    /// # Errors
+    /// As [`Pool::request`], plus [`ErrorKind::ResponseTimeout`]; with the
+    /// request when it can be sent again.
+    pub async fn try_request(
+        &self,
+        target: Target,
+        freshness: Freshness,
+        req: http::Request<RequestBody>,
+        response_timeout: Option<Duration>,
+    ) -> Result<http::Response<PooledBody>, (SessionError, Option<http::Request<RequestBody>>)> {
+        let mut replay = req.body().is_end_stream().then(|| copy_head(&req));
+        let session = match self.checkout(target, freshness).await {
+            Ok(session) => session,
+            Err(e) => return Err((e, Some(req))),
+        };
+        match send_within(session, req, response_timeout).await {
             Ok(resp) => Ok(resp),
             // Not reported to the observer: only the retry's outcome counts.
             Err((e, unsent))
                 if e.is_reused() && (unsent.is_some() || (e.is_retryable_on_fresh() && replay.is_some())) =>
             {
                 tracing::debug!(server = %target.addr, error = %e, "reused session failed; retrying on a fresh one");
-                let Some(req) = unsent.or(replay) else { return Err(e) };
-                self.checkout(target, Freshness::Fresh).await?.send(req).await
+                let Some(req) = unsent.or_else(|| replay.take()) else { return Err((e, None)) };
+                // Kept only on this (rare) path: the fresh send may fail too.
+                let backup = req.body().is_end_stream().then(|| copy_head(&req));
+                match self.checkout(target, Freshness::Fresh).await {
+                    Ok(session) => match send_within(session, req, response_timeout).await {
+                        Ok(resp) => Ok(resp),
+                        Err((e, unsent)) => Err((report(&*self.inner.observer, e), unsent.or(backup))),
+                    },
+                    Err(e) => Err((e, Some(req))),
+                }
             }
-            Err((e, _)) => Err(report(&*self.inner.observer, e)),
+            Err((e, unsent)) => Err((report(&*self.inner.observer, e), unsent.or(replay))),
         }
     }
 
@@ -615,6 +638,35 @@ impl Session {
             }
             None => unreachable!("send consumes the session"),
         }
+    }
+}
+
+/// A copy of a body-less request's head, to send it again.
+fn copy_head(req: &http::Request<RequestBody>) -> http::Request<RequestBody> {
+    let mut copy = http::Request::new(crate::empty_body());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// Sends on `session`, bounded by `timeout` when given.
+async fn send_within(
+    session: Session,
+    req: http::Request<RequestBody>,
+    timeout: Option<Duration>,
+) -> Result<http::Response<PooledBody>, (SessionError, Option<http::Request<RequestBody>>)> {
+    let (addr, reused) = (session.target.addr, session.reused);
+    match timeout {
+        None => session.send_keeping(req).await,
+        Some(t) => match tokio::time::timeout(t, session.send_keeping(req)).await {
+            Ok(r) => r,
+            // Dropping the send closes the session: its response is unread.
+            Err(_) => {
+                Err((SessionError::new(ErrorKind::ResponseTimeout, addr).sent(true).reused(reused), None))
+            }
+        },
     }
 }
 
