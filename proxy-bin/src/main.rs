@@ -2,34 +2,68 @@
 //! environment and the command line; it wires `vigil-hostdb`,
 //! `vigil-session`, `vigil-l7check` and `vigil-cluster` together.
 //!
-//! Built so far: `vigil check-config` (both config files validated, errors
-//! at `file:line:column`, exit 1 on error). The request path, admin API,
-//! `status` and `demo` land with the rest of the proxy issue; until then
-//! those commands say so and exit with status 2.
+//! - `vigil [run] --config vigil.toml`: the proxy and its admin API.
+//! - `vigil check-config --config vigil.toml`: validates both files.
+//! - `vigil status [--admin 127.0.0.1:9090]`: a table of origins and servers.
+//! - `vigil demo`: a self-contained show on loopback.
 
 #![allow(clippy::print_stderr, clippy::print_stdout)]
 
+mod admin;
+mod app;
+mod client;
 mod config;
+mod demo;
+mod forward;
+mod framing;
+mod metrics;
+mod routes;
+mod server;
+mod status;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-const USAGE: &str = "usage: vigil [run] --config vigil.toml | vigil check-config --config vigil.toml | vigil status [--admin 127.0.0.1:9090] | vigil demo";
+const USAGE: &str = "usage: vigil [run] --config vigil.toml | vigil check-config --config vigil.toml | vigil status [--admin 127.0.0.1:9090] | vigil demo [--seconds 12]";
+
+/// How long SIGTERM waits for requests in flight (SPEC: up to 30 s).
+const DRAIN: Duration = Duration::from_secs(30);
 
 #[derive(Debug, PartialEq)]
 enum Cmd {
     Run(PathBuf),
     CheckConfig(PathBuf),
-    Status,
-    Demo,
+    Status(SocketAddr),
+    Demo(u64),
 }
 
 fn parse_cli(args: &[String]) -> Result<Cmd, String> {
     let (cmd, rest) = match args.first().map(String::as_str) {
         Some("run") => ("run", &args[1..]),
         Some("check-config") => ("check-config", &args[1..]),
-        Some("status") => return Ok(Cmd::Status),
-        Some("demo") => return Ok(Cmd::Demo),
+        Some("status") => {
+            return match &args[1..] {
+                [] => Ok(Cmd::Status(SocketAddr::from(([127, 0, 0, 1], 9090)))),
+                [flag, addr] if flag == "--admin" => addr
+                    .parse()
+                    .map(Cmd::Status)
+                    .map_err(|_| format!("vigil status: --admin {addr:?} is not an ip:port address")),
+                _ => Err(format!("vigil status: expected [--admin ip:port]\n{USAGE}")),
+            };
+        }
+        Some("demo") => {
+            return match &args[1..] {
+                [] => Ok(Cmd::Demo(12)),
+                [flag, n] if flag == "--seconds" => match n.parse::<u64>() {
+                    Ok(n) if (4..=3600).contains(&n) => Ok(Cmd::Demo(n)),
+                    _ => Err(format!("vigil demo: --seconds takes 4 to 3600, not {n:?}")),
+                },
+                _ => Err(format!("vigil demo: expected [--seconds N]\n{USAGE}")),
+            };
+        }
         Some("-h" | "--help") | None => return Err(USAGE.to_owned()),
         Some(_) => ("run", args),
     };
@@ -53,13 +87,9 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Ok(cmd) => {
-            eprintln!(
-                "vigil {}: {cmd:?} is not built yet (see README.md); `vigil check-config` is",
-                env!("CARGO_PKG_VERSION")
-            );
-            ExitCode::from(2)
-        }
+        Ok(Cmd::Run(path)) => run(&path),
+        Ok(Cmd::Status(admin)) => status::main(admin),
+        Ok(Cmd::Demo(seconds)) => demo::main(seconds),
         Err(usage) => {
             eprintln!("{usage}");
             ExitCode::from(2)
@@ -67,28 +97,105 @@ fn main() -> ExitCode {
     }
 }
 
-fn read(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
+/// Logs go to stderr; `VIGIL_LOG` (tracing's filter syntax) sets the level.
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let threads =
+        if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+    let mut builder = if threads == 1 {
+        // One thread: no cross-thread wake-ups at all.
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    builder.enable_all().thread_name("vigil").build()
+}
+
+/// `vigil run`: serve until SIGTERM or SIGINT; SIGHUP reloads.
+fn run(path: &Path) -> ExitCode {
+    let loaded = match app::load(path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    init_logging("info");
+    for w in &loaded.config.warnings {
+        tracing::warn!("{w}");
+    }
+    let rt = match runtime(loaded.config.threads) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = rt.block_on(async {
+        let (listen, admin) = (loaded.config.listen, loaded.config.admin);
+        let shared = match app::Shared::start(loaded, path.to_owned()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                return ExitCode::from(1);
+            }
+        };
+        let server = match server::start(Arc::clone(&shared), listen, admin).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
+        };
+        tracing::info!(proxy = %server.proxy, admin = %server.admin, version = env!("CARGO_PKG_VERSION"), "vigil is serving");
+        if let Err(e) = wait_for_signals(&shared).await {
+            eprintln!("cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+        tracing::info!("shutting down: no new connections; finishing requests in flight (up to 30 s)");
+        server.shutdown(DRAIN).await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    code
+}
+
+/// Returns on SIGTERM or SIGINT; reloads on SIGHUP.
+async fn wait_for_signals(shared: &Arc<app::Shared>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                let s = Arc::clone(shared);
+                // Errors are logged by reload itself.
+                let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+            }
+        }
+    }
 }
 
 /// Validates `vigil.toml` and the health-check file it names; warnings go
 /// to stderr, the summary is returned.
 fn check_config(path: &Path) -> Result<String, String> {
-    let config = config::Config::parse(&read(path)?, path).map_err(|e| e.to_string())?;
-    let hc_text = read(&config.health_checks)?;
-    let hc = vigil_l7check::HealthChecks::parse(&hc_text, &config.health_checks.display().to_string())
-        .map_err(|e| e.to_string())?;
-    if let Some(cluster) = &config.cluster {
-        let key = std::fs::read(&cluster.key_file)
-            .map_err(|e| format!("{}: cannot read the cluster key: {e}", cluster.key_file.display()))?;
-        if key.len() != 32 {
-            return Err(format!(
-                "{}: the cluster key must be exactly 32 random bytes, not {}",
-                cluster.key_file.display(),
-                key.len()
-            ));
-        }
-    }
+    let app::Loaded { config, checks } = app::load(path)?;
     for w in &config.warnings {
         eprintln!("warning: {w}");
     }
@@ -97,7 +204,7 @@ fn check_config(path: &Path) -> Result<String, String> {
         path.display(),
         config.remaps.len(),
         config.origins.len(),
-        hc.checks.len(),
+        checks.checks.len(),
         config.health_checks.display()
     ))
 }
@@ -115,7 +222,15 @@ mod tests {
         assert_eq!(parse_cli(&args("--config v.toml")), Ok(Cmd::Run("v.toml".into())));
         assert_eq!(parse_cli(&args("run --config v.toml")), Ok(Cmd::Run("v.toml".into())));
         assert_eq!(parse_cli(&args("check-config --config v.toml")), Ok(Cmd::CheckConfig("v.toml".into())));
-        assert_eq!(parse_cli(&args("status --admin 127.0.0.1:9090")), Ok(Cmd::Status));
+        assert_eq!(
+            parse_cli(&args("status --admin 127.0.0.1:9191")),
+            Ok(Cmd::Status("127.0.0.1:9191".parse().unwrap()))
+        );
+        assert_eq!(parse_cli(&args("status")), Ok(Cmd::Status("127.0.0.1:9090".parse().unwrap())));
+        assert!(parse_cli(&args("status --admin nope")).is_err());
+        assert_eq!(parse_cli(&args("demo")), Ok(Cmd::Demo(12)));
+        assert_eq!(parse_cli(&args("demo --seconds 5")), Ok(Cmd::Demo(5)));
+        assert!(parse_cli(&args("demo --seconds 1")).is_err());
         assert!(parse_cli(&args("check-config")).unwrap_err().contains("--config FILE"));
         assert!(parse_cli(&args("")).unwrap_err().starts_with("usage:"));
     }

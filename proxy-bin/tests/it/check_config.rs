@@ -153,8 +153,14 @@ fn the_cluster_key_file_must_hold_32_bytes() {
 }
 
 #[test]
-fn commands_not_built_yet_say_so() {
-    let out = Command::new(env!("CARGO_BIN_EXE_vigil")).args(["demo"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not built yet"));
+fn the_demo_runs_by_itself_and_exits_0() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil")).args(["demo", "--seconds", "4"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("goes into maintenance") && text.contains("is killed"), "{text}");
+    assert!(text.contains("L7 healthy -> unhealthy"), "the maintenance was seen by the checks: {text}");
+    assert!(text.contains("client errors: 0"), "{text}");
+    for ip in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
+        assert!(text.contains(ip), "{text}");
+    }
 }

@@ -4,3 +4,5 @@
 #![allow(clippy::unwrap_used)]
 
 mod check_config;
+mod harness;
+mod proxy;

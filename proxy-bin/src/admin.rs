@@ -1,0 +1,182 @@
+//! The admin API (SPEC): `GET /healthz`, `GET /hosts`, `POST /maintenance`,
+//! `POST /reload`, `GET /metrics`. Writes need `Authorization: Bearer
+//! <admin_token>` when a token is set.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use vigil_hostdb::{OriginKey, PoolView};
+
+use crate::app::Shared;
+
+const MAX_BODY: usize = 64 * 1024;
+
+/// hyper's service entry point.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(handle(&shared, req).await)
+}
+
+async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    match (path.as_str(), method) {
+        ("/healthz", Method::GET | Method::HEAD) => text(StatusCode::OK, "ok\n"),
+        ("/hosts", Method::GET | Method::HEAD) => json(StatusCode::OK, &hosts(shared)),
+        ("/metrics", Method::GET | Method::HEAD) => {
+            let mut resp = text(StatusCode::OK, shared.metrics.encode());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            resp
+        }
+        ("/maintenance" | "/reload", Method::POST) => {
+            if let Some(denied) = authorize(shared, &req) {
+                return denied;
+            }
+            if path == "/reload" {
+                // Reading two small files and swapping: quick, but it is file
+                // I/O, so off the async workers.
+                let s = Arc::clone(shared);
+                return match tokio::task::spawn_blocking(move || s.reload()).await {
+                    Ok(Ok(summary)) => {
+                        json(StatusCode::OK, &serde_json::json!({"ok": true, "message": summary}))
+                    }
+                    Ok(Err(e)) => {
+                        json(StatusCode::BAD_REQUEST, &serde_json::json!({"ok": false, "error": e}))
+                    }
+                    Err(e) => json(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &serde_json::json!({"ok": false, "error": e.to_string()}),
+                    ),
+                };
+            }
+            maintenance(shared, req).await
+        }
+        ("/healthz" | "/hosts" | "/metrics", _) => {
+            allow(text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"), "GET, HEAD")
+        }
+        ("/maintenance" | "/reload", _) => allow(text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"), "POST"),
+        _ => text(StatusCode::NOT_FOUND, "not found: /healthz /hosts /metrics /maintenance /reload\n"),
+    }
+}
+
+/// The `/hosts` document: HostDB's snapshot, this node's id, pool counts.
+pub(crate) fn hosts(shared: &Shared) -> serde_json::Value {
+    let mut view = shared.db.snapshot(tokio::time::Instant::now().into_std());
+    view.node = shared.node.clone();
+    view.fill_pool(|_, addr| {
+        let c = shared.pool.counts(addr);
+        PoolView { idle: c.idle, in_use: c.in_use }
+    });
+    serde_json::to_value(&view).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}))
+}
+
+fn authorize(shared: &Shared, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let config = shared.config.load();
+    let token = config.admin_token.as_deref()?;
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+        return None;
+    }
+    let mut resp = json(
+        StatusCode::UNAUTHORIZED,
+        &serde_json::json!({"ok": false, "error": "admin writes need Authorization: Bearer <admin_token>"}),
+    );
+    resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Some(resp)
+}
+
+/// Compares without leaking where the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaintenanceBody {
+    origin: String,
+    server: String,
+    on: bool,
+}
+
+async fn maintenance(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let bad = |msg: String| json(StatusCode::BAD_REQUEST, &serde_json::json!({"ok": false, "error": msg}));
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return bad(format!("cannot read the body: {e}")),
+    };
+    let m: MaintenanceBody = match serde_json::from_slice(&body) {
+        Ok(m) => m,
+        Err(e) => {
+            return bad(format!(
+                "expected {{\"origin\": \"host:port\", \"server\": \"ip:port\", \"on\": true|false}}: {e}"
+            ));
+        }
+    };
+    let origin: OriginKey = match m.origin.parse() {
+        Ok(o) => o,
+        Err(e) => return bad(format!("origin {:?}: {e}", m.origin)),
+    };
+    let server = match vigil_hostdb::parse_server_addr(&m.server) {
+        Ok(s) => s,
+        Err(e) => return bad(format!("server {:?}: {e}", m.server)),
+    };
+    let Some(record) = shared.db.server(origin.as_str(), server) else {
+        return json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"ok": false, "error": format!("no server {server} in origin {origin}")}),
+        );
+    };
+    let changed = record.set_maintenance(m.on);
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"ok": true, "origin": origin.as_str(), "server": server.to_string(), "maintenance": m.on, "changed": changed}),
+    )
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn allow(mut resp: Response<Full<Bytes>>, methods: &'static str) -> Response<Full<Bytes>> {
+    resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(methods));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}

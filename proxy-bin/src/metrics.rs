@@ -1,0 +1,249 @@
+//! `GET /metrics`: Prometheus text through prometheus-client.
+//!
+//! Counters are bumped where things happen (request path, pool observer,
+//! checker hook, HostDB events); gauges that mirror HostDB state
+//! (`vigil_server_routable`) and the pool's own totals are read at scrape
+//! time by a collector, so they can never drift from what `/hosts` shows.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use vigil_hostdb::{Event, HostDb, OriginKey};
+use vigil_session::{Observer, Pool, SessionError};
+
+/// A server address as a label value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Addr(pub(crate) SocketAddr);
+
+impl EncodeLabelValue for Addr {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        write!(encoder, "{}", self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct RequestLabels {
+    pub(crate) origin: Arc<str>,
+    pub(crate) code: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ServerResult {
+    origin: Arc<str>,
+    server: Addr,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ServerLabels {
+    origin: Arc<str>,
+    server: Addr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TransitionLabels {
+    origin: Arc<str>,
+    server: Addr,
+    to: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// Every counter the proxy keeps.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    connects: Family<ServerResult, Counter>,
+    checks: Family<ServerResult, Counter>,
+    transitions: Family<TransitionLabels, Counter>,
+    reloads: Family<ResultLabel, Counter>,
+    /// Requests refused for ambiguous framing (see `framing`).
+    pub(crate) framing_refused: Arc<AtomicU64>,
+    /// Retries of a request on another server.
+    pub(crate) retries: Counter,
+    /// Which origin a server belongs to, for the pool observer's labels.
+    owners: Mutex<HashMap<SocketAddr, Arc<str>>>,
+    registry: Mutex<Option<Registry>>,
+}
+
+impl Metrics {
+    pub(crate) fn request(&self, origin: &Arc<str>, code: u16) {
+        // Cloning the Arc for the lookup key is one atomic increment; the
+        // family is a read-locked map, so concurrent requests do not contend.
+        self.requests.get_or_create(&RequestLabels { origin: Arc::clone(origin), code }).inc();
+    }
+
+    pub(crate) fn check(&self, origin: &OriginKey, server: SocketAddr, passed: bool) {
+        let result = if passed { "pass" } else { "fail" };
+        self.checks
+            .get_or_create(&ServerResult { origin: origin_label(origin), server: Addr(server), result })
+            .inc();
+    }
+
+    pub(crate) fn reload(&self, ok: bool) {
+        self.reloads.get_or_create(&ResultLabel { result: if ok { "ok" } else { "error" } }).inc();
+    }
+
+    /// Counts an L7 transition (a HostDB event).
+    pub(crate) fn on_event(&self, event: &Event) {
+        if let Event::L7 { origin, server, to, .. } = event {
+            self.transitions
+                .get_or_create(&TransitionLabels {
+                    origin: origin_label(origin),
+                    server: Addr(*server),
+                    to: to.as_str(),
+                })
+                .inc();
+        }
+    }
+
+    /// Forgets the server → origin map (after a reload or a DNS change).
+    pub(crate) fn forget_owners(&self) {
+        self.owners.lock().clear();
+    }
+
+    fn owner(&self, db: &HostDb, addr: SocketAddr) -> Arc<str> {
+        let mut owners = self.owners.lock();
+        if let Some(o) = owners.get(&addr) {
+            return Arc::clone(o);
+        }
+        // A miss happens once per server (and after reloads): scan HostDB.
+        let origin = db
+            .origins()
+            .iter()
+            .filter(|o| o.servers().iter().any(|s| s.addr() == addr))
+            .map(|o| o.key().as_str().to_owned())
+            .min()
+            .map_or_else(|| Arc::from(""), Arc::from);
+        owners.insert(addr, Arc::clone(&origin));
+        origin
+    }
+
+    /// Builds the registry once HostDB and the pool exist.
+    pub(crate) fn register(self: &Arc<Self>, db: HostDb, pool: Pool) {
+        let mut r = Registry::default();
+        r.register(
+            "vigil_requests",
+            "Client requests answered, by origin and status code",
+            self.requests.clone(),
+        );
+        r.register(
+            "vigil_upstream_connects",
+            "TCP connects to servers (requests and checks), by result",
+            self.connects.clone(),
+        );
+        r.register("vigil_health_checks", "L7 health checks, by server and result", self.checks.clone());
+        r.register(
+            "vigil_health_transitions",
+            "L7 state changes, by server and new state",
+            self.transitions.clone(),
+        );
+        r.register("vigil_reloads", "Config reloads, by result", self.reloads.clone());
+        r.register("vigil_retries", "Requests retried on another server", self.retries.clone());
+        r.register_collector(Box::new(Live { db, pool, framing_refused: Arc::clone(&self.framing_refused) }));
+        *self.registry.lock() = Some(r);
+    }
+
+    /// The Prometheus text exposition.
+    pub(crate) fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        if let Some(r) = &*self.registry.lock() {
+            // Writing into a String cannot fail.
+            let _ = prometheus_client::encoding::text::encode(&mut out, r);
+        }
+        out
+    }
+}
+
+fn origin_label(origin: &OriginKey) -> Arc<str> {
+    Arc::from(origin.as_str())
+}
+
+/// Feeds `vigil_upstream_connects_total`. It does not feed HostDB: the
+/// request path and the checker hold the exact `Server` record and report
+/// L4 outcomes on it themselves (see ARCHITECTURE.md), so a failure counts
+/// once.
+#[derive(Debug)]
+pub(crate) struct ConnectObserver {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) db: HostDb,
+}
+
+impl Observer for ConnectObserver {
+    fn on_connect(&self, addr: SocketAddr, result: Result<(), &SessionError>) {
+        let result = match result {
+            Ok(()) => "ok",
+            Err(e) => e.kind().as_str(),
+        };
+        let origin = self.metrics.owner(&self.db, addr);
+        self.metrics.connects.get_or_create(&ServerResult { origin, server: Addr(addr), result }).inc();
+    }
+
+    fn on_io_error(&self, _: SocketAddr, _: &SessionError) {}
+}
+
+/// Values read at scrape time.
+#[derive(Debug)]
+struct Live {
+    db: HostDb,
+    pool: Pool,
+    framing_refused: Arc<AtomicU64>,
+}
+
+impl Collector for Live {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let m = self.pool.metrics();
+        for (name, help, v) in [
+            ("vigil_pool_reused", "Checkouts served by an idle keep-alive session", m.reused()),
+            ("vigil_pool_evicted", "Idle sessions closed by the pool", m.evicted()),
+            (
+                "vigil_requests_refused_framing",
+                "Requests refused for ambiguous framing (Content-Length with Transfer-Encoding, duplicate Content-Length)",
+                self.framing_refused.load(Ordering::Relaxed),
+            ),
+        ] {
+            let c = ConstCounter::new(v);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        let now = tokio::time::Instant::now().into_std();
+        let origins = self.db.origins();
+        for (name, help) in [
+            (
+                "vigil_server_routable",
+                "1 when the server gets new requests (not in maintenance, L4-down or L7-unhealthy)",
+            ),
+            ("vigil_server_in_flight", "Requests in flight to the server"),
+        ] {
+            let mut family =
+                encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Gauge)?;
+            for o in &origins {
+                let label = origin_label(o.key());
+                for s in o.servers().iter() {
+                    let v = if name == "vigil_server_routable" {
+                        i64::from(s.is_routable(now))
+                    } else {
+                        i64::from(s.in_flight())
+                    };
+                    let labels = ServerLabels { origin: Arc::clone(&label), server: Addr(s.addr()) };
+                    ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,207 @@
+//! The routing table built from `[[remap]]`, and the HostDB and checker
+//! inputs built from the whole config. Rebuilt on reload and swapped in one
+//! store; the request path reads it with one arc-swap load.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use vigil_hostdb::{HostDbConfig, L4Policy, LbPolicy, OriginKey, OriginSpec, ServerSource};
+use vigil_l7check::HealthChecks;
+use vigil_session::Protocol;
+
+use crate::config::{Config, HostMatch};
+
+type Map<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+
+/// Where requests for one client host go.
+#[derive(Debug)]
+pub(crate) struct Route {
+    pub(crate) origin: OriginKey,
+    pub(crate) preserve_host: bool,
+    pub(crate) protocol: Protocol,
+    /// `Host` sent upstream unless `preserve_host`: the origin's host, with
+    /// its port unless 80.
+    pub(crate) host_header: HeaderValue,
+    /// The origin, as metric label.
+    pub(crate) label: Arc<str>,
+}
+
+/// Everything the request path needs from the config.
+#[derive(Debug)]
+pub(crate) struct Routes {
+    exact: Map<Arc<Route>>,
+    /// Keyed by `.suffix` (from `*.suffix`).
+    suffix: Map<Arc<Route>>,
+    pub(crate) origin_timeout: Duration,
+    pub(crate) connect_attempts: u32,
+}
+
+impl Routes {
+    pub(crate) fn new(config: &Config) -> Self {
+        let mut routes = Self {
+            exact: Map::default(),
+            suffix: Map::default(),
+            origin_timeout: config.origin_timeout,
+            connect_attempts: config.connect_attempts,
+        };
+        for remap in &config.remaps {
+            let protocol = protocol_of(config, &remap.to);
+            let route = Arc::new(Route {
+                origin: remap.to.clone(),
+                preserve_host: remap.preserve_host,
+                protocol,
+                host_header: host_header(&remap.to),
+                label: Arc::from(remap.to.as_str()),
+            });
+            // First rule wins for a host listed twice (check-config refuses that).
+            let (map, key) = match &remap.from {
+                HostMatch::Exact(h) => (&mut routes.exact, h),
+                HostMatch::Suffix(s) => (&mut routes.suffix, s),
+            };
+            map.entry(key.as_str().into()).or_insert(route);
+        }
+        routes
+    }
+
+    /// The route for a client's `Host` (any case, port ignored): an exact
+    /// rule first, then the longest `*.suffix` rule.
+    pub(crate) fn find(&self, host: &str) -> Option<&Arc<Route>> {
+        let host = strip_port(host);
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let lower;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = host.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            host
+        };
+        if let Some(r) = self.exact.get(host) {
+            return Some(r);
+        }
+        if self.suffix.is_empty() {
+            return None;
+        }
+        // Leftmost dot first: the longest suffix wins.
+        host.match_indices('.').filter(|&(i, _)| i > 0).find_map(|(i, _)| self.suffix.get(&host[i..]))
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest.split_once(']').map_or(host, |(addr, _)| addr);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn protocol_of(config: &Config, origin: &OriginKey) -> Protocol {
+    match config.origins.get(origin.as_str()) {
+        Some(o) if o.h2c => Protocol::H2c,
+        _ => Protocol::Http1,
+    }
+}
+
+/// The `Host` header for an origin: host, plus the port unless 80.
+pub(crate) fn host_header(origin: &OriginKey) -> HeaderValue {
+    let host = origin.host();
+    let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+    let value = if origin.port() == 80 { host } else { format!("{host}:{}", origin.port()) };
+    // An OriginKey is a validated host name or address: always a valid value.
+    HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Every origin the config names: the targets of remaps and the
+/// `[origins."…"]` sections, with their servers, policy and check policy.
+pub(crate) fn hostdb_config(config: &Config, hc: &HealthChecks) -> Result<HostDbConfig, String> {
+    let mut keys: Vec<OriginKey> = config.remaps.iter().map(|r| r.to.clone()).collect();
+    for key in config.origins.keys() {
+        keys.push(key.parse().map_err(|e| format!("origin {key:?}: {e}"))?);
+    }
+    keys.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    keys.dedup();
+    let origins = keys
+        .into_iter()
+        .map(|key| {
+            let settings = config.origins.get(key.as_str());
+            let servers = match settings.and_then(|s| s.servers.clone()) {
+                Some(list) => ServerSource::Static(list),
+                None => ServerSource::Dns,
+            };
+            let lb = settings.map_or(LbPolicy::RoundRobin, |s| s.lb);
+            let check = hc.matching(&key).map(|c| c.settings.policy);
+            OriginSpec { key, servers, lb, check }
+        })
+        .collect();
+    Ok(HostDbConfig {
+        l4: L4Policy { fail_threshold: config.fail_threshold, down_time: config.down_time },
+        origins,
+    })
+}
+
+/// The protocol of every origin that is not plain HTTP/1.1 (for the checker).
+pub(crate) fn protocols(config: &Config) -> std::collections::HashMap<OriginKey, Protocol> {
+    let mut out = std::collections::HashMap::new();
+    for remap in &config.remaps {
+        out.insert(remap.to.clone(), protocol_of(config, &remap.to));
+    }
+    for key in config.origins.keys() {
+        if let Ok(k) = key.parse::<OriginKey>() {
+            let p = protocol_of(config, &k);
+            out.insert(k, p);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn routes(remaps: &str) -> Routes {
+        let text = format!("[proxy]\nlisten = \"127.0.0.1:8080\"\n{remaps}");
+        Routes::new(&Config::parse(&text, Path::new("v.toml")).unwrap())
+    }
+
+    #[test]
+    fn exact_then_longest_suffix_any_case_port_ignored() {
+        let r = routes(
+            r#"
+[[remap]]
+from = "www.example.com"
+to = "http://exact:80"
+[[remap]]
+from = "*.example.com"
+to = "http://wide:80"
+[[remap]]
+from = "*.api.example.com"
+to = "http://narrow:8080"
+"#,
+        );
+        let to = |h: &str| r.find(h).map(|r| r.origin.as_str().to_owned());
+        assert_eq!(to("www.example.com").as_deref(), Some("exact:80"));
+        assert_eq!(to("WWW.Example.COM:8080").as_deref(), Some("exact:80"));
+        assert_eq!(to("www.example.com.").as_deref(), Some("exact:80"));
+        assert_eq!(to("img.example.com").as_deref(), Some("wide:80"));
+        assert_eq!(to("v1.api.example.com").as_deref(), Some("narrow:8080"));
+        assert_eq!(to("example.com"), None, "*.example.com does not match the bare domain");
+        assert_eq!(to(".example.com"), None);
+        assert_eq!(to("other.org"), None);
+        assert_eq!(r.find("x.api.example.com").unwrap().host_header, "narrow:8080");
+        assert_eq!(r.find("www.example.com").unwrap().host_header, "exact");
+    }
+
+    #[test]
+    fn ports_and_v6_are_stripped() {
+        assert_eq!(strip_port("a.b:81"), "a.b");
+        assert_eq!(strip_port("a.b"), "a.b");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+        assert_eq!(strip_port("a.b:x"), "a.b:x");
+    }
+}

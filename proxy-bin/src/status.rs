@@ -1,0 +1,147 @@
+//! `vigil status`: the admin API's `/hosts` as a table.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use serde_json::Value;
+
+pub(crate) fn main(admin: SocketAddr) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vigil status: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(crate::client::fetch(admin, http::Method::GET, "/hosts", None)) {
+        Ok((status, body)) if status.is_success() => match serde_json::from_str::<Value>(&body) {
+            Ok(v) => {
+                print!("{}", render(&v));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vigil status: {admin}/hosts is not JSON: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Ok((status, body)) => {
+            eprintln!("vigil status: {admin}/hosts answered {status}: {}", body.trim());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("vigil status: cannot reach the admin API at {e} (is vigil running? --admin ip:port)");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Renders a `/hosts` document as a table, one origin then its servers.
+pub(crate) fn render(hosts: &Value) -> String {
+    let mut out = String::new();
+    let origins = hosts["origins"].as_array().map_or(&[][..], Vec::as_slice);
+    let _ = writeln!(out, "node {} · {} origin(s)", hosts["node"].as_str().unwrap_or("?"), origins.len());
+    let _ = writeln!(
+        out,
+        "{:<24} {:<8} {:<11} {:<10} {:<5} {:<28} {:>8} {:>9}",
+        "SERVER", "ROUTABLE", "L4", "L7", "MAINT", "LAST CHECK", "LATENCY", "IDLE/USE"
+    );
+    for o in origins {
+        let checking = if o["checking"].as_bool() == Some(true) { "checks running" } else { "checks idle" };
+        let last = match o["last_request_ms_ago"].as_u64() {
+            Some(ms) => format!("last request {} ago", human_ms(ms)),
+            None => "no request yet".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "{}  ({}, {}, {})",
+            o["origin"].as_str().unwrap_or("?"),
+            o["lb"].as_str().unwrap_or("?"),
+            checking,
+            last
+        );
+        if let Some(err) = o["dns"]["error"].as_str() {
+            let _ = writeln!(out, "  DNS failing: {err}");
+        }
+        for s in o["servers"].as_array().map_or(&[][..], Vec::as_slice) {
+            let l4 = s["l4"]["state"].as_str().unwrap_or("?");
+            let l4 = match s["l4"]["down_for_ms"].as_u64() {
+                Some(ms) if ms > 0 && l4 == "down" => format!("down {}", human_ms(ms)),
+                _ => l4.to_owned(),
+            };
+            let l7 = &s["l7"];
+            let check = match (l7["last_result"].as_str(), l7["last_check_ms_ago"].as_u64()) {
+                (Some(r), Some(ago)) => {
+                    format!("{r} {} ({} ago)", l7["last_detail"].as_str().unwrap_or(""), human_ms(ago))
+                }
+                _ => "-".to_owned(),
+            };
+            let latency = l7["last_latency_ms"].as_f64().map_or("-".to_owned(), |ms| format!("{ms:.1} ms"));
+            let source = match l7["source"].as_str() {
+                Some("local") | None => String::new(),
+                Some(other) => format!(" [{other}]"),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<22} {:<8} {:<11} {:<10} {:<5} {:<28} {:>8} {:>9}{}",
+                s["addr"].as_str().unwrap_or("?"),
+                if s["routable"].as_bool() == Some(true) { "yes" } else { "NO" },
+                l4,
+                l7["state"].as_str().unwrap_or("?"),
+                if s["maintenance"].as_bool() == Some(true) { "on" } else { "-" },
+                truncate(&check, 28),
+                latency,
+                format!(
+                    "{}/{}",
+                    s["pool"]["idle"].as_u64().unwrap_or(0),
+                    s["pool"]["in_use"].as_u64().unwrap_or(0)
+                ),
+                source
+            );
+        }
+    }
+    out
+}
+
+fn human_ms(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..60_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        _ => format!("{} min", ms / 60_000),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max { s.to_owned() } else { s.chars().take(max - 1).chain(['…']).collect() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_server_with_its_states() {
+        let v = serde_json::json!({"node": "edge-1", "origins": [{"origin": "app:8080", "checking": true,
+            "last_request_ms_ago": 120, "lb": "round_robin", "servers": [
+            {"addr": "127.0.0.2:8080", "routable": true, "maintenance": false,
+             "l4": {"state": "up", "consecutive_failures": 0, "down_for_ms": 0},
+             "l7": {"state": "healthy", "last_check_ms_ago": 800, "last_result": "pass", "last_detail": "200",
+                    "last_latency_ms": 1.25, "source": "local"}, "pool": {"idle": 3, "in_use": 1}},
+            {"addr": "127.0.0.3:8080", "routable": false, "maintenance": true,
+             "l4": {"state": "down", "consecutive_failures": 1, "down_for_ms": 4200},
+             "l7": {"state": "unhealthy", "source": "cluster:edge-2"}, "pool": {"idle": 0, "in_use": 0}}]}]});
+        let t = render(&v);
+        assert!(t.starts_with("node edge-1 · 1 origin(s)\n"), "{t}");
+        assert!(t.contains("app:8080  (round_robin, checks running, last request 120 ms ago)"), "{t}");
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[3].contains("127.0.0.2:8080") && lines[3].contains("healthy") && lines[3].contains("3/1")
+        );
+        assert!(lines[3].contains("pass 200 (800 ms ago)") && lines[3].contains("1.2 ms"), "{}", lines[3]);
+        assert!(
+            lines[4].contains("NO")
+                && lines[4].contains("down 4.2 s")
+                && lines[4].contains("[cluster:edge-2]")
+        );
+    }
+}

@@ -1,0 +1,328 @@
+//! Real parts for end-to-end tests: hyper origins on 127.0.0.x, the real
+//! `vigil` binary as a child process, a hyper client.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+/// A port free on every one of `ips` (origins of one origin share a port).
+pub(crate) fn free_port(ips: &[&str]) -> u16 {
+    'again: loop {
+        let first = std::net::TcpListener::bind((ips[0], 0)).unwrap();
+        let port = first.local_addr().unwrap().port();
+        let mut held = vec![first];
+        for ip in &ips[1..] {
+            match std::net::TcpListener::bind((*ip, port)) {
+                Ok(l) => held.push(l),
+                Err(_) => continue 'again,
+            }
+        }
+        return port;
+    }
+}
+
+/// What an origin server does; shared with the test.
+#[derive(Debug, Default)]
+pub(crate) struct OriginState {
+    /// Status `/healthz` answers (0 = 200).
+    pub(crate) health: AtomicU16,
+    pub(crate) requests: AtomicU64,
+    pub(crate) checks: AtomicU64,
+    /// Set: every connection gets garbage instead of HTTP.
+    pub(crate) garbage: AtomicBool,
+}
+
+/// A hyper origin server on one address (HTTP/1.1 and h2c).
+#[derive(Debug)]
+pub(crate) struct Origin {
+    pub(crate) addr: SocketAddr,
+    pub(crate) state: Arc<OriginState>,
+    /// The accept loop and every connection, so a kill can drop them all.
+    tasks: Arc<parking_lot::Mutex<JoinSet<()>>>,
+}
+
+impl Origin {
+    pub(crate) async fn start(ip: &str, port: u16) -> Origin {
+        let addr = SocketAddr::new(ip.parse::<IpAddr>().unwrap(), port);
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let state = Arc::new(OriginState::default());
+        let tasks = Arc::new(parking_lot::Mutex::new(JoinSet::new()));
+        let (s, t) = (Arc::clone(&state), Arc::clone(&tasks));
+        tasks.lock().spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let s = Arc::clone(&s);
+                t.lock().spawn(serve_origin(stream, addr, s));
+            }
+        });
+        Origin { addr, state, tasks }
+    }
+
+    /// Hard kill: the listener and every open connection go at once.
+    pub(crate) fn kill(&self) {
+        self.tasks.lock().abort_all();
+    }
+
+    pub(crate) fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn checks(&self) -> u64 {
+        self.state.checks.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve_origin(mut stream: TcpStream, me: SocketAddr, state: Arc<OriginState>) {
+    if state.garbage.load(Ordering::SeqCst) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = [0u8; 1024];
+        let _ = stream.read(&mut buf).await;
+        let _ = stream.write_all(b"this is not HTTP at all\r\n\r\n").await;
+        return;
+    }
+    let svc = service_fn(move |req| origin_handler(me, Arc::clone(&state), req));
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
+}
+
+async fn origin_handler(
+    me: SocketAddr,
+    state: Arc<OriginState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let ok = |body: String| {
+        Ok(Response::builder()
+            .header("x-served-by", me.to_string())
+            .body(Full::new(Bytes::from(body)))
+            .unwrap())
+    };
+    match path.as_str() {
+        "/healthz" => {
+            state.checks.fetch_add(1, Ordering::SeqCst);
+            let status = match state.health.load(Ordering::SeqCst) {
+                0 => 200,
+                s => s,
+            };
+            Ok(Response::builder().status(status).body(Full::new(Bytes::from_static(b"OK"))).unwrap())
+        }
+        "/slow" => {
+            state.requests.fetch_add(1, Ordering::SeqCst);
+            let ms: u64 = query.strip_prefix("ms=").and_then(|v| v.parse().ok()).unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            ok(format!("slow {me}"))
+        }
+        "/headers" => {
+            state.requests.fetch_add(1, Ordering::SeqCst);
+            let mut out = String::new();
+            for (k, v) in req.headers() {
+                out.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+            }
+            ok(out)
+        }
+        "/echo" => {
+            state.requests.fetch_add(1, Ordering::SeqCst);
+            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            ok(format!("len={} sum={}", body.len(), checksum(&body)))
+        }
+        _ => {
+            state.requests.fetch_add(1, Ordering::SeqCst);
+            ok(me.to_string())
+        }
+    }
+}
+
+pub(crate) fn checksum(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// The real binary, with its files in a folder of its own.
+#[derive(Debug)]
+pub(crate) struct Vigil {
+    pub(crate) child: Child,
+    pub(crate) listen: SocketAddr,
+    pub(crate) admin: SocketAddr,
+    pub(crate) dir: PathBuf,
+}
+
+/// A fresh folder for one test's files.
+pub(crate) fn test_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vigil-e2e-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+impl Vigil {
+    /// Writes `vigil.toml` (its `[proxy]` section made here; `rest` is
+    /// everything after it) and `healthchecks.toml`, starts the binary and
+    /// waits for its admin API.
+    pub(crate) async fn start(name: &str, proxy_extra: &str, rest: &str, hc: &str) -> Vigil {
+        let dir = test_dir(name);
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port(&["127.0.0.1"])).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port(&["127.0.0.1"])).parse().unwrap();
+        let main = format!(
+            "[proxy]\nlisten = \"{listen}\"\nadmin = \"{admin}\"\nthreads = 2\n{proxy_extra}\n{rest}"
+        );
+        std::fs::write(dir.join("vigil.toml"), main).unwrap();
+        std::fs::write(dir.join("healthchecks.toml"), hc).unwrap();
+        let log = std::fs::File::create(dir.join("vigil.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["run", "--config"])
+            .arg(dir.join("vigil.toml"))
+            .env("VIGIL_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut v = Vigil { child, listen, admin, dir };
+        let up = wait_until(Duration::from_secs(10), || async {
+            get_raw(admin, "x", "/healthz").await.map(|r| r.0) == Some(StatusCode::OK)
+        })
+        .await;
+        assert!(up, "vigil did not come up: {}", v.log());
+        let _ = v.child.try_wait();
+        v
+    }
+
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("vigil.log")).unwrap_or_default()
+    }
+
+    /// `GET path` with `Host: host` on a new connection.
+    pub(crate) async fn get(&self, host: &str, path: &str) -> (StatusCode, HeaderMap, String) {
+        get_raw(self.listen, host, path).await.unwrap_or_else(|| panic!("no answer for GET {host}{path}"))
+    }
+
+    pub(crate) async fn hosts(&self) -> serde_json::Value {
+        let (s, _, body) = get_raw(self.admin, "admin", "/hosts").await.unwrap();
+        assert_eq!(s, StatusCode::OK);
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// One server's entry in `/hosts`.
+    pub(crate) async fn server(&self, addr: SocketAddr) -> serde_json::Value {
+        let hosts = self.hosts().await;
+        for o in hosts["origins"].as_array().unwrap() {
+            for s in o["servers"].as_array().unwrap() {
+                if s["addr"] == addr.to_string() {
+                    return s.clone();
+                }
+            }
+        }
+        panic!("{addr} not in /hosts: {hosts}");
+    }
+
+    pub(crate) async fn post(&self, path: &str, token: Option<&str>, body: &str) -> (StatusCode, String) {
+        let mut req = Request::post(path).header("host", "admin");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp =
+            send(self.admin, req.body(Full::new(Bytes::from(body.to_owned()))).unwrap()).await.unwrap();
+        (resp.0, resp.2)
+    }
+
+    pub(crate) fn signal(&self, sig: &str) {
+        let ok =
+            Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for the process to exit (up to `within`).
+    pub(crate) async fn exit_code(&mut self, within: Duration) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
+
+impl Drop for Vigil {
+    // A failed test shows the proxy's log: that is what stderr is for here.
+    #[allow(clippy::print_stderr)]
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("--- vigil log ({}) ---\n{}", self.dir.display(), self.log());
+        }
+    }
+}
+
+/// Sends one request on a fresh HTTP/1.1 connection.
+pub(crate) async fn send(
+    addr: SocketAddr,
+    req: Request<Full<Bytes>>,
+) -> Option<(StatusCode, HeaderMap, String)> {
+    let stream = TcpStream::connect(addr).await.ok()?;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+    tokio::spawn(conn);
+    let resp = tokio::time::timeout(Duration::from_secs(10), tx.send_request(req)).await.ok()?.ok()?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.ok()?.to_bytes();
+    Some((parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned()))
+}
+
+pub(crate) async fn get_raw(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> Option<(StatusCode, HeaderMap, String)> {
+    send(addr, Request::get(path).header("host", host).body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// Polls `cond` every 20 ms until it holds or `within` passes.
+pub(crate) async fn wait_until<F, Fut>(within: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts one origin server on each of `ips`, all on the same port.
+pub(crate) async fn origins(ips: &[&str]) -> Vec<Origin> {
+    let port = free_port(ips);
+    let mut out = Vec::new();
+    for ip in ips {
+        out.push(Origin::start(ip, port).await);
+    }
+    out
+}
+
+/// `servers = [...]` for `origins`.
+pub(crate) fn server_list(origins: &[Origin]) -> String {
+    let list: Vec<String> = origins.iter().map(|o| format!("\"{}\"", o.addr)).collect();
+    format!("[{}]", list.join(", "))
+}
