@@ -141,7 +141,8 @@ async fn handle(shared: &Shared, peer: &Peer, req: Request<Incoming>) -> Respons
         match routes.find(host) {
             Some(r) => (Arc::clone(r), routes.origin_timeout, routes.connect_attempts),
             None => {
-                shared.metrics.request(&Arc::from(""), 404);
+                static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+                shared.metrics.request(&NO_ROUTE, 404);
                 return local(StatusCode::NOT_FOUND, "vigil: no remap rule for this host\n");
             }
         }

@@ -5,12 +5,15 @@
 //! cargo xtask fmt|clippy|test|doc|layering|perf   one step
 //! cargo xtask perf --bless  re-measure and write benches/perf-baseline.json
 //! cargo xtask bench [ARGS]  the criterion suite (wall-clock figures; not a gate)
+//! cargo xtask loadtest [--rounds N] [--seconds S] [--connections C]
+//!                           vigil vs nginx vs HAProxy under wrk, syscalls per request (not a gate)
 //! ```
 
 // A command-line tool: printing is its job, and it times real steps on the wall clock.
 #![allow(clippy::print_stdout, clippy::disallowed_methods)]
 
 mod layering;
+mod loadtest;
 mod perf;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +40,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         "perf" => perf::run(&root, rest.iter().any(|a| a == "--bless")),
+        "loadtest" => loadtest::run(&root, rest),
         "bench" => {
             let mut args = vec!["bench", "-p", "vigil-benches"];
             args.extend(rest.iter().map(String::as_str));
@@ -53,8 +57,7 @@ fn main() -> Result<()> {
     }
 }
 
-const HELP: &str =
-    "usage: cargo xtask <ci | fmt | clippy | test | doc | layering | perf [--bless] | bench [ARGS]>";
+const HELP: &str = "usage: cargo xtask <ci | fmt | clippy | test | doc | layering | perf [--bless] | bench [ARGS] | loadtest [--rounds N] [--seconds S] [--connections C]>";
 
 type Step = fn(&Path) -> Result<()>;
 

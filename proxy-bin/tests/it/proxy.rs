@@ -15,12 +15,14 @@ fn remap(host: &str, origin: &str, servers: &str, extra: &str) -> String {
     )
 }
 
+/// Fast enough for tests, with room for a loaded CI machine: one slow
+/// check does not flip a server.
 const FAST_CHECKS: &str = r#"[defaults]
-interval = "100ms"
-unhealthy_interval = "100ms"
-timeout = "80ms"
+interval = "150ms"
+unhealthy_interval = "150ms"
+timeout = "120ms"
 healthy_threshold = 1
-unhealthy_threshold = 1
+unhealthy_threshold = 2
 [[check]]
 origin = "app.test"
 path = "/healthz"

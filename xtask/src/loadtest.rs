@@ -1,0 +1,342 @@
+//! `cargo xtask loadtest`: vigil, nginx and HAProxy side by side, in one run,
+//! in front of the same origin, each with one worker thread, loaded by wrk.
+//!
+//! Layout on the 2-core machine: each proxy pinned alone to CPU 1; wrk and
+//! the origin (`load-origin`, one hyper thread) share CPU 0. Rounds are
+//! interleaved (vigil, nginx, haproxy, vigil, …) so drift in the machine
+//! hits all three alike; the best round of each is reported, and every round
+//! is printed. Then, for each proxy, `strace -c -f` counts syscalls during
+//! a shorter wrk run: syscalls per proxied request. vigil's `/metrics` gives
+//! its origin connection reuse.
+//!
+//! Needs wrk and strace; nginx and haproxy are measured when installed.
+//! Everything listens on 127.0.0.0/8 and stops by itself.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+const ORIGIN: &str = "127.0.0.2:18301";
+const VIGIL: &str = "127.0.0.1:18311";
+const VIGIL_ADMIN: &str = "127.0.0.1:18312";
+const NGINX: &str = "127.0.0.1:18321";
+const HAPROXY: &str = "127.0.0.1:18331";
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Round {
+    rps: f64,
+    p99_ms: f64,
+    requests: u64,
+}
+
+struct Proxy {
+    name: &'static str,
+    addr: &'static str,
+    child: Child,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Options: `--rounds N` (default 3), `--seconds S` per round (default 8),
+/// `--connections C` (default 50).
+pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
+    let opt = |name: &str, default: u64| -> Result<u64> {
+        match args.iter().position(|a| a == name) {
+            Some(i) => args
+                .get(i + 1)
+                .context("missing value")?
+                .parse()
+                .with_context(|| format!("{name} takes a number")),
+            None => Ok(default),
+        }
+    };
+    let (rounds, seconds, conns) = (opt("--rounds", 3)?, opt("--seconds", 8)?, opt("--connections", 50)?);
+    for tool in ["wrk", "strace", "taskset"] {
+        if which(tool).is_none() {
+            bail!("{tool} is not installed (apt-get install wrk strace util-linux)");
+        }
+    }
+    crate::cargo(
+        &[
+            "build",
+            "--release",
+            "-p",
+            "vigil-proxy",
+            "-p",
+            "vigil-benches",
+            "--bin",
+            "vigil",
+            "--bin",
+            "load-origin",
+        ],
+        &[],
+    )?;
+    let dir = std::env::temp_dir().join(format!("vigil-loadtest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let release = root.join("target/release");
+
+    let _origin = Proxy {
+        name: "origin",
+        addr: ORIGIN,
+        child: Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(release.join("load-origin"))
+            .arg(ORIGIN)
+            .spawn()?,
+    };
+    wait_port(ORIGIN)?;
+
+    let mut proxies = vec![start_vigil(&release, &dir)?];
+    match which("nginx") {
+        Some(nginx) => proxies.push(start_nginx(&nginx, &dir)?),
+        None => println!("nginx not installed: skipped"),
+    }
+    match which("haproxy") {
+        Some(haproxy) => proxies.push(start_haproxy(&haproxy, &dir)?),
+        None => println!("haproxy not installed: skipped"),
+    }
+    for p in &proxies {
+        wait_port(p.addr)?;
+        // Warm up: connections to the origin opened, caches hot.
+        wrk(p.addr, 2, conns)?;
+    }
+
+    let mut results: Vec<Vec<Round>> = vec![Vec::new(); proxies.len()];
+    for round in 0..rounds {
+        for (i, p) in proxies.iter().enumerate() {
+            let r = wrk(p.addr, seconds, conns)?;
+            println!("round {} {:<8} {:>9.0} req/s  p99 {:>6.2} ms", round + 1, p.name, r.rps, r.p99_ms);
+            results[i].push(r);
+        }
+    }
+
+    let mut syscalls = Vec::new();
+    for p in &proxies {
+        syscalls.push(syscalls_per_request(p, &dir, conns)?);
+    }
+    let reuse = vigil_reuse()?;
+
+    let best: Vec<Round> = results
+        .iter()
+        .map(|rs| rs.iter().copied().fold(Round::default(), |a, b| if b.rps > a.rps { b } else { a }))
+        .collect();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nloadtest: wrk -t1 -c{conns} -d{seconds}s, {rounds} interleaved rounds, best round shown; each proxy 1 worker on CPU 1"
+    );
+    let _ = writeln!(
+        out,
+        "{:<8} {:>10} {:>9} {:>10} {:>13}",
+        "proxy", "req/s", "p99 ms", "vigil/this", "syscalls/req"
+    );
+    for (i, p) in proxies.iter().enumerate() {
+        let ratio = if i == 0 { "-".to_owned() } else { format!("{:.2}", best[0].rps / best[i].rps) };
+        let _ = writeln!(
+            out,
+            "{:<8} {:>10.0} {:>9.2} {:>10} {:>13.2}",
+            p.name, best[i].rps, best[i].p99_ms, ratio, syscalls[i]
+        );
+    }
+    let _ = writeln!(
+        out,
+        "vigil origin connection reuse: {:.3} % of upstream requests on an existing session",
+        reuse
+    );
+    print!("{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.is_file())
+}
+
+fn wait_port(addr: &str) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on {addr} after 10 s")
+}
+
+fn start_vigil(release: &Path, dir: &Path) -> Result<Proxy> {
+    let host = VIGIL.split(':').next().unwrap_or("127.0.0.1");
+    std::fs::write(
+        dir.join("vigil.toml"),
+        format!(
+            "[proxy]\nlisten = \"{VIGIL}\"\nadmin = \"{VIGIL_ADMIN}\"\nthreads = 1\n\n\
+             [[remap]]\nfrom = \"{host}\"\nto = \"http://load.test:18301\"\n\n\
+             [origins.\"load.test:18301\"]\nservers = [\"{ORIGIN}\"]\n"
+        ),
+    )?;
+    std::fs::write(dir.join("healthchecks.toml"), "")?;
+    let child = Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(release.join("vigil"))
+        .arg("--config")
+        .arg(dir.join("vigil.toml"))
+        .env("VIGIL_LOG", "warn")
+        .spawn()?;
+    Ok(Proxy { name: "vigil", addr: VIGIL, child })
+}
+
+fn start_nginx(nginx: &Path, dir: &Path) -> Result<Proxy> {
+    let d = dir.display();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "worker_processes 1;\ndaemon off;\nmaster_process off;\nerror_log {d}/nginx.err warn;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft;\n\
+               uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;\n\
+               upstream origin {{ server {ORIGIN}; keepalive 64; keepalive_requests 1000000; }}\n\
+               server {{\n    listen {NGINX};\n    keepalive_requests 1000000;\n\
+                 location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n"
+        ),
+    )?;
+    let child = Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(nginx)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(Proxy { name: "nginx", addr: NGINX, child })
+}
+
+fn start_haproxy(haproxy: &Path, dir: &Path) -> Result<Proxy> {
+    std::fs::write(
+        dir.join("haproxy.cfg"),
+        format!(
+            "global\n  nbthread 1\n  maxconn 4096\n\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n\
+             timeout server 30s\n  http-reuse always\n\nfrontend f\n  bind {HAPROXY}\n  default_backend b\n\n\
+             backend b\n  server s1 {ORIGIN}\n"
+        ),
+    )?;
+    let child = Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(haproxy)
+        .arg("-db")
+        .arg("-f")
+        .arg(dir.join("haproxy.cfg"))
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(Proxy { name: "haproxy", addr: HAPROXY, child })
+}
+
+fn wrk(addr: &str, seconds: u64, conns: u64) -> Result<Round> {
+    let out = Command::new("taskset")
+        .args(["-c", "0", "wrk", "-t1", "--latency"])
+        .arg(format!("-c{conns}"))
+        .arg(format!("-d{seconds}s"))
+        .arg(format!("http://{addr}/"))
+        .output()
+        .context("wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_wrk(&text).with_context(|| format!("cannot read wrk's output:\n{text}"))
+}
+
+fn parse_wrk(text: &str) -> Option<Round> {
+    let mut r = Round::default();
+    for line in text.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("Requests/sec:") {
+            r.rps = v.trim().parse().ok()?;
+        } else if let Some(v) = line.strip_prefix("99%") {
+            r.p99_ms = parse_duration_ms(v.trim())?;
+        } else if line.contains(" requests in ") {
+            r.requests = line.split_whitespace().next()?.parse().ok()?;
+        } else if line.starts_with("Non-2xx") || line.starts_with("Socket errors") {
+            println!("  wrk: {line}");
+        }
+    }
+    (r.rps > 0.0).then_some(r)
+}
+
+fn parse_duration_ms(v: &str) -> Option<f64> {
+    let split = v.find(|c: char| c.is_ascii_alphabetic())?;
+    let (n, unit) = v.split_at(split);
+    let n: f64 = n.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => return None,
+    })
+}
+
+/// `strace -c -f` on the proxy during a 4 s wrk run: syscalls / requests.
+fn syscalls_per_request(p: &Proxy, dir: &Path, conns: u64) -> Result<f64> {
+    let file = dir.join(format!("strace-{}.txt", p.name));
+    let mut strace = Command::new("strace")
+        .args(["-c", "-f", "-q", "-o"])
+        .arg(&file)
+        .arg("-p")
+        .arg(p.child.id().to_string())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let r = wrk(p.addr, 4, conns)?;
+    std::thread::sleep(Duration::from_millis(200));
+    // SIGINT makes strace detach and write its table.
+    Command::new("kill").args(["-INT", &strace.id().to_string()]).status()?;
+    strace.wait()?;
+    let table = std::fs::read_to_string(&file)?;
+    let total = table
+        .lines()
+        .find(|l| l.trim_end().ends_with("total"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse::<f64>().ok())
+        .with_context(|| format!("cannot read strace's table:\n{table}"))?;
+    println!("strace {:<8} {:>10.0} syscalls for {:>8} requests", p.name, total, r.requests);
+    Ok(total / r.requests.max(1) as f64)
+}
+
+/// From vigil's `/metrics`: reused / (reused + new connections), in percent.
+fn vigil_reuse() -> Result<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(VIGIL_ADMIN)?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let sum = |prefix: &str, needle: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(needle))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let reused = sum("vigil_pool_reused_total", "");
+    let opened = sum("vigil_upstream_connects_total", "result=\"ok\"");
+    Ok(100.0 * reused / (reused + opened).max(1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wrk_output() {
+        let text = "Running 8s test @ http://127.0.0.1:18311/\n  Latency Distribution\n     50%  510.00us\n     99%    1.52ms\n  \
+                    400000 requests in 8.00s, 40.00MB read\nRequests/sec:  50000.12\n";
+        let r = parse_wrk(text).unwrap();
+        assert_eq!((r.requests, r.rps, r.p99_ms), (400_000, 50000.12, 1.52));
+        assert_eq!(parse_duration_ms("510.00us"), Some(0.51));
+        assert_eq!(parse_duration_ms("1.20s"), Some(1200.0));
+    }
+}
