@@ -7,7 +7,10 @@
 //! hits all three alike; the best round of each is reported, and every round
 //! is printed. Then, for each proxy, `strace -c -f` counts syscalls during
 //! a shorter wrk run: syscalls per proxied request. vigil's `/metrics` gives
-//! its origin connection reuse.
+//! its origin connection reuse. Last, each proxy runs under callgrind for
+//! its user-space instructions per request: the figure the machine's noise
+//! cannot move (the kernel's share, about 60 % of a proxy's CPU here, is
+//! outside it).
 //!
 //! Needs wrk and strace; nginx and haproxy are measured when installed.
 //! Everything listens on 127.0.0.0/8 and stops by itself.
@@ -94,15 +97,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     };
     wait_port(ORIGIN)?;
 
-    let mut proxies = vec![start_vigil(&release, &dir)?];
-    match which("nginx") {
-        Some(nginx) => proxies.push(start_nginx(&nginx, &dir)?),
-        None => println!("nginx not installed: skipped"),
-    }
-    match which("haproxy") {
-        Some(haproxy) => proxies.push(start_haproxy(&haproxy, &dir)?),
-        None => println!("haproxy not installed: skipped"),
-    }
+    let proxies = start_all(&release, &dir, &Wrap::Pinned)?;
     for p in &proxies {
         wait_port(p.addr)?;
         // Warm up: connections to the origin opened, caches hot.
@@ -123,6 +118,24 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         syscalls.push(syscalls_per_request(p, &dir, conns)?);
     }
     let reuse = vigil_reuse()?;
+    let names: Vec<&str> = proxies.iter().map(|p| p.name).collect();
+    drop(proxies);
+
+    // User-space instructions per request: what wall clock cannot give on
+    // a shared machine. Each proxy again, now under callgrind.
+    let mut instructions = Vec::new();
+    if which("valgrind").is_some() && which("callgrind_control").is_some() {
+        for name in &names {
+            let p = start_all(&release, &dir, &Wrap::Callgrind(dir.clone()))?
+                .into_iter()
+                .find(|p| p.name == *name)
+                .context("proxy vanished")?;
+            instructions.push(Some(instructions_per_request(&p, &dir)?));
+        }
+    } else {
+        println!("valgrind not installed: no instruction counts");
+        instructions.resize(names.len(), None);
+    }
 
     let best: Vec<Round> = results
         .iter()
@@ -135,15 +148,16 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     );
     let _ = writeln!(
         out,
-        "{:<8} {:>10} {:>9} {:>10} {:>13}",
-        "proxy", "req/s", "p99 ms", "vigil/this", "syscalls/req"
+        "{:<8} {:>10} {:>9} {:>10} {:>13} {:>14}",
+        "proxy", "req/s", "p99 ms", "vigil/this", "syscalls/req", "user instr/req"
     );
-    for (i, p) in proxies.iter().enumerate() {
+    for (i, name) in names.iter().enumerate() {
         let ratio = if i == 0 { "-".to_owned() } else { format!("{:.2}", best[0].rps / best[i].rps) };
+        let instr = instructions[i].map_or_else(|| "-".to_owned(), |n: u64| n.to_string());
         let _ = writeln!(
             out,
-            "{:<8} {:>10.0} {:>9.2} {:>10} {:>13.2}",
-            p.name, best[i].rps, best[i].p99_ms, ratio, syscalls[i]
+            "{:<8} {:>10.0} {:>9.2} {:>10} {:>13.2} {:>14}",
+            name, best[i].rps, best[i].p99_ms, ratio, syscalls[i], instr
         );
     }
     let _ = writeln!(
@@ -166,17 +180,21 @@ fn which(tool: &str) -> Option<PathBuf> {
 }
 
 fn wait_port(addr: &str) -> Result<()> {
+    wait_port_for(addr, Duration::from_secs(10))
+}
+
+fn wait_port_for(addr: &str, within: Duration) -> Result<()> {
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
+    while start.elapsed() < within {
         if std::net::TcpStream::connect(addr).is_ok() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("nothing listens on {addr} after 10 s")
+    bail!("nothing listens on {addr} after {within:?}")
 }
 
-fn start_vigil(release: &Path, dir: &Path) -> Result<Proxy> {
+fn start_vigil(release: &Path, dir: &Path, wrap: &Wrap) -> Result<Proxy> {
     let host = VIGIL.split(':').next().unwrap_or("127.0.0.1");
     std::fs::write(
         dir.join("vigil.toml"),
@@ -187,8 +205,8 @@ fn start_vigil(release: &Path, dir: &Path) -> Result<Proxy> {
         ),
     )?;
     std::fs::write(dir.join("healthchecks.toml"), "")?;
-    let child = Command::new("taskset")
-        .args(["-c", "1"])
+    let child = wrap
+        .command("vigil")
         .arg(release.join("vigil"))
         .arg("--config")
         .arg(dir.join("vigil.toml"))
@@ -197,7 +215,7 @@ fn start_vigil(release: &Path, dir: &Path) -> Result<Proxy> {
     Ok(Proxy { name: "vigil", addr: VIGIL, child })
 }
 
-fn start_nginx(nginx: &Path, dir: &Path) -> Result<Proxy> {
+fn start_nginx(nginx: &Path, dir: &Path, wrap: &Wrap) -> Result<Proxy> {
     let d = dir.display();
     std::fs::write(
         dir.join("nginx.conf"),
@@ -211,8 +229,8 @@ fn start_nginx(nginx: &Path, dir: &Path) -> Result<Proxy> {
                  location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n"
         ),
     )?;
-    let child = Command::new("taskset")
-        .args(["-c", "1"])
+    let child = wrap
+        .command("nginx")
         .arg(nginx)
         .arg("-c")
         .arg(dir.join("nginx.conf"))
@@ -221,7 +239,7 @@ fn start_nginx(nginx: &Path, dir: &Path) -> Result<Proxy> {
     Ok(Proxy { name: "nginx", addr: NGINX, child })
 }
 
-fn start_haproxy(haproxy: &Path, dir: &Path) -> Result<Proxy> {
+fn start_haproxy(haproxy: &Path, dir: &Path, wrap: &Wrap) -> Result<Proxy> {
     std::fs::write(
         dir.join("haproxy.cfg"),
         format!(
@@ -230,8 +248,8 @@ fn start_haproxy(haproxy: &Path, dir: &Path) -> Result<Proxy> {
              backend b\n  server s1 {ORIGIN}\n"
         ),
     )?;
-    let child = Command::new("taskset")
-        .args(["-c", "1"])
+    let child = wrap
+        .command("haproxy")
         .arg(haproxy)
         .arg("-db")
         .arg("-f")
@@ -239,6 +257,79 @@ fn start_haproxy(haproxy: &Path, dir: &Path) -> Result<Proxy> {
         .stderr(Stdio::null())
         .spawn()?;
     Ok(Proxy { name: "haproxy", addr: HAPROXY, child })
+}
+
+/// How a proxy is started: pinned to CPU 1, or under callgrind.
+enum Wrap {
+    Pinned,
+    Callgrind(PathBuf),
+}
+
+impl Wrap {
+    fn command(&self, name: &str) -> Command {
+        match self {
+            Self::Pinned => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", "1"]);
+                c
+            }
+            Self::Callgrind(dir) => {
+                let mut c = Command::new("valgrind");
+                c.args(["--tool=callgrind", "-q"])
+                    .arg(format!("--callgrind-out-file={}", dir.join(format!("cg.{name}")).display()));
+                c
+            }
+        }
+    }
+}
+
+fn start_all(release: &Path, dir: &Path, wrap: &Wrap) -> Result<Vec<Proxy>> {
+    let mut proxies = vec![start_vigil(release, dir, wrap)?];
+    match which("nginx") {
+        Some(nginx) => proxies.push(start_nginx(&nginx, dir, wrap)?),
+        None => println!("nginx not installed: skipped"),
+    }
+    match which("haproxy") {
+        Some(haproxy) => proxies.push(start_haproxy(&haproxy, dir, wrap)?),
+        None => println!("haproxy not installed: skipped"),
+    }
+    Ok(proxies)
+}
+
+/// Under callgrind: warm up 2 s, zero the counters, load 4 s with 10
+/// connections, dump; instructions / requests.
+fn instructions_per_request(p: &Proxy, dir: &Path) -> Result<u64> {
+    wait_port_for(p.addr, Duration::from_secs(60))?;
+    wrk(p.addr, 2, 10)?;
+    let pid = p.child.id().to_string();
+    Command::new("callgrind_control")
+        .args(["-z", &pid])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    let r = wrk(p.addr, 4, 10)?;
+    Command::new("callgrind_control")
+        .args(["-d", &pid])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let prefix = format!("cg.{}.", p.name);
+    let mut total = 0u64;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)) {
+            let text = std::fs::read_to_string(&path)?;
+            total += text
+                .lines()
+                .find_map(|l| l.strip_prefix("totals:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    let per = total / r.requests.max(1);
+    println!("callgrind {:<8} {total:>12} instructions for {:>6} requests", p.name, r.requests);
+    Ok(per)
 }
 
 fn wrk(addr: &str, seconds: u64, conns: u64) -> Result<Round> {

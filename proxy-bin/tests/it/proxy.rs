@@ -452,3 +452,37 @@ async fn metrics_status_and_a_bad_config() {
     assert!(err.contains("vigil.toml:3:"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sending_only_safe_requests_without_a_body_are_retried() {
+    // One server answers garbage after reading the request (a failure after
+    // sending), the other is sound; round robin alternates between them.
+    let good = origins(&["127.0.0.2"]).await;
+    let bad = origins(&["127.0.0.3"]).await;
+    bad[0].state.garbage.store(true, std::sync::atomic::Ordering::SeqCst);
+    let servers = format!("[\"{}\", \"{}\"]", good[0].addr, bad[0].addr);
+    // A long fail threshold keeps the bad server in rotation for the test.
+    let rest =
+        format!("[l4]\nfail_threshold = 1000\n\n{}", remap("www.app.test", "app.test:80", &servers, ""));
+    let v = Vigil::start("retry", "", &rest, "").await;
+
+    for _ in 0..10 {
+        let (s, _, body) = v.get("www.app.test", "/").await;
+        assert_eq!(
+            (s, body),
+            (StatusCode::OK, good[0].addr.to_string()),
+            "a GET is retried on the sound server"
+        );
+    }
+    let mut codes = Vec::new();
+    for _ in 0..10 {
+        let req = Request::post("/echo")
+            .header("host", "www.app.test")
+            .body(Full::new(Bytes::from("x=1")))
+            .unwrap();
+        codes.push(send(v.listen, req).await.unwrap().0);
+    }
+    assert!(codes.contains(&StatusCode::OK), "{codes:?}");
+    assert!(codes.contains(&StatusCode::BAD_GATEWAY), "a POST with a body is never sent twice: {codes:?}");
+    assert_eq!(good[0].requests() as usize, 10 + codes.iter().filter(|c| **c == StatusCode::OK).count());
+}
