@@ -32,13 +32,8 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, String> {
     if let Some(cluster) = &config.cluster {
         let key = std::fs::read(&cluster.key_file)
             .map_err(|e| format!("{}: cannot read the cluster key: {e}", cluster.key_file.display()))?;
-        if key.len() != 32 {
-            return Err(format!(
-                "{}: the cluster key must be exactly 32 random bytes, not {}",
-                cluster.key_file.display(),
-                key.len()
-            ));
-        }
+        vigil_cluster::ClusterKey::from_bytes(&key)
+            .map_err(|e| format!("{}: the cluster key must be {e}", cluster.key_file.display()))?;
     }
     // What HostDB would refuse (a DNS origin without a resolver is checked at apply).
     hostdb_config(&config, &checks)?;
