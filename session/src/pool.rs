@@ -603,19 +603,25 @@ impl Session {
         let err = |kind, sent| SessionError::new(kind, target.addr).sent(sent).reused(reused);
         match self.conn.take() {
             Some(Conn::H1 { mut tx }) => {
+                // Until the response body takes over the count, any way out
+                // of here (an error, or this future dropped by a timeout or a
+                // caller that went away) must give the in-use slot back.
+                let in_use = InUseH1 { pool: &self.pool, target, armed: true };
                 if let Err(e) = tx.ready().await {
                     // Closed while idle: the request never left.
-                    self.pool.discard_h1(target);
                     return Err((err(ErrorKind::ClosedBeforeHead, false).with_source(e), Some(req)));
                 }
                 match tx.try_send_request(req).await {
-                    Ok(resp) => Ok(resp.map(|body| {
-                        let release = Release::H1 { tx, pool: Arc::clone(&self.pool), target, id: self.id };
-                        PooledBody::new(body, release)
-                    })),
+                    Ok(resp) => {
+                        in_use.disarm();
+                        Ok(resp.map(|body| {
+                            let release =
+                                Release::H1 { tx, pool: Arc::clone(&self.pool), target, id: self.id };
+                            PooledBody::new(body, release)
+                        }))
+                    }
                     Err(mut e) => {
                         let unsent = e.take_message();
-                        self.pool.discard_h1(target);
                         let kind = classify(e.error());
                         Err((err(kind, unsent.is_none()).with_source(e.into_error()), unsent))
                     }
@@ -637,6 +643,28 @@ impl Session {
                 }
             }
             None => unreachable!("send consumes the session"),
+        }
+    }
+}
+
+/// Gives an HTTP/1.1 session's in-use slot back when dropped armed.
+struct InUseH1<'a> {
+    pool: &'a Inner,
+    target: Target,
+    armed: bool,
+}
+
+impl InUseH1<'_> {
+    /// The response body holds the slot from here on.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for InUseH1<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.pool.discard_h1(self.target);
         }
     }
 }

@@ -88,3 +88,24 @@ async fn an_oversized_response_head_is_response_too_large() {
     let err = pool.request(Target::http1(origin.addr), Freshness::IdlePreferred, get("/")).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ResponseTooLarge, "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_send_cancelled_or_timed_out_leaves_no_session_counted_in_use() {
+    // The origin reads the request and never answers.
+    let origin = raw_origin(b"", false).await;
+    let pool = Pool::new(PoolConfig::default(), Arc::new(vigil_session::NoopObserver));
+    let target = Target::http1(origin.addr);
+    let err = pool
+        .try_request(target, Freshness::IdlePreferred, get("/"), Some(Duration::from_millis(300)))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(err.0.kind(), ErrorKind::ResponseTimeout);
+    assert_eq!(pool.counts(origin.addr).in_use, 0, "the timed-out session is not counted in use");
+
+    // A caller dropping the send (its client went away) is the same case.
+    let send = pool.request(target, Freshness::IdlePreferred, get("/"));
+    assert!(tokio::time::timeout(Duration::from_millis(300), send).await.is_err());
+    assert_eq!(pool.counts(origin.addr).in_use, 0, "the dropped session is not counted in use");
+    assert_eq!(pool.targets(), 0, "and leaves no entry behind");
+}
