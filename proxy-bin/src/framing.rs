@@ -38,8 +38,8 @@ enum State {
     Length(u64),
     /// Inside a chunked body.
     Chunked(Chunk),
-    /// Not inspecting any more (h2 preface, a head hyper will refuse anyway,
-    /// an upgrade): bytes pass as they are.
+    /// Not inspecting any more (h2 preface, a head hyper will refuse
+    /// anyway): bytes pass as they are.
     Pass,
 }
 
@@ -131,7 +131,7 @@ impl<S> Strict<S> {
                 return false;
             }
         };
-        let (mut te, mut cl, mut chunked, mut length, mut upgrade) = (0, 0, false, None, false);
+        let (mut te, mut cl, mut chunked, mut length) = (0, 0, false, None);
         let mut blank = Vec::new();
         for h in req.headers.iter() {
             let offset = h.value.as_ptr() as usize - pending.as_ptr() as usize;
@@ -141,13 +141,14 @@ impl<S> Strict<S> {
                 blank.push((offset, h.value.len(), true));
             } else if h.name.eq_ignore_ascii_case("content-length") {
                 cl += 1;
-                length = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
+                // Digits only, as hyper reads it ("+5" is no length).
+                let v = h.value.trim_ascii();
+                length = (!v.is_empty() && v.iter().all(u8::is_ascii_digit))
+                    .then(|| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                    .flatten();
                 blank.push((offset, h.value.len(), false));
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
             }
         }
-        let method_connect = req.method == Some("CONNECT");
         let violation = (te > 0 && cl > 0) || cl > 1;
         if violation {
             // Blank the header kind hyper rejects in any order: every
@@ -163,9 +164,9 @@ impl<S> Strict<S> {
             return false;
         }
         self.ready += len;
-        self.state = if upgrade || method_connect {
-            State::Pass
-        } else if te > 0 {
+        // An `Upgrade` or CONNECT does not stop inspection: the proxy never
+        // answers 101 or a 2xx to CONNECT, so the connection stays HTTP/1.1.
+        self.state = if te > 0 {
             if chunked { State::Chunked(Chunk::Size { digits: 0, size: 0 }) } else { State::Pass }
         } else {
             match (cl, length) {
@@ -447,6 +448,14 @@ mod tests {
         let (out, refused) = through(&input, 11).await;
         assert_eq!(refused, 1);
         assert!(String::from_utf8_lossy(&out).contains("Content-Length: 1\r\nContent-Length: 2"));
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_header_does_not_end_inspection() {
+        let input = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let (out, refused) = through(input, 6).await;
+        assert_eq!(refused, 1);
+        assert!(String::from_utf8_lossy(&out).contains("Transfer-Encoding: xxxxxxx"));
     }
 
     #[tokio::test]
