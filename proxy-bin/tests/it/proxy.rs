@@ -368,12 +368,21 @@ async fn reload_bad_keeps_serving_good_applies() {
     std::fs::write(&path, format!("{good}\n[[remap]]\nfrom = \"new.test\"\nto = \"http://{origin}\"\n"))
         .unwrap();
     assert_eq!(v.get("new.test", "/").await.0, StatusCode::NOT_FOUND);
+    assert!(v.server(o[0].addr).await["pool"]["idle"].as_u64().unwrap() >= 1, "a pooled session to keep");
     v.signal("HUP");
     assert!(
         wait_until(Duration::from_secs(5), || async { v.get("new.test", "/").await.0 == StatusCode::OK })
             .await
     );
     assert_eq!(v.get("www.app.test", "/").await.0, StatusCode::OK);
+    let metrics = get_raw(v.admin, "a", "/metrics").await.unwrap().2;
+    assert!(metrics.contains("vigil_reloads_total{result=\"ok\"} 1"), "{metrics}");
+    assert!(metrics.contains("vigil_reloads_total{result=\"error\"} 1"), "{metrics}");
+    // The server stayed, so did its pooled session: still one connect in all.
+    let connects: Vec<&str> =
+        metrics.lines().filter(|l| l.starts_with("vigil_upstream_connects_total")).collect();
+    assert_eq!(connects.len(), 1, "{connects:?}");
+    assert!(connects[0].ends_with(" 1"), "the reload reconnected: {connects:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
