@@ -24,7 +24,24 @@ pub(crate) fn run(root: &Path, bless: bool) -> Result<()> {
             "valgrind is not installed (Debian: apt-get install -y valgrind); the perf gate counts instructions with it"
         );
     }
-    crate::cargo(&["build", "--release", "--quiet", "-p", "vigil-benches", "--bin", "vigil-perf"], &[])?;
+    crate::cargo(
+        &[
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "vigil-benches",
+            "-p",
+            "vigil-proxy",
+            "--bin",
+            "vigil-perf",
+            "--bin",
+            "load-origin",
+            "--bin",
+            "vigil",
+        ],
+        &[],
+    )?;
     let bin = root.join("target/release/vigil-perf");
     let list = Command::new(&bin).arg("list").output().context("listing scenarios")?;
     let list = String::from_utf8(list.stdout)?;
@@ -53,7 +70,9 @@ pub(crate) fn run(root: &Path, bless: bool) -> Result<()> {
             .with_context(|| format!("no totals in {}", out.display()))?;
         measured.insert(name.to_string(), (total as f64 / iters * 10.0).round() / 10.0);
     }
+    let proxied = proxy_request(root, &tmp);
     let _ = std::fs::remove_dir_all(&tmp);
+    measured.insert("proxy_request".to_string(), (proxied? * 10.0).round() / 10.0);
 
     let path = root.join(BASELINE);
     let old: Value =
@@ -97,6 +116,134 @@ pub(crate) fn run(root: &Path, bless: bool) -> Result<()> {
         bail!("performance regressed beyond {tolerance}%:\n  {}", failures.join("\n  "));
     }
     Ok(())
+}
+
+/// Requests in the measured window of `proxy_request`.
+const PROXY_REQUESTS: u32 = 2000;
+
+/// The whole request path, end to end: the real `vigil` binary under
+/// callgrind in front of `load-origin`, one keep-alive client connection,
+/// sequential GETs. Counting is zeroed after a warm-up (pool filled, caches
+/// hot) and dumped after exactly `PROXY_REQUESTS`; returns user-space
+/// instructions per proxied request (the kernel is outside callgrind).
+fn proxy_request(root: &Path, tmp: &Path) -> Result<f64> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::{Child, Stdio};
+
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let port = || -> Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
+    let (origin, listen, admin) = (port()?, port()?, port()?);
+    let config = tmp.join("vigil.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{listen}\"\nadmin = \"127.0.0.1:{admin}\"\nthreads = 1\n\n\
+             [[remap]]\nfrom = \"perf.test\"\nto = \"http://perf.origin:{origin}\"\n\n\
+             [origins.\"perf.origin:{origin}\"]\nservers = [\"127.0.0.1:{origin}\"]\n"
+        ),
+    )?;
+    std::fs::write(tmp.join("healthchecks.toml"), "")?;
+    let release = root.join("target/release");
+    let _origin = Kill(
+        Command::new(release.join("load-origin"))
+            .arg(format!("127.0.0.1:{origin}"))
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting load-origin")?,
+    );
+    let out = tmp.join("proxy.callgrind");
+    let proxy = Kill(
+        Command::new("valgrind")
+            .args(["--tool=callgrind", "-q"])
+            .arg(format!("--callgrind-out-file={}", out.display()))
+            .arg(release.join("vigil"))
+            .arg("--config")
+            .arg(&config)
+            .env("VIGIL_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting vigil under valgrind")?,
+    );
+    let started = std::time::Instant::now();
+    let mut conn = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", listen)) {
+            Ok(c) => break c,
+            Err(_) if started.elapsed() < std::time::Duration::from_secs(120) => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => bail!("vigil under valgrind did not listen on {listen}: {e}"),
+        }
+    };
+    conn.set_nodelay(true)?;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut get = || -> Result<()> {
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: perf.test\r\n\r\n")?;
+        let (mut status, mut length, mut line) = (String::new(), 0usize, String::new());
+        reader.read_line(&mut status)?;
+        if !status.starts_with("HTTP/1.1 200") {
+            bail!("the proxy answered {status:?}");
+        }
+        loop {
+            line.clear();
+            reader.read_line(&mut line)?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse()?;
+            }
+        }
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body)?;
+        Ok(())
+    };
+    for _ in 0..300 {
+        get()?;
+    }
+    let pid = proxy.0.id().to_string();
+    let control = |flag: &str| -> Result<()> {
+        let ok = Command::new("callgrind_control")
+            .args([flag, &pid])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("callgrind_control (part of valgrind)")?;
+        if !ok.success() {
+            bail!("callgrind_control {flag} failed");
+        }
+        Ok(())
+    };
+    control("-z")?;
+    for _ in 0..PROXY_REQUESTS {
+        get()?;
+    }
+    control("-d")?;
+    // The dump is written by the running process: wait for its totals line.
+    let mut total = 0;
+    let asked = std::time::Instant::now();
+    while total == 0 && asked.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        for entry in std::fs::read_dir(tmp)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with("proxy.callgrind.") {
+                total += std::fs::read_to_string(&path).ok().and_then(|t| totals(&t)).unwrap_or(0);
+            }
+        }
+    }
+    drop(proxy);
+    if total == 0 {
+        bail!("no callgrind dump from the proxy");
+    }
+    Ok(total as f64 / f64::from(PROXY_REQUESTS))
 }
 
 /// The `totals:` (or `summary:`) line of a callgrind output file.
