@@ -18,22 +18,25 @@ pub async fn start_h1_origin() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
     let conns = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&conns);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::Relaxed);
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let svc = service_fn(|_req| async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
+    tokio::spawn(serve_h1(listener, b"ok", Arc::clone(&conns)));
     (addr, conns)
+}
+
+/// Answers every request on `listener` with `body`, HTTP/1.1 keep-alive and
+/// `TCP_NODELAY`, one task per connection; counts connections. Runs until
+/// the runtime stops.
+pub async fn serve_h1(listener: tokio::net::TcpListener, body: &'static [u8], conns: Arc<AtomicUsize>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        conns.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let svc = service_fn(move |_req| async move {
+                Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(body))))
+            });
+            let _ =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
 }
 
 /// One GET through the pool, body read to the end.

@@ -201,13 +201,9 @@ impl Opener {
                 windows.remove(&oldest);
             }
         }
+        // A new sender's window starts at its first counter, not yet seen.
         let window = windows.entry(prefix).or_insert(ReplayWindow { top: n, seen: 0, last_heard: now });
         window.last_heard = now;
-        if window.top == n && window.seen == 0 {
-            // First datagram from this sender.
-            window.seen = 1;
-            return Ok(payload);
-        }
         if window.accept(n) { Ok(payload) } else { Err(OpenError::Replayed) }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
-use vigil_hostdb::{HickoryResolver, HostDb};
+use vigil_hostdb::{HickoryResolver, HostDb, HostDbConfig};
 use vigil_l7check::{Checker, CheckerOptions, HealthChecks, HttpProbe};
 use vigil_session::{Pool, PoolConfig};
 
@@ -15,11 +15,12 @@ use crate::config::Config;
 use crate::metrics::{ConnectObserver, Metrics};
 use crate::routes::{Routes, hostdb_config, protocols};
 
-/// Both files, parsed and validated.
+/// Both files, parsed and validated, and the HostDB input built from them.
 #[derive(Debug)]
 pub(crate) struct Loaded {
     pub(crate) config: Config,
     pub(crate) checks: HealthChecks,
+    pub(crate) hostdb: HostDbConfig,
 }
 
 /// Reads and validates `vigil.toml` and the health-check file it names.
@@ -35,9 +36,10 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, String> {
         vigil_cluster::ClusterKey::from_bytes(&key)
             .map_err(|e| format!("{}: the cluster key must be {e}", cluster.key_file.display()))?;
     }
-    // What HostDB would refuse (a DNS origin without a resolver is checked at apply).
-    hostdb_config(&config, &checks)?;
-    Ok(Loaded { config, checks })
+    // Built here, once: it is also what HostDB would refuse (a DNS origin
+    // without a resolver is checked at apply).
+    let hostdb = hostdb_config(&config, &checks)?;
+    Ok(Loaded { config, checks, hostdb })
 }
 
 fn read(path: &Path) -> Result<String, String> {
@@ -62,12 +64,9 @@ pub(crate) struct Shared {
 impl Shared {
     /// Builds everything from `loaded`. Must run inside the runtime.
     pub(crate) fn start(loaded: Loaded, config_path: PathBuf) -> Result<Arc<Self>, String> {
-        let Loaded { config, checks } = loaded;
+        let Loaded { config, checks, hostdb } = loaded;
         let mut builder = HostDb::builder();
-        let needs_dns = hostdb_config(&config, &checks)?
-            .origins
-            .iter()
-            .any(|o| matches!(o.servers, vigil_hostdb::ServerSource::Dns));
+        let needs_dns = hostdb.origins.iter().any(|o| matches!(o.servers, vigil_hostdb::ServerSource::Dns));
         if needs_dns {
             let resolver = HickoryResolver::from_system_conf().map_err(|e| {
                 format!("origins without `servers` need DNS, and the system resolver failed: {e}")
@@ -75,7 +74,7 @@ impl Shared {
             builder = builder.resolver(Arc::new(resolver));
         }
         let db = builder.build().map_err(|e| e.to_string())?;
-        db.apply(&hostdb_config(&config, &checks)?).map_err(|e| e.to_string())?;
+        db.apply(&hostdb).map_err(|e| e.to_string())?;
 
         let metrics = Arc::new(Metrics::default());
         let observer = Arc::new(ConnectObserver { metrics: Arc::clone(&metrics), db: db.clone() });
@@ -94,7 +93,7 @@ impl Shared {
             checks,
             CheckerOptions::default(),
         );
-        checker.set_protocols(protocols(&config));
+        checker.set_protocols(protocols(&config, &hostdb));
         let m = Arc::clone(&metrics);
         checker.on_result(Arc::new(move |origin, server, result| m.check(origin, server, result.passed)));
         let m = Arc::clone(&metrics);
@@ -130,9 +129,9 @@ impl Shared {
     }
 
     fn reload_locked(&self) -> Result<String, String> {
-        let Loaded { config, checks } = load(&self.config_path)?;
-        let report = self.db.apply(&hostdb_config(&config, &checks)?).map_err(|e| e.to_string())?;
-        self.checker.set_protocols(protocols(&config));
+        let Loaded { config, checks, hostdb } = load(&self.config_path)?;
+        let report = self.db.apply(&hostdb).map_err(|e| e.to_string())?;
+        self.checker.set_protocols(protocols(&config, &hostdb));
         self.checker.set_config(checks);
         self.routes.store(Arc::new(Routes::new(&config)));
         self.metrics.forget_owners();

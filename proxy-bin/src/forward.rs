@@ -117,8 +117,6 @@ static VIA_11: HeaderValue = HeaderValue::from_static("1.1 vigil");
 static VIA_10: HeaderValue = HeaderValue::from_static("1.0 vigil");
 static VIA_2: HeaderValue = HeaderValue::from_static("2 vigil");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// hyper's service entry point.
 pub(crate) async fn serve(
@@ -160,7 +158,7 @@ async fn forward(
     origin_timeout: Duration,
     attempts: u32,
 ) -> Response<ProxyBody> {
-    let now = now();
+    let mut now = clock();
     let Some(origin) = shared.db.origin_by_key(&route.origin) else {
         // Only between a reload's HostDB swap and its routes swap.
         return local(StatusCode::BAD_GATEWAY, "vigil: origin not configured\n");
@@ -174,11 +172,11 @@ async fn forward(
         attempt = attempt.with_hash_key(parts.uri.path().as_bytes());
     }
     let body_failed = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
-    let mut next = Some(upstream_request(parts, body, route, peer, body_failed.clone()));
+    let mut next = upstream_request(parts, body, route, peer, body_failed.clone());
     let mut failures = 0u32;
 
     loop {
-        let pick = match origin.select(&mut attempt, now_if(failures, now)) {
+        let pick = match origin.select(&mut attempt, now) {
             Ok(pick) => pick,
             Err(SelectError::NoneRoutable { retry_after }) if failures == 0 => {
                 let secs = retry_after.map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64);
@@ -193,67 +191,48 @@ async fn forward(
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 return resp;
             }
-            Err(_) => {
-                return local(StatusCode::BAD_GATEWAY, "vigil: every attempt to reach the origin failed\n");
-            }
-        };
-        let Some(mut req) = next.take() else {
-            return local(StatusCode::BAD_GATEWAY, "vigil: every attempt to reach the origin failed\n");
+            Err(_) => return all_failed(),
         };
         let target = Target { addr: pick.addr(), protocol: route.protocol };
-        if route.protocol == Protocol::H2c {
-            // h2 carries the host in :authority.
-            if let Some(host) = req.headers_mut().remove(header::HOST) {
-                set_authority(&mut req, &host);
-            }
-        }
-        let sent = shared.pool.try_request(target, Freshness::IdlePreferred, req, Some(origin_timeout)).await;
-        match sent {
+        let sent =
+            shared.pool.try_request(target, Freshness::IdlePreferred, next, Some(origin_timeout)).await;
+        let (e, back) = match sent {
             Ok(resp) => {
                 pick.server().report_l4_success(now);
                 return respond(resp, pick);
             }
-            Err((e, back)) => {
-                if body_failed.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
-                    return close(local(StatusCode::BAD_REQUEST, "vigil: the request body is malformed\n"));
-                }
-                if e.kind() == ErrorKind::ResponseTimeout {
-                    tracing::debug!(server = %pick.addr(), "no response head within origin_timeout");
-                    return local(StatusCode::GATEWAY_TIMEOUT, "vigil: the origin did not answer in time\n");
-                }
-                let l4 = e.is_l4_failure()
-                    || matches!(e.kind(), ErrorKind::Protocol | ErrorKind::ResponseTooLarge);
-                if l4 {
-                    pick.server().report_l4_failure(now_if(1, now));
-                }
-                tracing::debug!(server = %pick.addr(), error = %e, "attempt failed");
-                failures += 1;
-                let again = !e.is_sent() || safe;
-                match back {
-                    Some(req) if again && failures < attempts => {
-                        shared.metrics.retries.inc();
-                        next = Some(req);
-                    }
-                    _ => {
-                        return local(
-                            StatusCode::BAD_GATEWAY,
-                            "vigil: every attempt to reach the origin failed\n",
-                        );
-                    }
-                }
+            Err(failed) => failed,
+        };
+        if body_failed.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
+            return close(local(StatusCode::BAD_REQUEST, "vigil: the request body is malformed\n"));
+        }
+        if e.kind() == ErrorKind::ResponseTimeout {
+            tracing::debug!(server = %pick.addr(), "no response head within origin_timeout");
+            return local(StatusCode::GATEWAY_TIMEOUT, "vigil: the origin did not answer in time\n");
+        }
+        // An attempt can take up to a connect timeout: read the clock again.
+        now = clock();
+        if e.is_l4_failure() || matches!(e.kind(), ErrorKind::Protocol | ErrorKind::ResponseTooLarge) {
+            pick.server().report_l4_failure(now);
+        }
+        tracing::debug!(server = %pick.addr(), error = %e, "attempt failed");
+        failures += 1;
+        match back {
+            Some(req) if (!e.is_sent() || safe) && failures < attempts => {
+                shared.metrics.retries.inc();
+                next = req;
             }
+            _ => return all_failed(),
         }
     }
 }
 
-fn now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
+fn all_failed() -> Response<ProxyBody> {
+    local(StatusCode::BAD_GATEWAY, "vigil: every attempt to reach the origin failed\n")
 }
 
-/// The request's clock, re-read after a failure (an attempt can take up to
-/// a connect timeout).
-fn now_if(failures: u32, first: std::time::Instant) -> std::time::Instant {
-    if failures == 0 { first } else { now() }
+fn clock() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// The client's host: the absolute URI's authority, else `Host`.
@@ -290,84 +269,68 @@ fn upstream_request(
     };
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
-    headers.insert(header::HOST, host);
     headers.append(header::VIA, via.clone());
     forwarded_for(headers, &peer.ip);
 
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = match route.protocol {
+        // h2 carries the host in :authority, not in a Host header.
+        Protocol::H2c => {
+            Uri::builder().scheme("http").authority(host.as_bytes()).path_and_query(path).build()
+        }
+        Protocol::Http1 => {
+            headers.insert(header::HOST, host);
+            // The common origin-form URI moves as it is; an absolute one
+            // is cut down to its path.
+            if parts.uri.authority().is_none() {
+                Ok(std::mem::take(&mut parts.uri))
+            } else {
+                Uri::try_from(path).map_err(http::Error::from)
+            }
+        }
+    };
     let mut req = Request::new(match body_failed {
         Some(failed) => ClientBody { inner: body, failed }.boxed(),
         None => vigil_session::empty_body(),
     });
     *req.method_mut() = parts.method;
-    *req.uri_mut() = if parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
-        parts.uri
-    } else {
-        Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"))
-    };
+    // Both forms come from a URI hyper accepted, so they are valid.
+    *req.uri_mut() = uri.unwrap_or_else(|_| Uri::from_static("/"));
     *req.headers_mut() = parts.headers;
     req
 }
 
-fn set_authority(req: &mut Request<RequestBody>, host: &HeaderValue) {
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    if let Ok(uri) = Uri::builder().scheme("http").authority(host.as_bytes()).path_and_query(path).build() {
-        *req.uri_mut() = uri;
-    }
-}
-
 /// `X-Forwarded-For`: the client's address appended to what came in, on one line.
 fn forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
-    let mut existing = headers.get_all(&X_FORWARDED_FOR).iter();
-    let value = match (existing.next(), existing.next()) {
-        (None, _) => ip.clone(),
-        (Some(first), None) => join(&[first.as_bytes(), ip.as_bytes()]),
-        (Some(_), Some(_)) => {
-            let mut all: Vec<&[u8]> =
-                headers.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes).collect();
-            all.push(ip.as_bytes());
-            join(&all)
-        }
+    let value = if headers.contains_key(&X_FORWARDED_FOR) {
+        let mut all: Vec<&[u8]> =
+            headers.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes).collect();
+        all.push(ip.as_bytes());
+        HeaderValue::from_bytes(&all.join(&b", "[..])).unwrap_or_else(|_| ip.clone())
+    } else {
+        ip.clone()
     };
     headers.insert(X_FORWARDED_FOR, value);
 }
 
-fn join(parts: &[&[u8]]) -> HeaderValue {
-    let v = parts.join(&b", "[..]);
-    HeaderValue::from_bytes(&v).unwrap_or(HeaderValue::from_static("unknown"))
-}
-
 /// Removes the hop-by-hop headers of RFC 9110 section 7.6.1, and every
-/// header the `Connection` header names.
+/// header the `Connection` header names. One pass over the few names a
+/// message has decides; most carry none of these (sixteen hashed removals
+/// per request showed in profiles).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the few headers a message has: most carry none of
-    // these, and sixteen hashed removals per request showed in profiles.
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
+    let mut gone: Vec<HeaderName> = headers.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
+    gone.extend(
+        headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-        headers.remove(header::CONNECTION);
-    }
-    for name in [
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
+    );
+    for name in gone {
         headers.remove(name);
     }
 }
@@ -391,7 +354,6 @@ fn respond(resp: Response<PooledBody>, pick: Pick) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.append(header::VIA, VIA_11.clone());
-    parts.version = Version::HTTP_11;
     Response::from_parts(parts, ProxyBody::Upstream { body, _pick: pick })
 }
 

@@ -195,7 +195,7 @@ async fn wait_for_signals(shared: &Arc<app::Shared>) -> std::io::Result<()> {
 /// Validates `vigil.toml` and the health-check file it names; warnings go
 /// to stderr, the summary is returned.
 fn check_config(path: &Path) -> Result<String, String> {
-    let app::Loaded { config, checks } = app::load(path)?;
+    let app::Loaded { config, checks, .. } = app::load(path)?;
     for w in &config.warnings {
         eprintln!("warning: {w}");
     }

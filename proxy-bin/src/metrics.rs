@@ -222,25 +222,23 @@ impl Collector for Live {
         }
         let now = tokio::time::Instant::now().into_std();
         let origins = self.db.origins();
-        for (name, help) in [
+        type Read = fn(&vigil_hostdb::Server, std::time::Instant) -> i64;
+        let gauges: [(&str, &str, Read); 2] = [
             (
                 "vigil_server_routable",
                 "1 when the server gets new requests (not in maintenance, L4-down or L7-unhealthy)",
+                |s, now| i64::from(s.is_routable(now)),
             ),
-            ("vigil_server_in_flight", "Requests in flight to the server"),
-        ] {
+            ("vigil_server_in_flight", "Requests in flight to the server", |s, _| i64::from(s.in_flight())),
+        ];
+        for (name, help, read) in gauges {
             let mut family =
                 encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Gauge)?;
             for o in &origins {
                 let label = origin_label(o.key());
                 for s in o.servers().iter() {
-                    let v = if name == "vigil_server_routable" {
-                        i64::from(s.is_routable(now))
-                    } else {
-                        i64::from(s.in_flight())
-                    };
                     let labels = ServerLabels { origin: Arc::clone(&label), server: Addr(s.addr()) };
-                    ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+                    ConstGauge::new(read(s, now)).encode(family.encode_family(&labels)?)?;
                 }
             }
         }

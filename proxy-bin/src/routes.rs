@@ -143,19 +143,15 @@ pub(crate) fn hostdb_config(config: &Config, hc: &HealthChecks) -> Result<HostDb
     })
 }
 
-/// The protocol of every origin that is not plain HTTP/1.1 (for the checker).
-pub(crate) fn protocols(config: &Config) -> std::collections::HashMap<OriginKey, Protocol> {
-    let mut out = std::collections::HashMap::new();
-    for remap in &config.remaps {
-        out.insert(remap.to.clone(), protocol_of(config, &remap.to));
-    }
-    for key in config.origins.keys() {
-        if let Ok(k) = key.parse::<OriginKey>() {
-            let p = protocol_of(config, &k);
-            out.insert(k, p);
-        }
-    }
-    out
+/// The protocol of every origin that is not plain HTTP/1.1 (for the
+/// checker, which assumes HTTP/1.1 for the rest).
+pub(crate) fn protocols(config: &Config, hostdb: &HostDbConfig) -> HashMap<OriginKey, Protocol> {
+    hostdb
+        .origins
+        .iter()
+        .map(|o| (o.key.clone(), protocol_of(config, &o.key)))
+        .filter(|(_, p)| *p != Protocol::Http1)
+        .collect()
 }
 
 #[cfg(test)]

@@ -125,11 +125,9 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     // a shared machine. Each proxy again, now under callgrind.
     let mut instructions = Vec::new();
     if which("valgrind").is_some() && which("callgrind_control").is_some() {
+        let wrap = Wrap::Callgrind(dir.clone());
         for name in &names {
-            let p = start_all(&release, &dir, &Wrap::Callgrind(dir.clone()))?
-                .into_iter()
-                .find(|p| p.name == *name)
-                .context("proxy vanished")?;
+            let p = start(name, &release, &dir, &wrap)?.context("proxy vanished")?;
             instructions.push(Some(instructions_per_request(&p, &dir)?));
         }
     } else {
@@ -284,16 +282,23 @@ impl Wrap {
 }
 
 fn start_all(release: &Path, dir: &Path, wrap: &Wrap) -> Result<Vec<Proxy>> {
-    let mut proxies = vec![start_vigil(release, dir, wrap)?];
-    match which("nginx") {
-        Some(nginx) => proxies.push(start_nginx(&nginx, dir, wrap)?),
-        None => println!("nginx not installed: skipped"),
-    }
-    match which("haproxy") {
-        Some(haproxy) => proxies.push(start_haproxy(&haproxy, dir, wrap)?),
-        None => println!("haproxy not installed: skipped"),
+    let mut proxies = Vec::new();
+    for name in ["vigil", "nginx", "haproxy"] {
+        match start(name, release, dir, wrap)? {
+            Some(p) => proxies.push(p),
+            None => println!("{name} not installed: skipped"),
+        }
     }
     Ok(proxies)
+}
+
+/// Starts one proxy by name; `None` when it is not installed.
+fn start(name: &str, release: &Path, dir: &Path, wrap: &Wrap) -> Result<Option<Proxy>> {
+    match name {
+        "vigil" => start_vigil(release, dir, wrap).map(Some),
+        "nginx" => which("nginx").map(|bin| start_nginx(&bin, dir, wrap)).transpose(),
+        _ => which("haproxy").map(|bin| start_haproxy(&bin, dir, wrap)).transpose(),
+    }
 }
 
 /// Under callgrind: warm up 2 s, zero the counters, load 4 s with 10

@@ -190,13 +190,12 @@ impl Vigil {
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut v = Vigil { child, listen, admin, dir };
+        let v = Vigil { child, listen, admin, dir };
         let up = wait_until(Duration::from_secs(10), || async {
             get_raw(admin, "x", "/healthz").await.map(|r| r.0) == Some(StatusCode::OK)
         })
         .await;
         assert!(up, "vigil did not come up: {}", v.log());
-        let _ = v.child.try_wait();
         v
     }
 
