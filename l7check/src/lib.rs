@@ -31,4 +31,4 @@ pub use config::{
     parse_duration,
 };
 pub use probe::{HttpProbe, MAX_BODY, Probe, ProbeFuture, ProbeOutcome, ProbeRequest};
-pub use scheduler::{Checker, CheckerMetrics, CheckerOptions, ResultHook};
+pub use scheduler::{CheckFilter, Checker, CheckerMetrics, CheckerOptions, ResultHook};

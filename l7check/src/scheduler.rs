@@ -45,6 +45,10 @@ impl Default for CheckerOptions {
 /// Called with every check result (for per-server metrics).
 pub type ResultHook = Arc<dyn Fn(&OriginKey, SocketAddr, &CheckResult) + Send + Sync>;
 
+/// Asked before each check whether this node should send it (a cluster
+/// member answers no for servers another node checks).
+pub type CheckFilter = Arc<dyn Fn(&OriginKey, SocketAddr) -> bool + Send + Sync>;
+
 /// Totals since start.
 #[derive(Debug, Default)]
 pub struct CheckerMetrics {
@@ -52,6 +56,7 @@ pub struct CheckerMetrics {
     failed: AtomicU64,
     in_flight: AtomicU64,
     origins_started: AtomicU64,
+    left_to_others: AtomicU64,
 }
 
 impl CheckerMetrics {
@@ -71,6 +76,10 @@ impl CheckerMetrics {
     pub fn origins_started(&self) -> u64 {
         self.origins_started.load(Ordering::Relaxed)
     }
+    /// Checks not sent because the [`CheckFilter`] left them to another node.
+    pub fn left_to_others(&self) -> u64 {
+        self.left_to_others.load(Ordering::Relaxed)
+    }
 }
 
 struct Inner {
@@ -81,6 +90,7 @@ struct Inner {
     limit: Arc<Semaphore>,
     metrics: CheckerMetrics,
     hook: RwLock<Option<ResultHook>>,
+    filter: RwLock<Option<CheckFilter>>,
 }
 
 /// The L7 checker: lazy per-origin schedules sending [`Probe`]s and
@@ -113,6 +123,7 @@ impl Checker {
                 limit: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
                 metrics: CheckerMetrics::default(),
                 hook: RwLock::new(None),
+                filter: RwLock::new(None),
             }),
         }
     }
@@ -131,6 +142,13 @@ impl Checker {
     /// Calls `hook` with every result.
     pub fn on_result(&self, hook: ResultHook) {
         *self.inner.hook.write() = Some(hook);
+    }
+
+    /// Asks `filter` before each check; a server it says no to is not
+    /// checked this time and asked about again one `interval` later, so a
+    /// server this node takes over is checked within an interval.
+    pub fn set_filter(&self, filter: Option<CheckFilter>) {
+        *self.inner.filter.write() = filter;
     }
 
     /// The counters.
@@ -231,6 +249,15 @@ impl Schedule {
         }
     }
 
+    /// A popped server that is not checked this time: due again at `at`,
+    /// its check count as before.
+    fn skip(&mut self, addr: SocketAddr, at: Instant) {
+        if let Some(slot) = self.slots.get_mut(&addr) {
+            slot.count -= 1;
+        }
+        self.set(addr, at);
+    }
+
     /// The next server due at or before `now`, marked in flight, with its
     /// check count.
     fn pop_due(&mut self, now: Instant) -> Option<(Arc<vigil_hostdb::Server>, u64)> {
@@ -327,7 +354,15 @@ async fn run_origin(inner: Weak<Inner>, origin: Arc<Origin>) {
         let protocol = inner.protocols.read().get(origin.key()).copied().unwrap_or(Protocol::Http1);
         schedule.sync(&origin.servers(), now, offset, settings.interval);
         let every = settings.fresh_connect_every as u64;
+        let filter = inner.filter.read().clone();
         while let Some((server, count)) = schedule.pop_due(now) {
+            if let Some(filter) = &filter
+                && !filter(origin.key(), server.addr())
+            {
+                inner.metrics.left_to_others.fetch_add(1, Ordering::Relaxed);
+                schedule.skip(server.addr(), now + jittered(settings.interval, settings.jitter));
+                continue;
+            }
             let fresh = every > 0 && count.is_multiple_of(every);
             spawn_check(&inner, &origin, server, Arc::clone(&check), protocol, fresh, done_tx.clone());
         }

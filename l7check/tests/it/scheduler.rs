@@ -257,3 +257,28 @@ async fn a_reload_changes_the_interval_and_a_lost_check_stops_the_origin() {
     assert!(!origin.is_checking(), "the origin lost its check: its checks stop");
     assert_eq!(probe.times(a, t0).len(), 5, "no check after the check was removed");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_filter_leaves_servers_to_others_and_a_handover_checks_within_an_interval() {
+    let probe = Arc::new(TableProbe::default());
+    let (_db, checker, origin) = setup(STEADY, probe.clone(), CheckerOptions::default());
+    // A is checked elsewhere until `mine` says otherwise.
+    let mine = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let a: SocketAddr = A.parse().unwrap();
+    let m = Arc::clone(&mine);
+    checker.set_filter(Some(Arc::new(move |_, server| {
+        server != a || m.load(std::sync::atomic::Ordering::Relaxed)
+    })));
+    let t1 = Instant::now();
+    checker.touch(&origin, now());
+    tokio::time::sleep(Duration::from_millis(6_500)).await;
+    assert!(probe.times(a, t1).is_empty(), "a server left to another node was checked");
+    assert_eq!(probe.times(B.parse().unwrap(), t1), [1000, 3000, 5000]);
+    assert_eq!(checker.metrics().left_to_others(), 4);
+
+    // Taken over at 6.5 s: checked at its next due time, within an interval.
+    mine.store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
+    assert_eq!(probe.times(a, t1), [8000, 10000]);
+    assert_eq!(checker.metrics().left_to_others(), 4);
+}
