@@ -11,17 +11,22 @@
 //! - [`record`]: the compact per-server record and its 64-bit hashed key.
 //! - [`ownership`]: rendezvous hashing, which node checks which server.
 //!
-//! Not built yet: the chitchat transport that carries sealed datagrams, the
-//! membership and interest tracking, and the wiring into `vigil`. It will
-//! read and write health only through `vigil-hostdb` (`Server::set_l7`, the
-//! event subscription, `OriginKey::hash64`). See `ARCHITECTURE.md`.
+//! - [`transport`]: chitchat's UDP transport with every datagram sealed.
+//! - [`node`]: a running member ([`Cluster`]): interest, ownership,
+//!   publishing and adopting records. It reads and writes health only
+//!   through `vigil-hostdb` (`Server::l7`, `Server::set_l7`,
+//!   `Origin::is_checking`). See `ARCHITECTURE.md`.
 
 #![warn(missing_docs)]
 
+pub mod node;
 pub mod ownership;
 pub mod record;
 pub mod seal;
+pub mod transport;
 
-pub use ownership::owner;
+pub use node::{Cluster, ClusterConfig, ClusterError, ClusterMetrics};
+pub use ownership::{owner, owner_in};
 pub use record::{RecordError, ServerRecord, gossip_key, parse_gossip_key, server_key};
 pub use seal::{ClusterKey, KEY_LEN, KeyError, OVERHEAD, OpenError, Opener, Sealer};
+pub use transport::{SealedTransport, TransportStats};

@@ -25,6 +25,17 @@ pub fn owner<N: AsRef<str>>(server: u64, nodes: &[N]) -> Option<&N> {
     })
 }
 
+/// [`owner`] over node ids given as an iterator, without collecting them.
+///
+/// ```
+/// let nodes = ["edge-1", "edge-2", "edge-3"];
+/// let key = 0x1234_5678_9abc_def0;
+/// assert_eq!(vigil_cluster::owner_in(key, nodes), vigil_cluster::owner(key, &nodes).copied());
+/// ```
+pub fn owner_in<'a>(server: u64, nodes: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    nodes.into_iter().max_by(|a, b| score(server, a).cmp(&score(server, b)).then_with(|| a.cmp(b)))
+}
+
 fn score(server: u64, node: &str) -> u64 {
     xxh3_64_with_seed(node.as_bytes(), server)
 }

@@ -1,0 +1,426 @@
+//! One proxy's membership in the cluster: chitchat over the sealed
+//! transport, and a sync task that, once per gossip interval,
+//! - advertises the origins this node has traffic for (`o:<origin hash>`,
+//!   present while the origin's checks run, removed when they stop after
+//!   `idle_after`),
+//! - works out who checks each server (rendezvous over the live nodes with
+//!   traffic for its origin, [`owner_in`]),
+//! - publishes the records of the servers this node checks
+//!   (`s:<server hash>`, [`ServerRecord`]), and
+//! - adopts the records of the servers another node checks into HostDB
+//!   with `source = cluster:<node_id>`.
+//!
+//! The checker asks [`Cluster::checks_here`] before each check. Adoption
+//! writes only the L7 record: a server this node saw fail at L4 stays down
+//! here whatever the cluster says, because routability needs both.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+use vigil_hostdb::{HostDb, L7State, L7Status, OriginKey, Server, Source};
+
+use crate::ownership::owner_in;
+use crate::record::{ServerRecord, gossip_key, server_key};
+use crate::seal::ClusterKey;
+use crate::transport::{SealedTransport, TransportStats};
+
+/// Prefix of the keys that say a node has traffic for an origin.
+const INTEREST: &str = "o:";
+/// Prefix of the server records.
+const RECORD: &str = "s:";
+
+/// What a node needs to join (the `[cluster]` section).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This node's id, unique in the cluster.
+    pub node_id: String,
+    /// UDP address to gossip on; peers reach this node there.
+    pub listen: SocketAddr,
+    /// Nodes to contact first.
+    pub seeds: Vec<SocketAddr>,
+    /// Only nodes with the same id (and key) talk to each other.
+    pub cluster_id: String,
+    /// How often a node gossips and syncs HostDB with the cluster.
+    pub gossip_interval: Duration,
+    /// The cluster key.
+    pub key: ClusterKey,
+}
+
+/// The cluster's counters.
+#[derive(Debug, Default)]
+pub struct ClusterMetrics {
+    transport: Arc<TransportStats>,
+    ownership_changes: AtomicU64,
+    adopted: AtomicU64,
+    published: AtomicU64,
+}
+
+impl ClusterMetrics {
+    /// The transport's datagram and byte counts.
+    pub fn transport(&self) -> &TransportStats {
+        &self.transport
+    }
+    /// Times a server of this node's HostDB changed checking node.
+    pub fn ownership_changes(&self) -> u64 {
+        self.ownership_changes.load(Ordering::Relaxed)
+    }
+    /// Remote results written into HostDB.
+    pub fn adopted(&self) -> u64 {
+        self.adopted.load(Ordering::Relaxed)
+    }
+    /// Records this node published for the servers it checks.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+}
+
+/// Who checks what, as of the last sync.
+#[derive(Debug, Default)]
+struct View {
+    /// Origin hash -> the other live nodes with traffic for it.
+    interest: HashMap<u64, Vec<Arc<str>>>,
+    /// The other live nodes.
+    live: Vec<Arc<str>>,
+}
+
+struct Inner {
+    node_id: Arc<str>,
+    db: HostDb,
+    interval: Duration,
+    handle: parking_lot::Mutex<Option<ChitchatHandle>>,
+    view: ArcSwap<View>,
+    metrics: ClusterMetrics,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// A running cluster member. Dropping it does not stop it: call
+/// [`Cluster::leave`] (orderly) or [`Cluster::abort`].
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("node_id", &self.inner.node_id).finish_non_exhaustive()
+    }
+}
+
+/// The node could not join.
+#[derive(Debug, thiserror::Error)]
+#[error("cluster: {0:#}")]
+pub struct ClusterError(anyhow::Error);
+
+impl Cluster {
+    /// Binds the gossip socket, joins through the seeds and starts syncing
+    /// `db` with the cluster. Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    /// When the gossip socket cannot be bound.
+    pub async fn start(config: ClusterConfig, db: HostDb) -> Result<Self, ClusterError> {
+        let metrics = ClusterMetrics::default();
+        let transport = SealedTransport::new(&config.key, &config.cluster_id, Arc::clone(&metrics.transport));
+        let generation = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(config.node_id.as_str(), generation, config.listen),
+            cluster_id: config.cluster_id.clone(),
+            gossip_interval: config.gossip_interval,
+            listen_addr: config.listen,
+            seed_nodes: config.seeds.iter().map(ToString::to_string).collect(),
+            failure_detector_config: FailureDetectorConfig {
+                initial_interval: config.gossip_interval,
+                dead_node_grace_period: Duration::from_secs(3600),
+                ..FailureDetectorConfig::default()
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+        };
+        let handle =
+            chitchat::spawn_chitchat(chitchat_config, Vec::new(), &transport).await.map_err(ClusterError)?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let inner = Arc::new(Inner {
+            node_id: config.node_id.as_str().into(),
+            db,
+            interval: config.gossip_interval,
+            handle: parking_lot::Mutex::new(Some(handle)),
+            view: ArcSwap::default(),
+            metrics,
+            stop,
+        });
+        tokio::spawn(sync_loop(Arc::downgrade(&inner), stopped));
+        tracing::info!(node = %config.node_id, listen = %config.listen, "cluster: joined");
+        Ok(Self { inner })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &ClusterMetrics {
+        &self.inner.metrics
+    }
+
+    /// The other nodes this one sees alive, as of the last sync.
+    pub fn live_nodes(&self) -> Vec<Arc<str>> {
+        self.inner.view.load().live.clone()
+    }
+
+    /// Whether this node checks `server` of `origin` (the checker's hook):
+    /// it does unless another live node with traffic for the origin wins
+    /// the rendezvous. A few hashes, no lock.
+    pub fn checks_here(&self, origin: &OriginKey, server: SocketAddr) -> bool {
+        let view = self.inner.view.load();
+        let Some(others) = view.interest.get(&origin.hash64()) else { return true };
+        let me: &str = &self.inner.node_id;
+        owner_in(server_key(origin, server), others.iter().map(|n| &**n).chain([me])) == Some(me)
+    }
+
+    /// The node that checks `server` of `origin`, as this node sees it
+    /// (`None`: nobody, no node has traffic for the origin).
+    pub fn owner(&self, origin: &OriginKey, server: SocketAddr) -> Option<Arc<str>> {
+        let view = self.inner.view.load();
+        let checking = self.inner.db.origin_by_key(origin).is_some_and(|o| o.is_checking());
+        let others = view.interest.get(&origin.hash64()).map_or(&[][..], |v| v.as_slice());
+        let me = checking.then_some(&self.inner.node_id);
+        owner_in(server_key(origin, server), others.iter().chain(me).map(|n| &**n))
+            .map(|o| if o == &*self.inner.node_id { Arc::clone(&self.inner.node_id) } else { o.into() })
+    }
+
+    /// Leaves in order: withdraws this node's interest and records, lets
+    /// one more round of gossip carry that, then stops. Others take its
+    /// servers over at once instead of after failure detection.
+    pub async fn leave(&self) {
+        let _ = self.inner.stop.send(true);
+        let handle = self.inner.handle.lock().take();
+        let Some(handle) = handle else { return };
+        handle
+            .with_chitchat(|cc| {
+                let node = cc.self_node_state();
+                let keys: Vec<String> = node
+                    .key_values()
+                    .filter(|(k, _)| k.starts_with(INTEREST) || k.starts_with(RECORD))
+                    .map(|(k, _)| k.to_owned())
+                    .collect();
+                for k in keys {
+                    node.delete(&k);
+                }
+            })
+            .await;
+        tokio::time::sleep(self.inner.interval * 3).await;
+        let _ = handle.shutdown().await;
+        tracing::info!(node = %self.inner.node_id, "cluster: left");
+    }
+
+    /// Stops at once, as a crash would: others notice by failure detection.
+    pub fn abort(&self) {
+        let _ = self.inner.stop.send(true);
+        if let Some(handle) = self.inner.handle.lock().take() {
+            handle.abort();
+        }
+    }
+}
+
+/// What the sync task remembers between rounds.
+#[derive(Default)]
+struct SyncState {
+    /// Origins this node advertises.
+    interest: HashSet<u64>,
+    /// Server key -> the record value this node published.
+    published: HashMap<u64, String>,
+    /// Server key -> (node, record value) last adopted.
+    adopted: HashMap<u64, (Arc<str>, String)>,
+    /// Server key -> its checking node at the last round.
+    owners: HashMap<u64, Arc<str>>,
+    /// This node's record version counter.
+    version: u64,
+}
+
+async fn sync_loop(inner: std::sync::Weak<Inner>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let mut state = SyncState::default();
+    let interval = match inner.upgrade() {
+        Some(i) => i.interval,
+        None => return,
+    };
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        if *stopped.borrow() {
+            return;
+        }
+        let chitchat = match &*inner.handle.lock() {
+            Some(h) => h.chitchat(),
+            None => return,
+        };
+        let mut cc = chitchat.lock().await;
+        sync_once(&inner, &mut cc, &mut state);
+    }
+}
+
+/// One round: publish interest, compute ownership, publish own records,
+/// adopt the owners' records.
+fn sync_once(inner: &Inner, cc: &mut chitchat::Chitchat, state: &mut SyncState) {
+    let now = tokio::time::Instant::now().into_std();
+    let epoch_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let origins = inner.db.origins();
+
+    // 1. This node's interest: the origins whose checks run here.
+    let interest: HashSet<u64> =
+        origins.iter().filter(|o| o.is_checking()).map(|o| o.key().hash64()).collect();
+    for h in interest.difference(&state.interest) {
+        cc.self_node_state().set(format!("{INTEREST}{h:016x}"), "");
+    }
+    for h in state.interest.difference(&interest) {
+        cc.self_node_state().delete(&format!("{INTEREST}{h:016x}"));
+    }
+    state.interest = interest;
+
+    // 2. The others' interest.
+    let me = cc.self_chitchat_id().clone();
+    let live: Vec<ChitchatId> = cc.live_nodes().filter(|id| **id != me).cloned().collect();
+    let mut view = View::default();
+    let mut ids: HashMap<Arc<str>, ChitchatId> = HashMap::new();
+    for id in &live {
+        let name: Arc<str> = Arc::clone(&id.node_id);
+        if name == inner.node_id {
+            continue; // a previous incarnation of this node
+        }
+        if let Some(node) = cc.node_state(id) {
+            for (key, _) in node.iter_prefix(INTEREST) {
+                if let Some(h) = key.strip_prefix(INTEREST).and_then(|h| u64::from_str_radix(h, 16).ok()) {
+                    view.interest.entry(h).or_default().push(Arc::clone(&name));
+                }
+            }
+        }
+        view.live.push(Arc::clone(&name));
+        ids.insert(name, id.clone());
+    }
+
+    // 3. Per server: publish it or adopt it.
+    let mut published_now = HashSet::new();
+    let mut publish = Vec::new();
+    for origin in &origins {
+        let Some(policy) = origin.check_policy() else { continue };
+        let cap = policy.healthy_threshold.max(policy.unhealthy_threshold);
+        let h = origin.key().hash64();
+        let others = view.interest.get(&h).map_or(&[][..], |v| v.as_slice());
+        let mine = state.interest.contains(&h);
+        for server in origin.servers().iter() {
+            let key = server_key(origin.key(), server.addr());
+            let me_name = mine.then_some(&inner.node_id);
+            let Some(owner) = owner_in(key, others.iter().chain(me_name).map(|n| &**n)) else {
+                state.owners.remove(&key);
+                continue;
+            };
+            let owner: Arc<str> = if owner == &*inner.node_id {
+                Arc::clone(&inner.node_id)
+            } else {
+                others.iter().find(|n| &***n == owner).map_or_else(|| owner.into(), Arc::clone)
+            };
+            if let Some(prev) = state.owners.insert(key, Arc::clone(&owner))
+                && prev != owner
+            {
+                inner.metrics.ownership_changes.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(origin = %origin.key(), server = %server.addr(), from = %prev, to = %owner,
+                    "cluster: server changed checking node");
+            }
+            if owner == inner.node_id {
+                if let Some(value) = own_record(server, cap, now, epoch_ms) {
+                    published_now.insert(key);
+                    if state.published.get(&key).is_none_or(|v| !same_record(v, &value)) {
+                        publish.push((key, value));
+                    }
+                }
+            } else if let Some(id) = ids.get(&owner) {
+                adopt(inner, state, cc, id, &owner, server, key, now);
+            }
+        }
+    }
+    for (key, mut value) in publish {
+        state.version += 1;
+        value.version = state.version;
+        let text = value.encode();
+        cc.self_node_state().set(gossip_key(key), &text);
+        state.published.insert(key, text);
+        inner.metrics.published.fetch_add(1, Ordering::Relaxed);
+    }
+    state.published.retain(|key, _| {
+        let keep = published_now.contains(key);
+        if !keep {
+            cc.self_node_state().delete(&gossip_key(*key));
+        }
+        keep
+    });
+    state.adopted.retain(|key, _| state.owners.contains_key(key));
+    inner.view.store(Arc::new(view));
+}
+
+/// The record to publish for a server this node checks, with version 0
+/// (set when published). `None` while its status is not this node's own.
+fn own_record(server: &Server, cap: u32, now: std::time::Instant, epoch_ms: u64) -> Option<ServerRecord> {
+    let l7 = server.l7();
+    if l7.source != Source::Local || l7.state == L7State::Unchecked {
+        return None;
+    }
+    let l4_down_until_ms = server.l4_down_for(now).map_or(0, |d| epoch_ms + d.as_millis() as u64);
+    Some(ServerRecord {
+        state: l7.state,
+        // Counts past the thresholds say nothing more; capping them keeps
+        // a steady server's record (and the gossip) unchanged.
+        passes: l7.consecutive_passes.min(cap),
+        failures: l7.consecutive_failures.min(cap),
+        version: 0,
+        l4_down_until_ms,
+    })
+}
+
+/// Whether the published `text` says the same as `record` (versions aside).
+fn same_record(text: &str, record: &ServerRecord) -> bool {
+    ServerRecord::decode(text).is_ok_and(|p| ServerRecord { version: 0, ..p } == *record)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn adopt(
+    inner: &Inner,
+    state: &mut SyncState,
+    cc: &chitchat::Chitchat,
+    id: &ChitchatId,
+    owner: &Arc<str>,
+    server: &Server,
+    key: u64,
+    now: std::time::Instant,
+) {
+    let Some(text) = cc.node_state(id).and_then(|n| n.get(&gossip_key(key))) else { return };
+    if state.adopted.get(&key).is_some_and(|(n, v)| n == owner && v == text) {
+        return;
+    }
+    let record = match ServerRecord::decode(text) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(node = %owner, error = %e, "cluster: ignoring a record");
+            return;
+        }
+    };
+    server.set_l7(L7Status {
+        state: record.state,
+        consecutive_passes: record.passes,
+        consecutive_failures: record.failures,
+        last_check: Some(now),
+        last_result: None,
+        source: Source::Cluster(Arc::clone(owner)),
+    });
+    inner.metrics.adopted.fetch_add(1, Ordering::Relaxed);
+    state.adopted.insert(key, (Arc::clone(owner), text.to_owned()));
+}

@@ -1,0 +1,295 @@
+//! chitchat's UDP transport with every datagram sealed under the cluster
+//! key ([`seal`](crate::seal)).
+//!
+//! chitchat sizes its messages up to the largest UDP payload (65 507
+//! bytes) and sealing adds [`OVERHEAD`] bytes, so a message that would no
+//! longer fit is cut into fragments, each sealed on its own (an attacker
+//! without the key can neither forge nor replay one), and put back together
+//! by the receiver. Every received datagram is counted; one that fails to
+//! open (another key, another cluster id, tampered, replayed) is dropped and
+//! counted as rejected.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chitchat::transport::{Socket, Transport};
+use chitchat::{ChitchatMessage, Deserializable, Serializable};
+
+use crate::seal::{ClusterKey, OVERHEAD, Opener, Sealer};
+
+/// The largest UDP payload over IPv4.
+const MAX_DATAGRAM: usize = 65_507;
+/// Frame tag: the datagram holds a whole message.
+const WHOLE: u8 = 0;
+/// Frame tag: the datagram holds one fragment (`id: u32, index: u8, count: u8`).
+const FRAGMENT: u8 = 1;
+const FRAGMENT_HEADER: usize = 1 + 4 + 1 + 1;
+/// Payload bytes per fragment.
+const FRAGMENT_PAYLOAD: usize = MAX_DATAGRAM - OVERHEAD - FRAGMENT_HEADER;
+/// Senders with a message half received; past this the table is cleared
+/// (only key holders can fill it: fragments are authenticated first).
+const MAX_PARTIAL: usize = 256;
+
+/// Datagram and byte counts of one node's transport.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    datagrams_in: AtomicU64,
+    datagrams_out: AtomicU64,
+    rejected: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+impl TransportStats {
+    /// Datagrams received, rejected ones included.
+    pub fn datagrams_in(&self) -> u64 {
+        self.datagrams_in.load(Ordering::Relaxed)
+    }
+    /// Datagrams sent.
+    pub fn datagrams_out(&self) -> u64 {
+        self.datagrams_out.load(Ordering::Relaxed)
+    }
+    /// Datagrams dropped because they did not open (wrong key or cluster id,
+    /// tampered, replayed) or did not decode.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+    /// Bytes received (UDP payload).
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+    /// Bytes sent (UDP payload).
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out.load(Ordering::Relaxed)
+    }
+}
+
+/// A chitchat [`Transport`] over UDP that seals every datagram.
+pub struct SealedTransport {
+    key: ClusterKey,
+    cluster_id: String,
+    stats: Arc<TransportStats>,
+}
+
+impl std::fmt::Debug for SealedTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedTransport").field("cluster_id", &self.cluster_id).finish_non_exhaustive()
+    }
+}
+
+impl SealedTransport {
+    /// A transport for `cluster_id` under `key`, counting into `stats`.
+    pub fn new(key: &ClusterKey, cluster_id: &str, stats: Arc<TransportStats>) -> Self {
+        Self { key: key.clone(), cluster_id: cluster_id.to_owned(), stats }
+    }
+}
+
+#[async_trait]
+impl Transport for SealedTransport {
+    async fn open(&self, listen: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        let socket = tokio::net::UdpSocket::bind(listen)
+            .await
+            .with_context(|| format!("cannot bind the gossip socket {listen}/udp"))?;
+        Ok(Box::new(SealedSocket {
+            socket,
+            sealer: Sealer::new(&self.key, &self.cluster_id),
+            opener: Opener::new(&self.key, &self.cluster_id),
+            stats: Arc::clone(&self.stats),
+            buf_send: Vec::new(),
+            buf_recv: vec![0; MAX_DATAGRAM].into_boxed_slice(),
+            next_id: 0,
+            partial: HashMap::new(),
+        }))
+    }
+}
+
+/// A message being put back together.
+struct Partial {
+    id: u32,
+    parts: Vec<Option<Vec<u8>>>,
+    missing: usize,
+}
+
+struct SealedSocket {
+    socket: tokio::net::UdpSocket,
+    sealer: Sealer,
+    opener: Opener,
+    stats: Arc<TransportStats>,
+    buf_send: Vec<u8>,
+    buf_recv: Box<[u8]>,
+    next_id: u32,
+    partial: HashMap<SocketAddr, Partial>,
+}
+
+impl SealedSocket {
+    async fn send_sealed(&self, to: SocketAddr, frame: &[u8]) -> anyhow::Result<usize> {
+        let datagram = self.sealer.seal(frame);
+        match self.socket.send_to(&datagram, to).await {
+            Ok(n) => {
+                self.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
+                self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(n)
+            }
+            // A peer that is gone (ICMP unreachable reported on this
+            // socket) or a full buffer loses one datagram; gossip repeats.
+            Err(e) if is_transient(&e) => {
+                tracing::debug!(to = %to, error = %e, "gossip datagram not sent");
+                Ok(0)
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot send gossip to {to}")),
+        }
+    }
+
+    /// The message in a received frame, once whole.
+    fn reassemble(&mut self, from: SocketAddr, frame: &[u8]) -> Option<Vec<u8>> {
+        match frame.first().copied() {
+            Some(WHOLE) => Some(frame[1..].to_vec()),
+            Some(FRAGMENT) if frame.len() >= FRAGMENT_HEADER => {
+                let id = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]);
+                let (index, count) = (frame[5] as usize, frame[6] as usize);
+                if count < 2 || index >= count {
+                    return None;
+                }
+                if self.partial.len() >= MAX_PARTIAL && !self.partial.contains_key(&from) {
+                    self.partial.clear();
+                }
+                let entry = self.partial.entry(from).or_insert_with(|| Partial {
+                    id,
+                    parts: vec![None; count],
+                    missing: count,
+                });
+                if entry.id != id || entry.parts.len() != count {
+                    // A newer message started: the older one is lost (gossip repeats).
+                    *entry = Partial { id, parts: vec![None; count], missing: count };
+                }
+                if entry.parts[index].is_none() {
+                    entry.parts[index] = Some(frame[FRAGMENT_HEADER..].to_vec());
+                    entry.missing -= 1;
+                }
+                if entry.missing > 0 {
+                    return None;
+                }
+                let whole = self.partial.remove(&from)?;
+                Some(whole.parts.into_iter().flatten().flatten().collect())
+            }
+            _ => None,
+        }
+    }
+}
+
+fn is_transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionRefused | ConnectionReset | WouldBlock | OutOfMemory)
+}
+
+#[async_trait]
+impl Socket for SealedSocket {
+    async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> anyhow::Result<()> {
+        let mut buf = std::mem::take(&mut self.buf_send);
+        buf.clear();
+        buf.push(WHOLE);
+        message.serialize(&mut buf);
+        let result = if buf.len() + OVERHEAD <= MAX_DATAGRAM {
+            self.send_sealed(to, &buf).await.map(|_| ())
+        } else {
+            self.next_id = self.next_id.wrapping_add(1);
+            let chunks: Vec<&[u8]> = buf[1..].chunks(FRAGMENT_PAYLOAD).collect();
+            let count = chunks.len() as u8; // at most 2: chitchat stays under 65 507
+            let mut frame = Vec::with_capacity(MAX_DATAGRAM);
+            let mut result = Ok(());
+            for (index, chunk) in chunks.iter().enumerate() {
+                frame.clear();
+                frame.push(FRAGMENT);
+                frame.extend_from_slice(&self.next_id.to_be_bytes());
+                frame.extend_from_slice(&[index as u8, count]);
+                frame.extend_from_slice(chunk);
+                if let Err(e) = self.send_sealed(to, &frame).await {
+                    result = Err(e);
+                    break;
+                }
+            }
+            result
+        };
+        self.buf_send = buf;
+        result
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
+        loop {
+            let (n, from) = match self.socket.recv_from(&mut self.buf_recv).await {
+                Ok(x) => x,
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => return Err(e).context("the gossip socket failed"),
+            };
+            self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
+            self.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            let frame = match self.opener.open(&self.buf_recv[..n]) {
+                Ok(frame) => frame,
+                Err(e) => {
+                    self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(from = %from, error = %e, "gossip datagram rejected");
+                    continue;
+                }
+            };
+            let Some(message) = self.reassemble(from, &frame) else { continue };
+            match ChitchatMessage::deserialize(&mut message.as_slice()) {
+                Ok(message) => return Ok((from, message)),
+                Err(e) => {
+                    // Authentic but undecodable: a node of another version.
+                    self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(from = %from, error = %e, "gossip message from a key holder does not decode");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(b: u8) -> ClusterKey {
+        ClusterKey::from_bytes(&[b; 32]).unwrap()
+    }
+
+    #[test]
+    fn fragments_reassemble_in_any_order_and_a_newer_message_replaces_an_older() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let mut s = SealedSocket {
+                socket,
+                sealer: Sealer::new(&key(1), "c"),
+                opener: Opener::new(&key(1), "c"),
+                stats: Arc::default(),
+                buf_send: vec![],
+                buf_recv: vec![0; 16].into_boxed_slice(),
+                next_id: 0,
+                partial: HashMap::new(),
+            };
+            let from: SocketAddr = "127.0.0.9:1".parse().unwrap();
+            let frag = |id: u32, i: u8, n: u8, body: &[u8]| {
+                let mut f = vec![FRAGMENT];
+                f.extend_from_slice(&id.to_be_bytes());
+                f.extend_from_slice(&[i, n]);
+                f.extend_from_slice(body);
+                f
+            };
+            assert_eq!(s.reassemble(from, &frag(7, 1, 2, b"world")), None);
+            assert_eq!(s.reassemble(from, &frag(7, 0, 2, b"hello ")), Some(b"hello world".to_vec()));
+            // Message 8's first half is lost when 9 starts.
+            assert_eq!(s.reassemble(from, &frag(8, 0, 2, b"old")), None);
+            assert_eq!(s.reassemble(from, &frag(9, 0, 2, b"new ")), None);
+            assert_eq!(s.reassemble(from, &frag(9, 1, 2, b"one")), Some(b"new one".to_vec()));
+            // Nonsense headers are ignored.
+            assert_eq!(s.reassemble(from, &frag(1, 2, 2, b"x")), None);
+            assert_eq!(s.reassemble(from, &[FRAGMENT, 0]), None);
+            assert_eq!(s.reassemble(from, &[9]), None);
+            assert_eq!(s.reassemble(from, &[WHOLE, b'a']), Some(b"a".to_vec()));
+        });
+    }
+}

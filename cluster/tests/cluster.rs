@@ -1,0 +1,250 @@
+//! Several cluster members in one process, each with its own HostDB,
+//! gossiping over real UDP sockets on loopback. Real time: chitchat's
+//! failure detector and the sockets run on the clock.
+
+// Helpers outside #[test] fns are test code too: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use vigil_cluster::{Cluster, ClusterConfig, ClusterKey};
+use vigil_hostdb::{
+    CheckResult, HostDb, HostDbConfig, L7Policy, L7State, OriginKey, OriginSpec, ServerSource, Source,
+};
+
+const ORIGIN: &str = "app.internal:8080";
+const SERVERS: usize = 10;
+const GOSSIP: Duration = Duration::from_millis(100);
+
+fn servers() -> Vec<SocketAddr> {
+    (0..SERVERS).map(|i| SocketAddr::from(([127, 0, 0, 2 + i as u8], 8080))).collect()
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn db() -> HostDb {
+    let db = HostDb::new();
+    db.apply(&HostDbConfig {
+        origins: vec![OriginSpec {
+            key: ORIGIN.parse().unwrap(),
+            servers: ServerSource::Static(servers()),
+            lb: Default::default(),
+            check: Some(L7Policy { healthy_threshold: 2, unhealthy_threshold: 3 }),
+        }],
+        ..Default::default()
+    })
+    .unwrap();
+    db
+}
+
+struct Node {
+    db: HostDb,
+    cluster: Cluster,
+}
+
+async fn start(n: usize, key: [u8; 32], seeds: &[SocketAddr]) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    let mut seeds = seeds.to_vec();
+    for i in 0..n {
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+        let db = db();
+        // Traffic for the origin: its checks "run" here.
+        db.origin(ORIGIN).unwrap().set_checking(true);
+        let config = ClusterConfig {
+            node_id: format!("edge-{}-{i}", listen.port()),
+            listen,
+            seeds: seeds.clone(),
+            cluster_id: "vigil-test".into(),
+            gossip_interval: GOSSIP,
+            key: ClusterKey::from_bytes(&key).unwrap(),
+        };
+        let cluster = Cluster::start(config, db.clone()).await.unwrap();
+        if seeds.is_empty() {
+            seeds.push(listen);
+        }
+        nodes.push(Node { db, cluster });
+    }
+    nodes
+}
+
+fn origin_key() -> OriginKey {
+    ORIGIN.parse().unwrap()
+}
+
+/// Waits (real time) until `cond` holds; panics with `what` after `limit`.
+async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    t0.elapsed()
+}
+
+/// Every node sees all others and they agree who checks each server.
+fn agreed(nodes: &[&Node]) -> bool {
+    let key = origin_key();
+    nodes.iter().all(|n| n.cluster.live_nodes().len() == nodes.len() - 1)
+        && servers().iter().all(|s| {
+            let owners: Vec<_> = nodes.iter().map(|n| n.cluster.owner(&key, *s)).collect();
+            owners[0].is_some() && owners.iter().all(|o| *o == owners[0])
+        })
+}
+
+fn owner_index(nodes: &[&Node], server: SocketAddr) -> usize {
+    let owner = nodes[0].cluster.owner(&origin_key(), server).unwrap();
+    nodes.iter().position(|n| *n.cluster.node_id() == *owner).unwrap()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_change_reaches_all_five_nodes_and_each_server_has_one_checker() {
+    let nodes = start(5, [7; 32], &[]).await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_for("5 nodes agree on ownership", Duration::from_secs(20), || agreed(&all)).await;
+
+    // Exactly one node checks each server, and every node is asked to check some.
+    let key = origin_key();
+    for s in servers() {
+        let checkers = nodes.iter().filter(|n| n.cluster.checks_here(&key, s)).count();
+        assert_eq!(checkers, 1, "{s} is checked by {checkers} nodes");
+    }
+
+    // Flip every server healthy, then unhealthy, on its owner; time until
+    // all four others hold the owner's state, adopted.
+    let mut times = Vec::new();
+    for (state, result, count) in [
+        (L7State::Healthy, CheckResult::pass("200", Duration::ZERO), 2),
+        (L7State::Unhealthy, CheckResult::fail("503", Duration::ZERO), 3),
+    ] {
+        for s in servers() {
+            let o = owner_index(&all, s);
+            let origin = nodes[o].db.origin(ORIGIN).unwrap();
+            let server = origin.server(s).unwrap();
+            let owner_id: Arc<str> = nodes[o].cluster.node_id().into();
+            for _ in 0..count {
+                origin.record_check(&server, &result, Instant::now().into_std());
+            }
+            assert_eq!(server.l7_state(), state);
+            let t = wait_for("the others adopt the change", Duration::from_secs(10), || {
+                nodes.iter().enumerate().filter(|(i, _)| *i != o).all(|(_, n)| {
+                    let l7 = n.db.origin(ORIGIN).unwrap().server(s).unwrap().l7();
+                    l7.state == state && l7.source == Source::Cluster(Arc::clone(&owner_id))
+                })
+            })
+            .await;
+            times.push(t);
+        }
+    }
+    times.sort();
+    let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
+    println!(
+        "status change to all 5 nodes, gossip {GOSSIP:?}: p50 {p50:?}, p99 {p99:?} over {}",
+        times.len()
+    );
+    // The target is 1 s; the bound leaves room for a loaded CI machine.
+    assert!(p50 < Duration::from_secs(2), "p50 {p50:?}");
+
+    // Adoption is counted, and the owners' own state stays local.
+    assert!(nodes.iter().map(|n| n.cluster.metrics().adopted()).sum::<u64>() >= 4 * 2 * SERVERS as u64);
+    for s in servers() {
+        let o = owner_index(&all, s);
+        let l7 = nodes[o].db.origin(ORIGIN).unwrap().server(s).unwrap().l7();
+        assert_eq!(l7.source, Source::Local);
+    }
+    for n in &nodes {
+        assert_eq!(n.cluster.metrics().transport().rejected(), 0);
+        n.cluster.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_owner_hands_its_servers_over_and_leaving_does_so_at_once() {
+    let nodes = start(3, [8; 32], &[]).await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_for("3 nodes agree", Duration::from_secs(20), || agreed(&all)).await;
+    let key = origin_key();
+
+    // Kill (no goodbye) the owner of the first server that node 0 does not own.
+    let s = servers().into_iter().find(|s| owner_index(&all, *s) != 0).unwrap();
+    let victim = owner_index(&all, s);
+    let dead: Arc<str> = nodes[victim].cluster.node_id().into();
+    nodes[victim].cluster.abort();
+    let rest: Vec<&Node> = nodes.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, n)| n).collect();
+    let took = wait_for("the survivors take the dead node's servers", Duration::from_secs(30), || {
+        agreed(&rest) && rest.iter().all(|n| n.cluster.owner(&key, s).is_some_and(|o| o != dead))
+    })
+    .await;
+    println!("handover after a kill (gossip {GOSSIP:?}): {took:?}");
+    assert_eq!(rest.iter().filter(|n| n.cluster.checks_here(&key, s)).count(), 1);
+    assert!(rest.iter().all(|n| n.cluster.metrics().ownership_changes() >= 1));
+
+    // An orderly leave moves its servers without waiting for failure detection.
+    let leaver = rest[1];
+    let moved = servers().into_iter().find(|s| owner_index(&rest, *s) == 1).unwrap();
+    let gone: Arc<str> = leaver.cluster.node_id().into();
+    let leaving = tokio::spawn({
+        let c = leaver.cluster.clone();
+        async move { c.leave().await }
+    });
+    let took = wait_for("the last node takes the leaver's servers", Duration::from_secs(10), || {
+        rest[0].cluster.owner(&key, moved).is_some_and(|o| o != gone)
+    })
+    .await;
+    println!("handover after a leave: {took:?}");
+    leaving.await.unwrap();
+    rest[0].cluster.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_the_wrong_key_changes_nothing_anywhere() {
+    let good = start(2, [9; 32], &[]).await;
+    let both: Vec<&Node> = good.iter().collect();
+    wait_for("2 nodes agree", Duration::from_secs(20), || agreed(&both)).await;
+    let seed = {
+        // The first node's address: its id carries its port.
+        let id = good[0].cluster.node_id();
+        let port: u16 = id.split('-').nth(1).unwrap().parse().unwrap();
+        SocketAddr::from(([127, 0, 0, 1], port))
+    };
+    let bad = start(1, [10; 32], &[seed]).await;
+    // The intruder calls every server unhealthy, as its own finding.
+    let origin = bad[0].db.origin(ORIGIN).unwrap();
+    for s in servers() {
+        let server = origin.server(s).unwrap();
+        for _ in 0..3 {
+            origin.record_check(
+                &server,
+                &CheckResult::fail("503", Duration::ZERO),
+                Instant::now().into_std(),
+            );
+        }
+    }
+    wait_for("the good nodes reject its datagrams", Duration::from_secs(10), || {
+        good.iter().any(|n| n.cluster.metrics().transport().rejected() >= 5)
+    })
+    .await;
+    tokio::time::sleep(GOSSIP * 10).await;
+    for n in &good {
+        assert_eq!(n.cluster.live_nodes().len(), 1, "the intruder counts as a member");
+        for s in servers() {
+            let l7 = n.db.origin(ORIGIN).unwrap().server(s).unwrap().l7();
+            assert_ne!(l7.state, L7State::Unhealthy, "{s} marked down by the intruder");
+        }
+    }
+    assert!(bad[0].cluster.live_nodes().is_empty());
+    // It kept knocking; nobody answered a stranger.
+    assert!(bad[0].cluster.metrics().transport().datagrams_out() >= 5);
+    assert_eq!(bad[0].cluster.metrics().transport().datagrams_in(), 0);
+    for n in good.iter().chain(&bad) {
+        n.cluster.abort();
+    }
+}
