@@ -58,6 +58,7 @@ pub struct ClusterMetrics {
     ownership_changes: AtomicU64,
     adopted: AtomicU64,
     published: AtomicU64,
+    state_bytes: AtomicU64,
 }
 
 impl ClusterMetrics {
@@ -76,6 +77,11 @@ impl ClusterMetrics {
     /// Records this node published for the servers it checks.
     pub fn published(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
+    }
+    /// Bytes of keys and values this node holds out to the cluster (its
+    /// interest and records, before chitchat's framing and compression).
+    pub fn state_bytes(&self) -> u64 {
+        self.state_bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -364,6 +370,9 @@ fn sync_once(inner: &Inner, cc: &mut chitchat::Chitchat, state: &mut SyncState) 
         keep
     });
     state.adopted.retain(|key, _| state.owners.contains_key(key));
+    let bytes = state.interest.len() * (INTEREST.len() + 16)
+        + state.published.values().map(|v| RECORD.len() + 16 + v.len()).sum::<usize>();
+    inner.metrics.state_bytes.store(bytes as u64, Ordering::Relaxed);
     inner.view.store(Arc::new(view));
 }
 

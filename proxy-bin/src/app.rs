@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
+use vigil_cluster::{Cluster, ClusterConfig, ClusterKey};
 use vigil_hostdb::{HickoryResolver, HostDb, HostDbConfig};
 use vigil_l7check::{Checker, CheckerOptions, HealthChecks, HttpProbe};
 use vigil_session::{Pool, PoolConfig};
@@ -42,6 +43,27 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, String> {
     Ok(Loaded { config, checks, hostdb })
 }
 
+/// Joins the cluster and makes the checker leave the servers another node
+/// checks.
+async fn join_cluster(c: &crate::config::Cluster, db: &HostDb, checker: &Checker) -> Result<Cluster, String> {
+    let bytes = std::fs::read(&c.key_file)
+        .map_err(|e| format!("{}: cannot read the cluster key: {e}", c.key_file.display()))?;
+    let key = ClusterKey::from_bytes(&bytes)
+        .map_err(|e| format!("{}: the cluster key must be {e}", c.key_file.display()))?;
+    let config = ClusterConfig {
+        node_id: c.node_id.clone(),
+        listen: c.listen,
+        seeds: c.seeds.clone(),
+        cluster_id: c.cluster_id.clone(),
+        gossip_interval: c.gossip_interval,
+        key,
+    };
+    let cluster = Cluster::start(config, db.clone()).await.map_err(|e| e.to_string())?;
+    let member = cluster.clone();
+    checker.set_filter(Some(Arc::new(move |origin, server| member.checks_here(origin, server))));
+    Ok(cluster)
+}
+
 fn read(path: &Path) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
 }
@@ -52,6 +74,8 @@ pub(crate) struct Shared {
     pub(crate) db: HostDb,
     pub(crate) pool: Pool,
     pub(crate) checker: Checker,
+    /// This node's cluster membership (`[cluster]`).
+    pub(crate) cluster: Option<Cluster>,
     pub(crate) routes: ArcSwap<Routes>,
     pub(crate) metrics: Arc<Metrics>,
     /// The running config (for the admin token and reload comparisons).
@@ -63,7 +87,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Builds everything from `loaded`. Must run inside the runtime.
-    pub(crate) fn start(loaded: Loaded, config_path: PathBuf) -> Result<Arc<Self>, String> {
+    pub(crate) async fn start(loaded: Loaded, config_path: PathBuf) -> Result<Arc<Self>, String> {
         let Loaded { config, checks, hostdb } = loaded;
         let mut builder = HostDb::builder();
         let needs_dns = hostdb.origins.iter().any(|o| matches!(o.servers, vigil_hostdb::ServerSource::Dns));
@@ -98,7 +122,11 @@ impl Shared {
         checker.on_result(Arc::new(move |origin, server, result| m.check(origin, server, result.passed)));
         let m = Arc::clone(&metrics);
         db.subscribe(Arc::new(move |e: &vigil_hostdb::Event| m.on_event(e)));
-        metrics.register(db.clone(), pool.clone());
+        let cluster = match &config.cluster {
+            None => None,
+            Some(c) => Some(join_cluster(c, &db, &checker).await?),
+        };
+        metrics.register(db.clone(), pool.clone(), cluster.clone());
 
         let node = config.cluster.as_ref().map_or_else(|| "vigil".to_owned(), |c| c.node_id.clone());
         Ok(Arc::new(Self {
@@ -107,6 +135,7 @@ impl Shared {
             db,
             pool,
             checker,
+            cluster,
             metrics,
             node,
             config_path,

@@ -288,9 +288,17 @@ impl Config {
                 if c.node_id.get_ref().trim().is_empty() {
                     return Err(cx.err(c.node_id.span(), "node_id must not be empty"));
                 }
+                let listen = cx.addr(&c.listen, "cluster listen")?;
+                if listen.ip().is_unspecified() {
+                    // chitchat advertises the listen address to peers.
+                    return Err(cx.err(
+                        c.listen.span(),
+                        "cluster listen must be the address peers reach this node at, not an unspecified one",
+                    ));
+                }
                 Some(Cluster {
                     node_id: c.node_id.get_ref().clone(),
-                    listen: cx.addr(&c.listen, "cluster listen")?,
+                    listen,
                     seeds: c.seeds.iter().map(|s| cx.addr(s, "seed")).collect::<Result<_, _>>()?,
                     cluster_id: c
                         .cluster_id

@@ -145,7 +145,7 @@ async fn show(length: Duration) -> Result<(), String> {
     std::fs::write(dir.join("healthchecks.toml"), checks).map_err(|e| e.to_string())?;
     let loaded = app::load(&path);
     let _ = std::fs::remove_dir_all(&dir);
-    let shared = app::Shared::start(loaded?, path)?;
+    let shared = app::Shared::start(loaded?, path).await?;
     let (listen, admin) =
         ("127.0.0.1:0".parse().map_err(|_| "addr")?, "127.0.0.1:0".parse().map_err(|_| "addr")?);
     let srv = server::start(Arc::clone(&shared), listen, admin).await.map_err(|e| e.to_string())?;

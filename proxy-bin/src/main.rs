@@ -144,7 +144,7 @@ fn run(path: &Path) -> ExitCode {
     };
     let code = rt.block_on(async {
         let (listen, admin) = (loaded.config.listen, loaded.config.admin);
-        let shared = match app::Shared::start(loaded, path.to_owned()) {
+        let shared = match app::Shared::start(loaded, path.to_owned()).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("{}: {e}", path.display());
@@ -164,7 +164,14 @@ fn run(path: &Path) -> ExitCode {
             return ExitCode::from(1);
         }
         tracing::info!("shutting down: no new connections; finishing requests in flight (up to 30 s)");
-        server.shutdown(DRAIN).await;
+        // Leaving the cluster hands this node's checks over at once, while
+        // requests in flight finish.
+        let leave = async {
+            if let Some(c) = &shared.cluster {
+                c.leave().await;
+            }
+        };
+        tokio::join!(server.shutdown(DRAIN), leave);
         tracing::info!("stopped");
         ExitCode::SUCCESS
     });

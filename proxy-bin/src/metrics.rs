@@ -135,7 +135,12 @@ impl Metrics {
     }
 
     /// Builds the registry once HostDB and the pool exist.
-    pub(crate) fn register(self: &Arc<Self>, db: HostDb, pool: Pool) {
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        db: HostDb,
+        pool: Pool,
+        cluster: Option<vigil_cluster::Cluster>,
+    ) {
         let mut r = Registry::default();
         r.register(
             "vigil_requests",
@@ -155,7 +160,12 @@ impl Metrics {
         );
         r.register("vigil_reloads", "Config reloads, by result", self.reloads.clone());
         r.register("vigil_retries", "Requests retried on another server", self.retries.clone());
-        r.register_collector(Box::new(Live { db, pool, framing_refused: Arc::clone(&self.framing_refused) }));
+        r.register_collector(Box::new(Live {
+            db,
+            pool,
+            cluster,
+            framing_refused: Arc::clone(&self.framing_refused),
+        }));
         *self.registry.lock() = Some(r);
     }
 
@@ -202,13 +212,14 @@ impl Observer for ConnectObserver {
 struct Live {
     db: HostDb,
     pool: Pool,
+    cluster: Option<vigil_cluster::Cluster>,
     framing_refused: Arc<AtomicU64>,
 }
 
 impl Collector for Live {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let m = self.pool.metrics();
-        for (name, help, v) in [
+        let mut counters = vec![
             ("vigil_pool_reused", "Checkouts served by an idle keep-alive session", m.reused()),
             ("vigil_pool_evicted", "Idle sessions closed by the pool", m.evicted()),
             (
@@ -216,7 +227,40 @@ impl Collector for Live {
                 "Requests refused for ambiguous framing (Content-Length with Transfer-Encoding, duplicate Content-Length)",
                 self.framing_refused.load(Ordering::Relaxed),
             ),
-        ] {
+        ];
+        if let Some(cluster) = &self.cluster {
+            let (c, t) = (cluster.metrics(), cluster.metrics().transport());
+            counters.extend([
+                (
+                    "vigil_cluster_datagrams_in",
+                    "Gossip datagrams received, rejected ones included",
+                    t.datagrams_in(),
+                ),
+                ("vigil_cluster_datagrams_out", "Gossip datagrams sent", t.datagrams_out()),
+                (
+                    "vigil_cluster_datagrams_rejected",
+                    "Gossip datagrams dropped: not sealed with the cluster key and id, tampered or replayed",
+                    t.rejected(),
+                ),
+                ("vigil_cluster_gossip_bytes_in", "Gossip bytes received (UDP payload)", t.bytes_in()),
+                ("vigil_cluster_gossip_bytes_out", "Gossip bytes sent (UDP payload)", t.bytes_out()),
+                (
+                    "vigil_cluster_ownership_changes",
+                    "Servers that changed checking node",
+                    c.ownership_changes(),
+                ),
+                ("vigil_cluster_adopted", "Check results adopted from the checking node", c.adopted()),
+                ("vigil_cluster_published", "Server records this node published", c.published()),
+            ]);
+            let live = ConstGauge::new(cluster.live_nodes().len() as i64);
+            live.encode(encoder.encode_descriptor(
+                "vigil_cluster_live_nodes",
+                "Other cluster nodes seen alive",
+                None,
+                live.metric_type(),
+            )?)?;
+        }
+        for (name, help, v) in counters {
             let c = ConstCounter::new(v);
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
         }

@@ -149,6 +149,12 @@ fn the_cluster_key_file_must_hold_32_bytes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("exactly 32 random bytes, not 5"));
     std::fs::write(d.join("cluster.key"), [7u8; 32]).unwrap();
     assert_eq!(run().status.code(), Some(0));
+    // Peers reach a node at its listen address: 0.0.0.0 cannot be advertised.
+    std::fs::write(d.join("vigil.toml"), main.replace("127.0.0.1:7946", "0.0.0.0:7946")).unwrap();
+    let out = run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("vigil.toml:") && err.contains("not an unspecified one"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }
 

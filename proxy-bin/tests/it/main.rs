@@ -4,5 +4,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod check_config;
+mod cluster;
 mod harness;
 mod proxy;

@@ -1,0 +1,185 @@
+//! Several `vigil` processes in one cluster, gossiping over loopback UDP,
+//! in front of the same origin servers.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::harness::*;
+
+const CHECKS: &str = r#"[defaults]
+interval = "200ms"
+unhealthy_interval = "200ms"
+timeout = "150ms"
+jitter = "0%"
+healthy_threshold = 1
+unhealthy_threshold = 2
+[[check]]
+origin = "app.test"
+path = "/healthz"
+"#;
+
+fn free_udp() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn cluster_section(node: &str, listen: SocketAddr, seeds: &[SocketAddr], key: &std::path::Path) -> String {
+    let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "[cluster]\nnode_id = \"{node}\"\nlisten = \"{listen}\"\nseeds = [{}]\ncluster_id = \"e2e\"\ngossip_interval = \"100ms\"\nkey_file = \"{}\"\n",
+        seeds.join(", "),
+        key.display()
+    )
+}
+
+/// Server address -> (node, l7 state, l7 source) as `v` shows it.
+async fn sources(v: &Vigil) -> HashMap<String, (String, String)> {
+    let hosts = v.hosts().await;
+    let mut out = HashMap::new();
+    for o in hosts["origins"].as_array().unwrap() {
+        for s in o["servers"].as_array().unwrap() {
+            out.insert(
+                s["addr"].as_str().unwrap().to_owned(),
+                (
+                    s["l7"]["state"].as_str().unwrap().to_owned(),
+                    s["l7"]["source"].as_str().unwrap().to_owned(),
+                ),
+            );
+        }
+    }
+    out
+}
+
+/// For every server, the node whose status is its own while the others show
+/// `cluster:<that node>`; `None` until all nodes agree on that.
+async fn owners(nodes: &[(&str, &Vigil)], servers: &[SocketAddr]) -> Option<HashMap<SocketAddr, String>> {
+    let mut views = Vec::new();
+    for (name, v) in nodes {
+        views.push((*name, sources(v).await));
+    }
+    let mut out = HashMap::new();
+    for s in servers {
+        let local: Vec<&str> = views
+            .iter()
+            .filter(|(_, view)| view.get(&s.to_string()).is_some_and(|(_, src)| src == "local"))
+            .map(|(n, _)| *n)
+            .collect();
+        let [owner] = local[..] else { return None };
+        let adopted = views.iter().filter(|(n, _)| *n != owner).all(|(_, view)| {
+            view.get(&s.to_string()).is_some_and(|(_, src)| *src == format!("cluster:{owner}"))
+        });
+        if !adopted {
+            return None;
+        }
+        out.insert(*s, owner.to_owned());
+    }
+    Some(out)
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+async fn metrics(v: &Vigil) -> String {
+    get_raw(v.admin, "admin", "/metrics").await.unwrap().2
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_vigils_check_each_server_once_share_results_and_hand_over() {
+    let o = origins(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]).await;
+    let servers: Vec<SocketAddr> = o.iter().map(|x| x.addr).collect();
+    let port = o[0].addr.port();
+    let remap = format!(
+        "[[remap]]\nfrom = \"www.app.test\"\nto = \"http://app.test:{port}\"\n\n[origins.\"app.test:{port}\"]\nservers = {}\n",
+        server_list(&o)
+    );
+    let keys = test_dir("cluster-keys");
+    let key = keys.join("cluster.key");
+    std::fs::write(&key, [42u8; 32]).unwrap();
+    let gossip: Vec<SocketAddr> = (0..3).map(|_| free_udp()).collect();
+    let mut vigils = Vec::new();
+    for (i, listen) in gossip.iter().enumerate() {
+        let seeds = if i == 0 { vec![] } else { vec![gossip[0]] };
+        let rest = format!("{remap}\n{}", cluster_section(&format!("edge-{i}"), *listen, &seeds, &key));
+        vigils.push(Vigil::start(&format!("cluster-{i}"), "", &rest, CHECKS).await);
+    }
+    // Traffic through every node starts its checks (lazy start).
+    for v in &vigils {
+        assert_eq!(v.get("www.app.test", "/").await.0, StatusCode::OK);
+    }
+    let nodes: Vec<(&str, &Vigil)> =
+        vec![("edge-0", &vigils[0]), ("edge-1", &vigils[1]), ("edge-2", &vigils[2])];
+    let agreed =
+        wait_until(Duration::from_secs(20), || async { owners(&nodes, &servers).await.is_some() }).await;
+    assert!(agreed, "nodes never agreed: {:?}", sources(&vigils[0]).await);
+    let owner_map = owners(&nodes, &servers).await.unwrap();
+
+    // About one check per interval per server at the origins, not three.
+    let before: u64 = o.iter().map(Origin::checks).sum();
+    let window = Duration::from_secs(3);
+    tokio::time::sleep(window).await;
+    let checks = o.iter().map(Origin::checks).sum::<u64>() - before;
+    let per_interval = checks as f64 / (window.as_secs_f64() / 0.2) / servers.len() as f64;
+    println!(
+        "3 nodes: {checks} checks in {window:?} over 3 servers = {per_interval:.2} per server per interval"
+    );
+    assert!((0.7..1.5).contains(&per_interval), "{per_interval:.2} checks per server per interval");
+
+    // The origin's maintenance answer reaches every node.
+    o[0].state.health.store(503, std::sync::atomic::Ordering::SeqCst);
+    let down = wait_until(Duration::from_secs(10), || async {
+        let mut all = true;
+        for v in &vigils {
+            all &= sources(v).await.get(&servers[0].to_string()).is_some_and(|(st, _)| st == "unhealthy");
+        }
+        all
+    })
+    .await;
+    assert!(down, "maintenance did not reach every node");
+    for v in &vigils {
+        // The unhealthy server gets no traffic from any node.
+        for _ in 0..6 {
+            assert_eq!(v.get("www.app.test", "/").await.0, StatusCode::OK);
+        }
+    }
+    o[0].state.health.store(0, std::sync::atomic::Ordering::SeqCst);
+    let m = metrics(&vigils[1]).await;
+    assert!(metric(&m, "vigil_cluster_adopted_total") >= 1, "{m}");
+    assert!(metric(&m, "vigil_cluster_datagrams_in_total") > 10, "{m}");
+    assert_eq!(metric(&m, "vigil_cluster_datagrams_rejected_total"), 0);
+    assert_eq!(metric(&m, "vigil_cluster_live_nodes"), 2);
+
+    // A node with another key: refused by everyone, it changes nothing.
+    let other = keys.join("other.key");
+    std::fs::write(&other, [7u8; 32]).unwrap();
+    let rest = format!("{remap}\n{}", cluster_section("intruder", free_udp(), &[gossip[0]], &other));
+    let intruder = Vigil::start("cluster-intruder", "", &rest, CHECKS).await;
+    assert_eq!(intruder.get("www.app.test", "/").await.0, StatusCode::OK);
+    let rejected = wait_until(Duration::from_secs(10), || async {
+        metric(&metrics(&vigils[0]).await, "vigil_cluster_datagrams_rejected_total") > 0
+    })
+    .await;
+    assert!(rejected, "the intruder's datagrams were not counted as rejected");
+    assert_eq!(owners(&nodes, &servers).await.as_ref(), Some(&owner_map), "the intruder moved ownership");
+    assert!(sources(&intruder).await.values().all(|(_, src)| src == "local"));
+
+    // SIGTERM the owner of server 1: it leaves, the others take over.
+    let victim = owner_map[&servers[1]].clone();
+    let i: usize = victim.trim_start_matches("edge-").parse().unwrap();
+    vigils[i].signal("TERM");
+    let rest: Vec<(&str, &Vigil)> = nodes.iter().filter(|(n, _)| *n != victim).copied().collect();
+    let t0 = tokio::time::Instant::now();
+    let took_over = wait_until(Duration::from_secs(15), || async {
+        owners(&rest, &servers[1..2]).await.is_some_and(|m| m[&servers[1]] != victim)
+    })
+    .await;
+    assert!(took_over, "nobody took over {} from {victim}", servers[1]);
+    println!("SIGTERM of the owner: the others took over in {:?}", t0.elapsed());
+    assert_eq!(vigils[i].exit_code(Duration::from_secs(35)).await, Some(0));
+}
