@@ -11,8 +11,9 @@
 //!   with `source = cluster:<node_id>`.
 //!
 //! The checker asks [`Cluster::checks_here`] before each check. Adoption
-//! writes only the L7 record: a server this node saw fail at L4 stays down
-//! here whatever the cluster says, because routability needs both.
+//! writes the L7 record, and takes the owner's L4-down mark only for a
+//! server with no L4 history here: a server this node saw fail at L4 stays
+//! down here whatever the cluster says, because routability needs both.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -350,7 +351,7 @@ fn sync_once(inner: &Inner, cc: &mut chitchat::Chitchat, state: &mut SyncState) 
                     }
                 }
             } else if let Some(id) = ids.get(&owner) {
-                adopt(inner, state, cc, id, &owner, server, key, now);
+                adopt(inner, state, cc, id, &owner, server, key, (now, epoch_ms));
             }
         }
     }
@@ -409,7 +410,7 @@ fn adopt(
     owner: &Arc<str>,
     server: &Server,
     key: u64,
-    now: std::time::Instant,
+    (now, epoch_ms): (std::time::Instant, u64),
 ) {
     let Some(text) = cc.node_state(id).and_then(|n| n.get(&gossip_key(key))) else { return };
     if state.adopted.get(&key).is_some_and(|(n, v)| n == owner && v == text) {
@@ -430,6 +431,11 @@ fn adopt(
         last_result: None,
         source: Source::Cluster(Arc::clone(owner)),
     });
+    // The owner's L4-down mark, advisory: taken only by a server with no
+    // L4 history here, and tried again by a request once it lapses.
+    if record.l4_down_until_ms > epoch_ms {
+        server.adopt_l4_down(now + Duration::from_millis(record.l4_down_until_ms - epoch_ms), now);
+    }
     inner.metrics.adopted.fetch_add(1, Ordering::Relaxed);
     state.adopted.insert(key, (Arc::clone(owner), text.to_owned()));
 }

@@ -72,6 +72,10 @@ async fn start(n: usize, key: [u8; 32], seeds: &[SocketAddr]) -> Vec<Node> {
     nodes
 }
 
+fn origin_of(n: &Node) -> Arc<vigil_hostdb::Origin> {
+    n.db.origin(ORIGIN).unwrap()
+}
+
 fn origin_key() -> OriginKey {
     ORIGIN.parse().unwrap()
 }
@@ -144,6 +148,36 @@ async fn a_status_change_reaches_all_five_nodes_and_each_server_has_one_checker(
             times.push(t);
         }
     }
+    // Local L4 evidence wins over a remote "healthy"; the owner's L4-down
+    // mark reaches the others.
+    let s0 = servers()[0];
+    let o = owner_index(&all, s0);
+    let other = &nodes[(o + 1) % nodes.len()];
+    let here = other.db.origin(ORIGIN).unwrap().server(s0).unwrap();
+    let owner_origin = origin_of(&nodes[o]);
+    let owner_server = owner_origin.server(s0).unwrap();
+    for _ in 0..2 {
+        owner_origin.record_check(
+            &owner_server,
+            &CheckResult::pass("200", Duration::ZERO),
+            Instant::now().into_std(),
+        );
+    }
+    wait_for("the others adopt healthy", Duration::from_secs(10), || here.l7_state() == L7State::Healthy)
+        .await;
+    assert!(matches!(here.l7().source, Source::Cluster(_)));
+    let now = Instant::now().into_std();
+    here.report_l4_failure(now);
+    assert!(!here.is_routable(now), "a remote healthy overrode a local L4 failure");
+    here.report_l4_success(now);
+    let s1 = servers()[1];
+    let o = owner_index(&all, s1);
+    origin_of(&nodes[o]).server(s1).unwrap().report_l4_failure(Instant::now().into_std());
+    wait_for("the owner's L4-down mark reaches the others", Duration::from_secs(10), || {
+        nodes.iter().all(|n| !origin_of(n).server(s1).unwrap().is_routable(Instant::now().into_std()))
+    })
+    .await;
+
     times.sort();
     let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
     println!(

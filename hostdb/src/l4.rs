@@ -160,6 +160,12 @@ impl L4Word {
         }
     }
 
+    /// Down until `until_ms` on another node's word, with no local failure
+    /// counted.
+    pub(crate) fn remote_down(until_ms: u64) -> Self {
+        Self::pack(0, DOWN, until_ms)
+    }
+
     /// The state after a success (a response head read, or a passing L7 check).
     pub(crate) fn on_success(self) -> Self {
         Self::UP

@@ -235,6 +235,24 @@ impl Server {
         }
     }
 
+    /// Takes another node's L4-down mark (the cluster's, advisory): a
+    /// server that is up here is down until `until`, then, as after a local
+    /// failure, the next request that picks it tries it once. A server with
+    /// local L4 history (failures, down, a retry out) keeps its own timing.
+    /// Returns whether the mark was taken.
+    pub fn adopt_l4_down(&self, until: Instant, now: Instant) -> bool {
+        let until_ms = self.hub.epoch.ms(until);
+        if until_ms <= self.hub.epoch.ms(now) {
+            return false;
+        }
+        let next = L4Word::remote_down(until_ms);
+        if self.l4.compare_exchange(L4Word::UP.0, next.0, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return false;
+        }
+        self.emit_l4(L4State::Up, L4State::Down, 0);
+        true
+    }
+
     fn emit_l4(&self, from: L4State, to: L4State, consecutive_failures: u32) {
         self.hub.subscribers.emit(Event::L4 {
             origin: self.origin.clone(),

@@ -267,3 +267,27 @@ fn consistent_hash_with_most_servers_out_finds_the_one_left_deterministically() 
         assert_eq!(pick(&key.to_le_bytes()), pick(&key.to_le_bytes()));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_remote_l4_down_mark_is_taken_only_by_a_clean_server_then_probed() {
+    let s = addrs(2, 80);
+    let db = db_with(s.clone(), LbPolicy::RoundRobin, L4Policy { fail_threshold: 2, ..L4Policy::default() });
+    let origin = db.origin("app:80").unwrap();
+    let (a, b) = (origin.server(s[0]).unwrap(), origin.server(s[1]).unwrap());
+    // A mark already past, or on a server with local L4 history, is refused.
+    assert!(!a.adopt_l4_down(now(), now()));
+    b.report_l4_failure(now());
+    assert!(!b.adopt_l4_down(now() + Duration::from_secs(5), now()));
+    assert_eq!(b.l4_failures(), 1, "local history kept");
+
+    assert!(a.adopt_l4_down(now() + Duration::from_secs(3), now()));
+    assert_eq!(a.l4_state(now()), L4State::Down);
+    assert!(!a.is_routable(now()));
+    assert_eq!(split(&db, 10).get(&s[0]), None);
+    // After the mark, the next request tries it once; success brings it up.
+    tokio::time::advance(Duration::from_secs(3)).await;
+    let probe = db.select(&crate::k("app:80"), &mut Attempt::new(), now()).unwrap();
+    assert!(probe.is_probe() && probe.addr() == s[0]);
+    probe.server().report_l4_success(now());
+    assert_eq!(a.l4_state(now()), L4State::Up);
+}
