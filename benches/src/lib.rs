@@ -17,6 +17,17 @@ use vigil_hostdb::{
     ServerSource,
 };
 
+/// The number after `--name` on the command line, or `default` (for the
+/// scale harnesses' flags).
+pub fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Servers per origin in every fixture.
 pub const SERVERS_PER_ORIGIN: u8 = 3;
 

@@ -21,20 +21,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use vigil_benches::arg;
 use vigil_hostdb::{HostDb, HostDbConfig, OriginKey, OriginSpec, ServerSource};
 use vigil_l7check::{Checker, CheckerOptions, HealthChecks, HttpProbe};
 use vigil_session::{NoopObserver, Pool, PoolConfig};
 
 const PORT: u16 = 18_181;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     if std::env::args().any(|a| a == "--origin") {

@@ -17,19 +17,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use vigil_benches::arg;
 use vigil_cluster::{Cluster, ClusterConfig, ClusterKey};
 use vigil_hostdb::{
     CheckResult, HostDb, HostDbConfig, L7Policy, L7State, OriginKey, OriginSpec, ServerSource, Source,
 };
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 const PER_ORIGIN: usize = 10;
 const POLICY: L7Policy = L7Policy { healthy_threshold: 2, unhealthy_threshold: 3 };
