@@ -30,6 +30,27 @@ use crate::record::{ServerRecord, gossip_key, server_key};
 use crate::seal::ClusterKey;
 use crate::transport::{SealedTransport, TransportStats};
 
+/// Maps keyed by server keys, which are hashes already: used as they are.
+type ByKey<V> = HashMap<u64, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; fold anything else in.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 /// Prefix of the keys that say a node has traffic for an origin.
 const INTEREST: &str = "o:";
 /// Prefix of the server records.
@@ -240,14 +261,33 @@ impl Cluster {
 struct SyncState {
     /// Origins this node advertises.
     interest: HashSet<u64>,
-    /// Server key -> the record value this node published.
-    published: HashMap<u64, String>,
+    /// Server key -> what this node published for it.
+    published: ByKey<Published>,
+    /// Origin hash -> its server list as last seen and the servers' keys.
+    keys: ByKey<ServerKeys>,
+    /// Sync rounds so far.
+    round: u64,
+    /// Each live node's state version at the last round.
+    versions: HashMap<Arc<str>, u64>,
     /// Server key -> (node, record value) last adopted.
-    adopted: HashMap<u64, (Arc<str>, String)>,
+    adopted: ByKey<(Arc<str>, String)>,
     /// Server key -> its checking node at the last round.
-    owners: HashMap<u64, Arc<str>>,
+    owners: ByKey<Arc<str>>,
     /// This node's record version counter.
     version: u64,
+}
+
+/// An origin's server list and its servers' keys, in the same order.
+type ServerKeys = (Arc<[Arc<Server>]>, Arc<[u64]>);
+
+/// A record this node published.
+struct Published {
+    /// As published, version 0.
+    record: ServerRecord,
+    /// The gossip value (with its version).
+    text: String,
+    /// The last round that still published it.
+    round: u64,
 }
 
 async fn sync_loop(inner: std::sync::Weak<Inner>, mut stopped: tokio::sync::watch::Receiver<bool>) {
@@ -315,64 +355,92 @@ fn sync_once(inner: &Inner, cc: &mut chitchat::Chitchat, state: &mut SyncState) 
         ids.insert(name, id.clone());
     }
 
-    // 3. Per server: publish it or adopt it.
-    let mut published_now = HashSet::new();
+    // 3. Per server: publish it or adopt it. Cheap per server when nothing
+    // changed: no allocation, and the owner's state is read only when its
+    // version moved (or this server's adopted status is not its own).
+    state.round += 1;
+    let round = state.round;
+    let mut versions: HashMap<Arc<str>, u64> = HashMap::with_capacity(ids.len());
+    for (name, id) in &ids {
+        versions.insert(Arc::clone(name), cc.node_state(id).map_or(0, |n| n.max_version()));
+    }
     let mut publish = Vec::new();
     for origin in &origins {
         let Some(policy) = origin.check_policy() else { continue };
         let cap = policy.healthy_threshold.max(policy.unhealthy_threshold);
         let h = origin.key().hash64();
         let others = view.interest.get(&h).map_or(&[][..], |v| v.as_slice());
-        let mine = state.interest.contains(&h);
-        for server in origin.servers().iter() {
-            let key = server_key(origin.key(), server.addr());
-            let me_name = mine.then_some(&inner.node_id);
-            let Some(owner) = owner_in(key, others.iter().chain(me_name).map(|n| &**n)) else {
+        let me = state.interest.contains(&h).then_some(&inner.node_id);
+        let servers = origin.servers();
+        let keys = match state.keys.get(&h) {
+            Some((list, keys)) if Arc::ptr_eq(list, &servers) => Arc::clone(keys),
+            _ => {
+                let keys: Arc<[u64]> = servers.iter().map(|s| server_key(origin.key(), s.addr())).collect();
+                state.keys.insert(h, (Arc::clone(&servers), Arc::clone(&keys)));
+                keys
+            }
+        };
+        for (server, &key) in servers.iter().zip(keys.iter()) {
+            let candidates = || others.iter().chain(me);
+            let Some(owner) = owner_in(key, candidates().map(|n| &**n)) else {
                 state.owners.remove(&key);
                 continue;
             };
-            let owner: Arc<str> = if owner == &*inner.node_id {
-                Arc::clone(&inner.node_id)
-            } else {
-                others.iter().find(|n| &***n == owner).map_or_else(|| owner.into(), Arc::clone)
+            // The candidate `owner` points into (no string compare).
+            let Some(owner) = candidates().find(|n| std::ptr::eq(n.as_ptr(), owner.as_ptr())) else {
+                continue;
             };
-            if let Some(prev) = state.owners.insert(key, Arc::clone(&owner))
-                && prev != owner
-            {
-                inner.metrics.ownership_changes.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(origin = %origin.key(), server = %server.addr(), from = %prev, to = %owner,
-                    "cluster: server changed checking node");
-            }
-            if owner == inner.node_id {
-                if let Some(value) = own_record(server, cap, now, epoch_ms) {
-                    published_now.insert(key);
-                    if state.published.get(&key).is_none_or(|v| !same_record(v, &value)) {
-                        publish.push((key, value));
+            let moved = match state.owners.get(&key) {
+                Some(prev) if prev == owner => false,
+                prev => {
+                    if let Some(prev) = prev {
+                        inner.metrics.ownership_changes.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(origin = %origin.key(), server = %server.addr(), from = %prev, to = %owner,
+                            "cluster: server changed checking node");
+                    }
+                    state.owners.insert(key, Arc::clone(owner));
+                    true
+                }
+            };
+            if *owner == inner.node_id {
+                if let Some(record) = own_record(server, cap, now, epoch_ms) {
+                    match state.published.get_mut(&key) {
+                        Some(p) if p.record == record => p.round = round,
+                        _ => publish.push((key, record)),
                     }
                 }
-            } else if let Some(id) = ids.get(&owner) {
-                adopt(inner, state, cc, id, &owner, server, key, (now, epoch_ms));
+            } else if let Some(id) = ids.get(owner) {
+                let unchanged = !moved
+                    && state.versions.get(owner) == versions.get(owner)
+                    && matches!(&server.l7().source, Source::Cluster(n) if n == owner);
+                if !unchanged {
+                    adopt(inner, state, cc, id, owner, server, key, (now, epoch_ms));
+                }
             }
         }
     }
-    for (key, mut value) in publish {
+    state.versions = versions;
+    for (key, record) in publish {
         state.version += 1;
-        value.version = state.version;
-        let text = value.encode();
+        let text = ServerRecord { version: state.version, ..record }.encode();
         cc.self_node_state().set(gossip_key(key), &text);
-        state.published.insert(key, text);
+        state.published.insert(key, Published { record, text, round });
         inner.metrics.published.fetch_add(1, Ordering::Relaxed);
     }
-    state.published.retain(|key, _| {
-        let keep = published_now.contains(key);
+    state.published.retain(|key, p| {
+        let keep = p.round == round;
         if !keep {
             cc.self_node_state().delete(&gossip_key(*key));
         }
         keep
     });
     state.adopted.retain(|key, _| state.owners.contains_key(key));
+    if state.keys.len() > origins.len() {
+        let live: HashSet<u64> = origins.iter().map(|o| o.key().hash64()).collect();
+        state.keys.retain(|h, _| live.contains(h));
+    }
     let bytes = state.interest.len() * (INTEREST.len() + 16)
-        + state.published.values().map(|v| RECORD.len() + 16 + v.len()).sum::<usize>();
+        + state.published.values().map(|p| RECORD.len() + 16 + p.text.len()).sum::<usize>();
     inner.metrics.state_bytes.store(bytes as u64, Ordering::Relaxed);
     inner.view.store(Arc::new(view));
 }
@@ -394,11 +462,6 @@ fn own_record(server: &Server, cap: u32, now: std::time::Instant, epoch_ms: u64)
         version: 0,
         l4_down_until_ms,
     })
-}
-
-/// Whether the published `text` says the same as `record` (versions aside).
-fn same_record(text: &str, record: &ServerRecord) -> bool {
-    ServerRecord::decode(text).is_ok_and(|p| ServerRecord { version: 0, ..p } == *record)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -25,7 +25,16 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn server_key(origin: &OriginKey, server: SocketAddr) -> u64 {
-    xxh3_64_with_seed(server.to_string().as_bytes(), origin.hash64())
+    use std::io::Write;
+    // The address as text, formatted on the stack: this runs for every
+    // server every gossip round. 64 bytes hold the longest socket address.
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    if write!(cursor, "{server}").is_err() {
+        return xxh3_64_with_seed(server.to_string().as_bytes(), origin.hash64());
+    }
+    let n = cursor.position() as usize;
+    xxh3_64_with_seed(&buf[..n], origin.hash64())
 }
 
 /// The gossip key of a server record.
@@ -112,6 +121,25 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn the_key_hashes_the_address_as_text_even_the_longest() {
+        let origin: OriginKey = "app.internal:8080".parse().unwrap();
+        let longest = std::net::SocketAddrV6::new(
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".parse().unwrap(),
+            65535,
+            0,
+            u32::MAX,
+        );
+        for addr in ["127.0.0.2:8080".parse().unwrap(), SocketAddr::V6(longest)] {
+            let text = addr.to_string();
+            assert_eq!(
+                server_key(&origin, addr),
+                xxh3_64_with_seed(text.as_bytes(), origin.hash64()),
+                "{text}"
+            );
+        }
+    }
 
     #[test]
     fn compact_and_round_trips() {
