@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
-use vigil_hostdb::{HostDb, L7State, L7Status, OriginKey, Server, Source};
+use vigil_hostdb::{Event, HostDb, L4State, L7State, L7Status, OriginKey, Server, Source, SubscriptionId};
 
 use crate::ownership::owner_in;
 use crate::record::{ServerRecord, gossip_key, server_key};
@@ -124,6 +124,11 @@ struct Inner {
     view: ArcSwap<View>,
     metrics: ClusterMetrics,
     stop: tokio::sync::watch::Sender<bool>,
+    /// Rings when something worth a round happened between ticks: a local
+    /// flip to publish, or a record or interest from another node.
+    wake: Arc<tokio::sync::Notify>,
+    /// The HostDB subscription and chitchat listeners behind `wake`.
+    listening: parking_lot::Mutex<Option<(SubscriptionId, Vec<chitchat::ListenerHandle>)>>,
 }
 
 /// A running cluster member. Dropping it does not stop it: call
@@ -172,6 +177,23 @@ impl Cluster {
         let handle =
             chitchat::spawn_chitchat(chitchat_config, Vec::new(), &transport).await.map_err(ClusterError)?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let listeners = {
+            let chitchat = handle.chitchat();
+            let cc = chitchat.lock().await;
+            [RECORD, INTEREST]
+                .into_iter()
+                .map(|prefix| {
+                    let w = Arc::clone(&wake);
+                    cc.subscribe_event(prefix, move |_| w.notify_one())
+                })
+                .collect()
+        };
+        let w = Arc::clone(&wake);
+        let subscription = db.subscribe(Arc::new(move |e: &Event| match e {
+            Event::L7 { source: Source::Local, .. } | Event::L4 { to: L4State::Down, .. } => w.notify_one(),
+            _ => {}
+        }));
         let inner = Arc::new(Inner {
             node_id: config.node_id.as_str().into(),
             db,
@@ -180,6 +202,8 @@ impl Cluster {
             view: ArcSwap::default(),
             metrics,
             stop,
+            wake,
+            listening: parking_lot::Mutex::new(Some((subscription, listeners))),
         });
         tokio::spawn(sync_loop(Arc::downgrade(&inner), stopped));
         tracing::info!(node = %config.node_id, listen = %config.listen, "cluster: joined");
@@ -226,7 +250,7 @@ impl Cluster {
     /// one more round of gossip carry that, then stops. Others take its
     /// servers over at once instead of after failure detection.
     pub async fn leave(&self) {
-        let _ = self.inner.stop.send(true);
+        self.inner.stop_syncing();
         let handle = self.inner.handle.lock().take();
         let Some(handle) = handle else { return };
         handle
@@ -249,9 +273,18 @@ impl Cluster {
 
     /// Stops at once, as a crash would: others notice by failure detection.
     pub fn abort(&self) {
-        let _ = self.inner.stop.send(true);
+        self.inner.stop_syncing();
         if let Some(handle) = self.inner.handle.lock().take() {
             handle.abort();
+        }
+    }
+}
+
+impl Inner {
+    fn stop_syncing(&self) {
+        let _ = self.stop.send(true);
+        if let Some((subscription, _listeners)) = self.listening.lock().take() {
+            self.db.unsubscribe(subscription);
         }
     }
 }
@@ -296,13 +329,28 @@ async fn sync_loop(inner: std::sync::Weak<Inner>, mut stopped: tokio::sync::watc
         Some(i) => i.interval,
         None => return,
     };
+    let wake = match inner.upgrade() {
+        Some(i) => Arc::clone(&i.wake),
+        None => return,
+    };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Woken rounds come at most every quarter interval: a burst of flips
+    // costs a few rounds, not one each.
+    let spacing = interval / 4;
+    let mut last = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            _ = wake.notified() => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(last + spacing) => {}
+                    _ = stopped.changed() => return,
+                }
+            }
             _ = stopped.changed() => return,
         }
+        last = tokio::time::Instant::now();
         let Some(inner) = inner.upgrade() else { return };
         if *stopped.borrow() {
             return;
