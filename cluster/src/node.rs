@@ -387,7 +387,7 @@ fn sync_once(inner: &Inner, cc: &mut chitchat::Chitchat, state: &mut SyncState) 
     let live: Vec<ChitchatId> = cc.live_nodes().filter(|id| **id != me).cloned().collect();
     let mut view = View::default();
     let mut ids: HashMap<Arc<str>, ChitchatId> = HashMap::new();
-    for id in &live {
+    for id in newest(&live) {
         let name: Arc<str> = Arc::clone(&id.node_id);
         if name == inner.node_id {
             continue; // a previous incarnation of this node
@@ -493,6 +493,20 @@ fn sync_once(inner: &Inner, cc: &mut chitchat::Chitchat, state: &mut SyncState) 
     inner.view.store(Arc::new(view));
 }
 
+/// One id per node: a restarted node is briefly seen twice (its old
+/// incarnation until the failure detector drops it), and only its newest
+/// generation counts.
+fn newest(live: &[ChitchatId]) -> impl Iterator<Item = &ChitchatId> {
+    let mut by_name: HashMap<&str, &ChitchatId> = HashMap::new();
+    for id in live {
+        let e = by_name.entry(&id.node_id).or_insert(id);
+        if id.generation_id > e.generation_id {
+            *e = id;
+        }
+    }
+    by_name.into_values()
+}
+
 /// The record to publish for a server this node checks, with version 0
 /// (set when published). `None` while its status is not this node's own.
 fn own_record(server: &Server, cap: u32, now: std::time::Instant, epoch_ms: u64) -> Option<ServerRecord> {
@@ -549,4 +563,24 @@ fn adopt(
     }
     inner.metrics.adopted.fetch_add(1, Ordering::Relaxed);
     state.adopted.insert(key, (Arc::clone(owner), text.to_owned()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_seen_in_two_incarnations_counts_once_as_its_newest() {
+        let addr: SocketAddr = "127.0.0.1:7946".parse().unwrap();
+        let live = vec![
+            ChitchatId::new("edge-1", 5, addr),
+            ChitchatId::new("edge-2", 1, addr),
+            ChitchatId::new("edge-1", 9, addr),
+            ChitchatId::new("edge-1", 7, addr),
+        ];
+        let mut got: Vec<(String, u64)> =
+            newest(&live).map(|id| (id.node_id.to_string(), id.generation_id)).collect();
+        got.sort();
+        assert_eq!(got, [("edge-1".to_owned(), 9), ("edge-2".to_owned(), 1)]);
+    }
 }

@@ -282,3 +282,47 @@ async fn a_node_with_the_wrong_key_changes_nothing_anywhere() {
         n.cluster.abort();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_counts_once_and_its_new_incarnation_is_adopted() {
+    let mut nodes = start(3, [11; 32], &[]).await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_for("3 nodes agree", Duration::from_secs(20), || agreed(&all)).await;
+    let seed = {
+        let port: u16 = nodes[0].cluster.node_id().split('-').nth(1).unwrap().parse().unwrap();
+        SocketAddr::from(([127, 0, 0, 1], port))
+    };
+    // Node 2 crashes and comes back at once under the same id, elsewhere.
+    let name = nodes[2].cluster.node_id().to_owned();
+    nodes[2].cluster.abort();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let db = db();
+    db.origin(ORIGIN).unwrap().set_checking(true);
+    let config = ClusterConfig {
+        node_id: name.clone(),
+        listen: SocketAddr::from(([127, 0, 0, 1], free_udp_port())),
+        seeds: vec![seed],
+        cluster_id: "vigil-test".into(),
+        gossip_interval: GOSSIP,
+        key: ClusterKey::from_bytes(&[11; 32]).unwrap(),
+    };
+    nodes[2] = Node { cluster: Cluster::start(config, db.clone()).await.unwrap(), db };
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_for("the new incarnation joins", Duration::from_secs(20), || agreed(&all)).await;
+    // Its old incarnation may still look alive; it is counted once.
+    assert!(nodes[..2].iter().all(|n| n.cluster.live_nodes().len() == 2));
+    // A change on the new incarnation reaches the others.
+    let s = servers().into_iter().find(|s| owner_index(&all, *s) == 2).unwrap();
+    let origin = origin_of(&nodes[2]);
+    let server = origin.server(s).unwrap();
+    for _ in 0..3 {
+        origin.record_check(&server, &CheckResult::fail("503", Duration::ZERO), Instant::now().into_std());
+    }
+    wait_for("the others adopt the new incarnation's record", Duration::from_secs(10), || {
+        nodes[..2].iter().all(|n| origin_of(n).server(s).unwrap().l7_state() == L7State::Unhealthy)
+    })
+    .await;
+    for n in &nodes {
+        n.cluster.abort();
+    }
+}
