@@ -490,6 +490,13 @@ fn sync_once(inner: &Inner, cc: &mut chitchat::Chitchat, state: &mut SyncState) 
     let bytes = state.interest.len() * (INTEREST.len() + 16)
         + state.published.values().map(|p| RECORD.len() + 16 + p.text.len()).sum::<usize>();
     inner.metrics.state_bytes.store(bytes as u64, Ordering::Relaxed);
+    let before = inner.view.load();
+    for n in view.live.iter().filter(|n| !before.live.contains(n)) {
+        tracing::info!(node = %n, live = view.live.len() + 1, "cluster: node joined");
+    }
+    for n in before.live.iter().filter(|n| !view.live.contains(n)) {
+        tracing::warn!(node = %n, live = view.live.len() + 1, "cluster: node gone (left or failed); its servers move");
+    }
     inner.view.store(Arc::new(view));
 }
 

@@ -181,5 +181,13 @@ async fn three_vigils_check_each_server_once_share_results_and_hand_over() {
     .await;
     assert!(took_over, "nobody took over {} from {victim}", servers[1]);
     println!("SIGTERM of the owner: the others took over in {:?}", t0.elapsed());
+    let survivor = &vigils[(i + 1) % 3];
+    let logged = wait_until(Duration::from_secs(10), || async {
+        survivor
+            .log()
+            .contains(&format!("cluster: node gone (left or failed); its servers move node={victim}"))
+    })
+    .await;
+    assert!(logged && survivor.log().contains("cluster: node joined"), "{}", survivor.log());
     assert_eq!(vigils[i].exit_code(Duration::from_secs(35)).await, Some(0));
 }
