@@ -131,8 +131,9 @@ struct Inner {
     listening: parking_lot::Mutex<Option<(SubscriptionId, Vec<chitchat::ListenerHandle>)>>,
 }
 
-/// A running cluster member. Dropping it does not stop it: call
-/// [`Cluster::leave`] (orderly) or [`Cluster::abort`].
+/// A running cluster member, cheap to clone. Stop it with
+/// [`Cluster::leave`] (orderly); [`Cluster::abort`], or dropping the last
+/// clone, stops it as a crash would.
 #[derive(Clone)]
 pub struct Cluster {
     inner: Arc<Inner>,
@@ -275,6 +276,15 @@ impl Cluster {
     pub fn abort(&self) {
         self.inner.stop_syncing();
         if let Some(handle) = self.inner.handle.lock().take() {
+            handle.abort();
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_syncing();
+        if let Some(handle) = self.handle.get_mut().take() {
             handle.abort();
         }
     }

@@ -326,3 +326,16 @@ async fn a_restarted_node_counts_once_and_its_new_incarnation_is_adopted() {
         n.cluster.abort();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_handle_stops_the_member() {
+    let mut nodes = start(2, [12; 32], &[]).await;
+    let both: Vec<&Node> = nodes.iter().collect();
+    wait_for("2 nodes agree", Duration::from_secs(20), || agreed(&both)).await;
+    drop(nodes.pop());
+    wait_for("the dropped member is noticed gone", Duration::from_secs(20), || {
+        nodes[0].cluster.live_nodes().is_empty()
+    })
+    .await;
+    nodes[0].cluster.abort();
+}
