@@ -47,29 +47,40 @@ struct Node {
     cluster: Cluster,
 }
 
+/// One member named `node_id` on a fresh port, with traffic for the origin.
+async fn start_node(node_id: Option<String>, key: [u8; 32], seeds: Vec<SocketAddr>) -> Node {
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let db = db();
+    // Traffic for the origin: its checks "run" here.
+    db.origin(ORIGIN).unwrap().set_checking(true);
+    let config = ClusterConfig {
+        // The port in the id lets a test seed others with this node.
+        node_id: node_id.unwrap_or_else(|| format!("edge-{}", listen.port())),
+        listen,
+        seeds,
+        cluster_id: "vigil-test".into(),
+        gossip_interval: GOSSIP,
+        key: ClusterKey::from_bytes(&key).unwrap(),
+    };
+    let cluster = Cluster::start(config, db.clone()).await.unwrap();
+    Node { db, cluster }
+}
+
+/// `n` members, all seeded with the first (or with `seeds`).
 async fn start(n: usize, key: [u8; 32], seeds: &[SocketAddr]) -> Vec<Node> {
-    let mut nodes = Vec::new();
-    let mut seeds = seeds.to_vec();
-    for i in 0..n {
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
-        let db = db();
-        // Traffic for the origin: its checks "run" here.
-        db.origin(ORIGIN).unwrap().set_checking(true);
-        let config = ClusterConfig {
-            node_id: format!("edge-{}-{i}", listen.port()),
-            listen,
-            seeds: seeds.clone(),
-            cluster_id: "vigil-test".into(),
-            gossip_interval: GOSSIP,
-            key: ClusterKey::from_bytes(&key).unwrap(),
-        };
-        let cluster = Cluster::start(config, db.clone()).await.unwrap();
-        if seeds.is_empty() {
-            seeds.push(listen);
-        }
-        nodes.push(Node { db, cluster });
+    let mut nodes: Vec<Node> = Vec::new();
+    for _ in 0..n {
+        let seeds =
+            if seeds.is_empty() { nodes.first().map(seed_of).into_iter().collect() } else { seeds.to_vec() };
+        nodes.push(start_node(None, key, seeds).await);
     }
     nodes
+}
+
+/// The gossip address of a member started by `start_node` under its own id.
+fn seed_of(node: &Node) -> SocketAddr {
+    let port: u16 = node.cluster.node_id().split('-').nth(1).unwrap().parse().unwrap();
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 fn origin_of(n: &Node) -> Arc<vigil_hostdb::Origin> {
@@ -243,13 +254,7 @@ async fn a_node_with_the_wrong_key_changes_nothing_anywhere() {
     let good = start(2, [9; 32], &[]).await;
     let both: Vec<&Node> = good.iter().collect();
     wait_for("2 nodes agree", Duration::from_secs(20), || agreed(&both)).await;
-    let seed = {
-        // The first node's address: its id carries its port.
-        let id = good[0].cluster.node_id();
-        let port: u16 = id.split('-').nth(1).unwrap().parse().unwrap();
-        SocketAddr::from(([127, 0, 0, 1], port))
-    };
-    let bad = start(1, [10; 32], &[seed]).await;
+    let bad = start(1, [10; 32], &[seed_of(&good[0])]).await;
     // The intruder calls every server unhealthy, as its own finding.
     let origin = bad[0].db.origin(ORIGIN).unwrap();
     for s in servers() {
@@ -288,25 +293,12 @@ async fn a_restarted_node_counts_once_and_its_new_incarnation_is_adopted() {
     let mut nodes = start(3, [11; 32], &[]).await;
     let all: Vec<&Node> = nodes.iter().collect();
     wait_for("3 nodes agree", Duration::from_secs(20), || agreed(&all)).await;
-    let seed = {
-        let port: u16 = nodes[0].cluster.node_id().split('-').nth(1).unwrap().parse().unwrap();
-        SocketAddr::from(([127, 0, 0, 1], port))
-    };
+    let seed = seed_of(&nodes[0]);
     // Node 2 crashes and comes back at once under the same id, elsewhere.
     let name = nodes[2].cluster.node_id().to_owned();
     nodes[2].cluster.abort();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let db = db();
-    db.origin(ORIGIN).unwrap().set_checking(true);
-    let config = ClusterConfig {
-        node_id: name.clone(),
-        listen: SocketAddr::from(([127, 0, 0, 1], free_udp_port())),
-        seeds: vec![seed],
-        cluster_id: "vigil-test".into(),
-        gossip_interval: GOSSIP,
-        key: ClusterKey::from_bytes(&[11; 32]).unwrap(),
-    };
-    nodes[2] = Node { cluster: Cluster::start(config, db.clone()).await.unwrap(), db };
+    nodes[2] = start_node(Some(name), [11; 32], vec![seed]).await;
     let all: Vec<&Node> = nodes.iter().collect();
     wait_for("the new incarnation joins", Duration::from_secs(20), || agreed(&all)).await;
     // Its old incarnation may still look alive; it is counted once.
