@@ -248,7 +248,7 @@ impl Cluster {
     }
 
     /// Leaves in order: withdraws this node's interest and records, lets
-    /// one more round of gossip carry that, then stops. Others take its
+    /// three gossip intervals carry that, then stops. Others take its
     /// servers over at once instead of after failure detection.
     pub async fn leave(&self) {
         self.inner.stop_syncing();
@@ -335,14 +335,7 @@ struct Published {
 
 async fn sync_loop(inner: std::sync::Weak<Inner>, mut stopped: tokio::sync::watch::Receiver<bool>) {
     let mut state = SyncState::default();
-    let interval = match inner.upgrade() {
-        Some(i) => i.interval,
-        None => return,
-    };
-    let wake = match inner.upgrade() {
-        Some(i) => Arc::clone(&i.wake),
-        None => return,
-    };
+    let Some((interval, wake)) = inner.upgrade().map(|i| (i.interval, Arc::clone(&i.wake))) else { return };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Woken rounds come at most every quarter interval: a burst of flips
@@ -397,6 +390,8 @@ fn sync_once(inner: &Inner, cc: &mut chitchat::Chitchat, state: &mut SyncState) 
     let live: Vec<ChitchatId> = cc.live_nodes().filter(|id| **id != me).cloned().collect();
     let mut view = View::default();
     let mut ids: HashMap<Arc<str>, ChitchatId> = HashMap::new();
+    // Each live node's state version, to skip reading an unchanged one.
+    let mut versions: HashMap<Arc<str>, u64> = HashMap::new();
     for id in newest(&live) {
         let name: Arc<str> = Arc::clone(&id.node_id);
         if name == inner.node_id {
@@ -408,6 +403,7 @@ fn sync_once(inner: &Inner, cc: &mut chitchat::Chitchat, state: &mut SyncState) 
                     view.interest.entry(h).or_default().push(Arc::clone(&name));
                 }
             }
+            versions.insert(Arc::clone(&name), node.max_version());
         }
         view.live.push(Arc::clone(&name));
         ids.insert(name, id.clone());
@@ -418,10 +414,6 @@ fn sync_once(inner: &Inner, cc: &mut chitchat::Chitchat, state: &mut SyncState) 
     // version moved (or this server's adopted status is not its own).
     state.round += 1;
     let round = state.round;
-    let mut versions: HashMap<Arc<str>, u64> = HashMap::with_capacity(ids.len());
-    for (name, id) in &ids {
-        versions.insert(Arc::clone(name), cc.node_state(id).map_or(0, |n| n.max_version()));
-    }
     let mut publish = Vec::new();
     for origin in &origins {
         let Some(policy) = origin.check_policy() else { continue };
@@ -555,7 +547,11 @@ fn adopt(
     (now, epoch_ms): (std::time::Instant, u64),
 ) {
     let Some(text) = cc.node_state(id).and_then(|n| n.get(&gossip_key(key))) else { return };
-    if state.adopted.get(&key).is_some_and(|(n, v)| n == owner && v == text) {
+    // Already adopted, unless something here wrote the status since (a
+    // check that was in flight when ownership moved, a reload's reset).
+    if state.adopted.get(&key).is_some_and(|(n, v)| n == owner && v == text)
+        && matches!(&server.l7().source, Source::Cluster(n) if n == owner)
+    {
         return;
     }
     let record = match ServerRecord::decode(text) {

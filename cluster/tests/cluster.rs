@@ -126,7 +126,7 @@ async fn a_status_change_reaches_all_five_nodes_and_each_server_has_one_checker(
     let all: Vec<&Node> = nodes.iter().collect();
     wait_for("5 nodes agree on ownership", Duration::from_secs(20), || agreed(&all)).await;
 
-    // Exactly one node checks each server, and every node is asked to check some.
+    // Exactly one node checks each server.
     let key = origin_key();
     for s in servers() {
         let checkers = nodes.iter().filter(|n| n.cluster.checks_here(&key, s)).count();
@@ -159,12 +159,13 @@ async fn a_status_change_reaches_all_five_nodes_and_each_server_has_one_checker(
             times.push(t);
         }
     }
-    // Local L4 evidence wins over a remote "healthy"; the owner's L4-down
-    // mark reaches the others.
+    // Local L4 evidence wins over a remote "healthy": this node saw the
+    // server fail to connect, then the owner finds it healthy.
     let s0 = servers()[0];
     let o = owner_index(&all, s0);
     let other = &nodes[(o + 1) % nodes.len()];
     let here = other.db.origin(ORIGIN).unwrap().server(s0).unwrap();
+    here.report_l4_failure(Instant::now().into_std());
     let owner_origin = origin_of(&nodes[o]);
     let owner_server = owner_origin.server(s0).unwrap();
     for _ in 0..2 {
@@ -174,13 +175,28 @@ async fn a_status_change_reaches_all_five_nodes_and_each_server_has_one_checker(
             Instant::now().into_std(),
         );
     }
-    wait_for("the others adopt healthy", Duration::from_secs(10), || here.l7_state() == L7State::Healthy)
+    wait_for("the others adopt healthy", Duration::from_secs(5), || here.l7_state() == L7State::Healthy)
         .await;
     assert!(matches!(here.l7().source, Source::Cluster(_)));
-    let now = Instant::now().into_std();
-    here.report_l4_failure(now);
-    assert!(!here.is_routable(now), "a remote healthy overrode a local L4 failure");
-    here.report_l4_success(now);
+    assert!(!here.is_routable(Instant::now().into_std()), "a remote healthy overrode a local L4 failure");
+    here.report_l4_success(Instant::now().into_std());
+    // A local result written after adoption (a check that was in flight
+    // when ownership moved) gives way to the owner's again.
+    let other_origin = origin_of(other);
+    for _ in 0..3 {
+        other_origin.record_check(
+            &here,
+            &CheckResult::fail("503", Duration::ZERO),
+            Instant::now().into_std(),
+        );
+    }
+    assert_eq!(here.l7().source, Source::Local);
+    wait_for("the owner's status is adopted again", Duration::from_secs(10), || {
+        let l7 = here.l7();
+        l7.state == L7State::Healthy && matches!(l7.source, Source::Cluster(_))
+    })
+    .await;
+    // The owner's L4-down mark reaches the others.
     let s1 = servers()[1];
     let o = owner_index(&all, s1);
     origin_of(&nodes[o]).server(s1).unwrap().report_l4_failure(Instant::now().into_std());
