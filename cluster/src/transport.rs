@@ -126,28 +126,27 @@ struct SealedSocket {
 }
 
 impl SealedSocket {
-    async fn send_sealed(&self, to: SocketAddr, frame: &[u8]) -> anyhow::Result<usize> {
+    async fn send_sealed(&self, to: SocketAddr, frame: &[u8]) -> anyhow::Result<()> {
         let datagram = self.sealer.seal(frame);
         match self.socket.send_to(&datagram, to).await {
             Ok(n) => {
                 self.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
                 self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                Ok(n)
+                Ok(())
             }
             // A peer that is gone (ICMP unreachable reported on this
             // socket) or a full buffer loses one datagram; gossip repeats.
             Err(e) if is_transient(&e) => {
                 tracing::debug!(to = %to, error = %e, "gossip datagram not sent");
-                Ok(0)
+                Ok(())
             }
             Err(e) => Err(e).with_context(|| format!("cannot send gossip to {to}")),
         }
     }
 
-    /// The message in a received frame, once whole.
+    /// The message a fragment completes, if it does.
     fn reassemble(&mut self, from: SocketAddr, frame: &[u8]) -> Option<Vec<u8>> {
         match frame.first().copied() {
-            Some(WHOLE) => Some(frame[1..].to_vec()),
             Some(FRAGMENT) if frame.len() >= FRAGMENT_HEADER => {
                 let id = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]);
                 let (index, count) = (frame[5] as usize, frame[6] as usize);
@@ -194,7 +193,7 @@ impl Socket for SealedSocket {
         buf.push(WHOLE);
         message.serialize(&mut buf);
         let result = if buf.len() + OVERHEAD <= MAX_DATAGRAM {
-            self.send_sealed(to, &buf).await.map(|_| ())
+            self.send_sealed(to, &buf).await
         } else {
             self.next_id = self.next_id.wrapping_add(1);
             let chunks: Vec<&[u8]> = buf[1..].chunks(FRAGMENT_PAYLOAD).collect();
@@ -235,8 +234,19 @@ impl Socket for SealedSocket {
                     continue;
                 }
             };
-            let Some(message) = self.reassemble(from, &frame) else { continue };
-            match ChitchatMessage::deserialize(&mut message.as_slice()) {
+            // A whole message is decoded where it lies; fragments are collected.
+            let whole;
+            let message = match frame.first() {
+                Some(&WHOLE) => &frame[1..],
+                _ => match self.reassemble(from, &frame) {
+                    Some(m) => {
+                        whole = m;
+                        &whole[..]
+                    }
+                    None => continue,
+                },
+            };
+            match ChitchatMessage::deserialize(&mut &message[..]) {
                 Ok(message) => return Ok((from, message)),
                 Err(e) => {
                     // Authentic but undecodable: a node of another version.
@@ -289,7 +299,33 @@ mod tests {
             assert_eq!(s.reassemble(from, &frag(1, 2, 2, b"x")), None);
             assert_eq!(s.reassemble(from, &[FRAGMENT, 0]), None);
             assert_eq!(s.reassemble(from, &[9]), None);
-            assert_eq!(s.reassemble(from, &[WHOLE, b'a']), Some(b"a".to_vec()));
+            assert_eq!(s.reassemble(from, &[WHOLE, b'a']), None, "not a fragment");
+        });
+    }
+
+    #[test]
+    fn a_message_too_big_for_one_sealed_datagram_arrives_whole_and_sealed() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (a_stats, b_stats) =
+                (Arc::new(TransportStats::default()), Arc::new(TransportStats::default()));
+            let a = SealedTransport::new(&key(1), "c", Arc::clone(&a_stats));
+            let b = SealedTransport::new(&key(1), "c", Arc::clone(&b_stats));
+            let mut tx = a.open("127.0.0.1:0".parse().unwrap()).await.unwrap();
+            let b_addr = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+            let mut rx = b.open(b_addr).await.unwrap();
+            // chitchat fills a message up to 65 507 bytes; sealing adds 41.
+            for len in [10, MAX_DATAGRAM - 20] {
+                let message =
+                    || ChitchatMessage::Syn { cluster_id: "x".repeat(len), digest: Default::default() };
+                let out = a_stats.datagrams_out();
+                tx.send(b_addr, message()).await.unwrap();
+                let (_, got) = rx.recv().await.unwrap();
+                assert_eq!(got, message());
+                let datagrams = a_stats.datagrams_out() - out;
+                assert_eq!(datagrams, if len > FRAGMENT_PAYLOAD { 2 } else { 1 }, "{len} bytes");
+            }
+            assert_eq!(b_stats.rejected(), 0);
         });
     }
 }
