@@ -22,6 +22,8 @@ pub(crate) struct Loaded {
     pub(crate) config: Config,
     pub(crate) checks: HealthChecks,
     pub(crate) hostdb: HostDbConfig,
+    /// The `[cluster]` key, read and checked once.
+    pub(crate) cluster_key: Option<ClusterKey>,
 }
 
 /// Reads and validates `vigil.toml` and the health-check file it names.
@@ -31,25 +33,31 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, String> {
     let checks =
         HealthChecks::parse(&read(&config.health_checks)?, &config.health_checks.display().to_string())
             .map_err(|e| e.to_string())?;
-    if let Some(cluster) = &config.cluster {
-        let key = std::fs::read(&cluster.key_file)
-            .map_err(|e| format!("{}: cannot read the cluster key: {e}", cluster.key_file.display()))?;
-        vigil_cluster::ClusterKey::from_bytes(&key)
-            .map_err(|e| format!("{}: the cluster key must be {e}", cluster.key_file.display()))?;
-    }
+    let cluster_key = match &config.cluster {
+        None => None,
+        Some(cluster) => {
+            let key = std::fs::read(&cluster.key_file)
+                .map_err(|e| format!("{}: cannot read the cluster key: {e}", cluster.key_file.display()))?;
+            Some(
+                ClusterKey::from_bytes(&key)
+                    .map_err(|e| format!("{}: the cluster key must be {e}", cluster.key_file.display()))?,
+            )
+        }
+    };
     // Built here, once: it is also what HostDB would refuse (a DNS origin
     // without a resolver is checked at apply).
     let hostdb = hostdb_config(&config, &checks)?;
-    Ok(Loaded { config, checks, hostdb })
+    Ok(Loaded { config, checks, hostdb, cluster_key })
 }
 
 /// Joins the cluster and makes the checker leave the servers another node
 /// checks.
-async fn join_cluster(c: &crate::config::Cluster, db: &HostDb, checker: &Checker) -> Result<Cluster, String> {
-    let bytes = std::fs::read(&c.key_file)
-        .map_err(|e| format!("{}: cannot read the cluster key: {e}", c.key_file.display()))?;
-    let key = ClusterKey::from_bytes(&bytes)
-        .map_err(|e| format!("{}: the cluster key must be {e}", c.key_file.display()))?;
+async fn join_cluster(
+    c: &crate::config::Cluster,
+    key: ClusterKey,
+    db: &HostDb,
+    checker: &Checker,
+) -> Result<Cluster, String> {
     let config = ClusterConfig {
         node_id: c.node_id.clone(),
         listen: c.listen,
@@ -88,7 +96,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// Builds everything from `loaded`. Must run inside the runtime.
     pub(crate) async fn start(loaded: Loaded, config_path: PathBuf) -> Result<Arc<Self>, String> {
-        let Loaded { config, checks, hostdb } = loaded;
+        let Loaded { config, checks, hostdb, cluster_key } = loaded;
         let mut builder = HostDb::builder();
         let needs_dns = hostdb.origins.iter().any(|o| matches!(o.servers, vigil_hostdb::ServerSource::Dns));
         if needs_dns {
@@ -122,9 +130,9 @@ impl Shared {
         checker.on_result(Arc::new(move |origin, server, result| m.check(origin, server, result.passed)));
         let m = Arc::clone(&metrics);
         db.subscribe(Arc::new(move |e: &vigil_hostdb::Event| m.on_event(e)));
-        let cluster = match &config.cluster {
-            None => None,
-            Some(c) => Some(join_cluster(c, &db, &checker).await?),
+        let cluster = match (&config.cluster, cluster_key) {
+            (Some(c), Some(key)) => Some(join_cluster(c, key, &db, &checker).await?),
+            _ => None,
         };
         metrics.register(db.clone(), pool.clone(), cluster.clone());
 
@@ -158,7 +166,7 @@ impl Shared {
     }
 
     fn reload_locked(&self) -> Result<String, String> {
-        let Loaded { config, checks, hostdb } = load(&self.config_path)?;
+        let Loaded { config, checks, hostdb, .. } = load(&self.config_path)?;
         let report = self.db.apply(&hostdb).map_err(|e| e.to_string())?;
         self.checker.set_protocols(protocols(&config, &hostdb));
         self.checker.set_config(checks);
