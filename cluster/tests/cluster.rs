@@ -249,20 +249,24 @@ async fn killing_the_owner_hands_its_servers_over_and_leaving_does_so_at_once() 
     assert!(rest.iter().all(|n| n.cluster.metrics().ownership_changes() >= 1));
 
     // An orderly leave moves its servers without waiting for failure detection.
-    let leaver = rest[1];
-    let moved = servers().into_iter().find(|s| owner_index(&rest, *s) == 1).unwrap();
+    // The leaver is whichever of the two checks server 0.
+    let moved = servers()[0];
+    let (leaver, last) = match owner_index(&rest, moved) {
+        0 => (rest[0], rest[1]),
+        _ => (rest[1], rest[0]),
+    };
     let gone: Arc<str> = leaver.cluster.node_id().into();
     let leaving = tokio::spawn({
         let c = leaver.cluster.clone();
         async move { c.leave().await }
     });
     let took = wait_for("the last node takes the leaver's servers", Duration::from_secs(10), || {
-        rest[0].cluster.owner(&key, moved).is_some_and(|o| o != gone)
+        last.cluster.owner(&key, moved).is_some_and(|o| o != gone)
     })
     .await;
     println!("handover after a leave: {took:?}");
     leaving.await.unwrap();
-    rest[0].cluster.abort();
+    last.cluster.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,25 +313,28 @@ async fn a_restarted_node_counts_once_and_its_new_incarnation_is_adopted() {
     let mut nodes = start(3, [11; 32], &[]).await;
     let all: Vec<&Node> = nodes.iter().collect();
     wait_for("3 nodes agree", Duration::from_secs(20), || agreed(&all)).await;
-    let seed = seed_of(&nodes[0]);
-    // Node 2 crashes and comes back at once under the same id, elsewhere.
-    let name = nodes[2].cluster.node_id().to_owned();
-    nodes[2].cluster.abort();
+    // The node that checks server 0 crashes and comes back at once under
+    // the same id (so it checks server 0 again), elsewhere.
+    let s = servers()[0];
+    let k = owner_index(&all, s);
+    let seed = seed_of(&nodes[(k + 1) % 3]);
+    let name = nodes[k].cluster.node_id().to_owned();
+    nodes[k].cluster.abort();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    nodes[2] = start_node(Some(name), [11; 32], vec![seed]).await;
+    nodes[k] = start_node(Some(name), [11; 32], vec![seed]).await;
     let all: Vec<&Node> = nodes.iter().collect();
     wait_for("the new incarnation joins", Duration::from_secs(20), || agreed(&all)).await;
     // Its old incarnation may still look alive; it is counted once.
-    assert!(nodes[..2].iter().all(|n| n.cluster.live_nodes().len() == 2));
+    assert!(nodes.iter().all(|n| n.cluster.live_nodes().len() == 2));
+    assert_eq!(owner_index(&all, s), k);
     // A change on the new incarnation reaches the others.
-    let s = servers().into_iter().find(|s| owner_index(&all, *s) == 2).unwrap();
-    let origin = origin_of(&nodes[2]);
+    let origin = origin_of(&nodes[k]);
     let server = origin.server(s).unwrap();
     for _ in 0..3 {
         origin.record_check(&server, &CheckResult::fail("503", Duration::ZERO), Instant::now().into_std());
     }
     wait_for("the others adopt the new incarnation's record", Duration::from_secs(10), || {
-        nodes[..2].iter().all(|n| origin_of(n).server(s).unwrap().l7_state() == L7State::Unhealthy)
+        nodes.iter().all(|n| origin_of(n).server(s).unwrap().l7_state() == L7State::Unhealthy)
     })
     .await;
     for n in &nodes {
