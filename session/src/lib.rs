@@ -2,15 +2,20 @@
 //!
 //! Keep-alive sessions to origin servers, shared by proxied requests and L7
 //! health checks: a check warms a session a user request then reuses, and
-//! the other way round. Built on hyper 1.x's conn-level client
-//! (`client::conn::http1` / `http2`) over tokio sockets; the pooling is ours.
+//! the other way round. HTTP/1.1 is a client of our own, driven inline on
+//! the caller's task (no connection task, no channels: see the `h1`
+//! module's notes); h2c is hyper 1.x's conn-level client (`client::conn::http2`).
+//! The pooling is ours.
 //!
 //! - **HTTP/1.1**: one request at a time per session (unique reservation),
 //!   idle sessions reused last-in first-out, at most `max_idle_per_server`
 //!   kept, closed after `idle_timeout`. A session returns to the pool only
 //!   when its response was read to the end and it is still open
 //!   ([`PooledBody`] sees to it); one whose peer closed or sent stray bytes
-//!   while idle is found closed and dropped.
+//!   while idle is found closed and dropped. Response framing is strict
+//!   (RFC 9112 section 6: `Transfer-Encoding` with `Content-Length` is a
+//!   protocol error), and the request body is written while the response
+//!   is read, so an origin that answers early cannot stall a request.
 //! - **h2c** (prior knowledge): connections shared by concurrent requests,
 //!   streams counted against the server's `max_concurrent_streams` (and our
 //!   cap); a second connection only when the first is full; one connect in
@@ -39,6 +44,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod h1;
 mod pool;
 
 use std::net::SocketAddr;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::error::{BoxError, ErrorKind, SessionError, classify};
+use crate::h1;
 use crate::{Observer, PoolConfig, PoolMetrics, Protocol, RequestBody, Target};
 
 /// Whether a checkout may take an idle session.
@@ -49,8 +50,7 @@ type H2Driver = http2::Connection<TokioIo<TcpStream>, RequestBody, TokioExecutor
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 struct IdleH1 {
-    tx: http1::SendRequest<RequestBody>,
-    id: u64,
+    conn: h1::Conn,
     since: Instant,
 }
 
@@ -211,30 +211,35 @@ impl Pool {
         req: http::Request<RequestBody>,
         response_timeout: Option<Duration>,
     ) -> Result<http::Response<PooledBody>, (SessionError, Option<http::Request<RequestBody>>)> {
-        let mut replay = req.body().is_end_stream().then(|| copy_head(&req));
+        // HTTP/1.1 hands a body-less request back itself (it keeps the head
+        // until the answer); hyper's h2 client does not, so a copy is kept.
+        let replay =
+            (target.protocol == Protocol::H2c && req.body().is_end_stream()).then(|| copy_head(&req));
         let session = match self.checkout(target, freshness).await {
             Ok(session) => session,
             Err(e) => return Err((e, Some(req))),
         };
         match send_within(session, req, response_timeout).await {
             Ok(resp) => Ok(resp),
-            // Not reported to the observer: only the retry's outcome counts.
-            Err((e, unsent))
-                if e.is_reused() && (unsent.is_some() || (e.is_retryable_on_fresh() && replay.is_some())) =>
-            {
+            Err((e, back)) => {
+                let back = back.or(replay);
+                if !e.is_retryable_on_fresh() || back.is_none() {
+                    return Err((report(&*self.inner.observer, e), back));
+                }
+                // Not reported to the observer: only the retry's outcome counts.
                 tracing::debug!(server = %target.addr, error = %e, "reused session failed; retrying on a fresh one");
-                let Some(req) = unsent.or_else(|| replay.take()) else { return Err((e, None)) };
+                let Some(req) = back else { return Err((e, None)) };
                 // Kept only on this (rare) path: the fresh send may fail too.
-                let backup = req.body().is_end_stream().then(|| copy_head(&req));
+                let backup =
+                    (target.protocol == Protocol::H2c && req.body().is_end_stream()).then(|| copy_head(&req));
                 match self.checkout(target, Freshness::Fresh).await {
                     Ok(session) => match send_within(session, req, response_timeout).await {
                         Ok(resp) => Ok(resp),
-                        Err((e, unsent)) => Err((report(&*self.inner.observer, e), unsent.or(backup))),
+                        Err((e, back)) => Err((report(&*self.inner.observer, e), back.or(backup))),
                     },
                     Err(e) => Err((e, Some(req))),
                 }
             }
-            Err((e, unsent)) => Err((report(&*self.inner.observer, e), unsent.or(replay))),
         }
     }
 
@@ -243,30 +248,23 @@ impl Pool {
             let mut hosts = self.inner.hosts.lock();
             if let Some(host) = hosts.get_mut(&target) {
                 // Age is the sweep's business (it runs every idle_timeout/4);
-                // a closed session is caught here, with no clock read.
-                while let Some(idle) = host.idle.pop_back() {
-                    if idle.tx.is_closed() {
+                // a closed session is caught here, with no clock read and
+                // usually no system call (see `h1::Conn::is_closed`).
+                while let Some(mut idle) = host.idle.pop_back() {
+                    if idle.conn.is_closed() {
                         self.inner.metrics.evicted.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                     host.in_use += 1;
                     self.inner.metrics.reused.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Session::h1(&self.inner, target, idle.tx, idle.id, true));
+                    return Ok(Session::h1(&self.inner, target, idle.conn, true));
                 }
             }
         }
         let stream = self.connect(target.addr).await?;
-        let (tx, conn) = http1::Builder::new()
-            .max_buf_size(self.inner.config.max_response_head_bytes.max(8192))
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| SessionError::new(ErrorKind::Protocol, target.addr).with_source(e))?;
-        tokio::spawn(async move {
-            // Ends when the peer closes or the last SendRequest drops.
-            let _ = conn.await;
-        });
         self.inner.hosts.lock().entry(target).or_default().in_use += 1;
-        Ok(Session::h1(&self.inner, target, tx, NEXT_ID.fetch_add(1, Ordering::Relaxed), false))
+        let conn = h1::Conn::new(stream, NEXT_ID.fetch_add(1, Ordering::Relaxed));
+        Ok(Session::h1(&self.inner, target, conn, false))
     }
 
     async fn checkout_h2(&self, target: Target, freshness: Freshness) -> Result<Session, SessionError> {
@@ -390,18 +388,18 @@ impl Pool {
 
 impl Inner {
     /// Returns an HTTP/1.1 session whose response was read to the end.
-    fn checkin_h1(&self, target: Target, tx: http1::SendRequest<RequestBody>, id: u64) {
+    pub(crate) fn checkin_h1(&self, target: Target, conn: h1::Conn) {
         let mut hosts = self.hosts.lock();
         let Some(host) = hosts.get_mut(&target) else { return };
         host.in_use = host.in_use.saturating_sub(1);
-        if tx.is_closed() || self.config.max_idle_per_server == 0 {
+        if self.config.max_idle_per_server == 0 {
             self.metrics.evicted.fetch_add(1, Ordering::Relaxed);
         } else {
             if host.idle.len() >= self.config.max_idle_per_server {
                 host.idle.pop_front(); // the oldest goes
                 self.metrics.evicted.fetch_add(1, Ordering::Relaxed);
             }
-            host.idle.push_back(IdleH1 { tx, id, since: Instant::now() });
+            host.idle.push_back(IdleH1 { conn, since: Instant::now() });
         }
         if host.is_empty() {
             hosts.remove(&target);
@@ -409,7 +407,7 @@ impl Inner {
     }
 
     /// An HTTP/1.1 session that will not come back (error, unread body).
-    fn discard_h1(&self, target: Target) {
+    pub(crate) fn discard_h1(&self, target: Target) {
         let mut hosts = self.hosts.lock();
         if let Some(host) = hosts.get_mut(&target) {
             host.in_use = host.in_use.saturating_sub(1);
@@ -431,7 +429,7 @@ async fn evict_loop(pool: Weak<Inner>, every: Duration) {
         let mut evicted = 0;
         for host in hosts.values_mut() {
             let before = host.idle.len() + host.h2.len();
-            host.idle.retain(|s| !s.tx.is_closed() && s.since.elapsed() < timeout);
+            host.idle.retain_mut(|s| !s.conn.is_closed() && s.since.elapsed() < timeout);
             let now = Instant::now();
             host.h2.retain_mut(|c| {
                 if c.streams.load(Ordering::Relaxed) > 0 {
@@ -507,7 +505,7 @@ impl Drop for StreamGuard {
 }
 
 enum Conn {
-    H1 { tx: http1::SendRequest<RequestBody> },
+    H1(h1::Conn),
     H2 { tx: http2::SendRequest<RequestBody>, _stream: StreamGuard, settle: Option<Settle> },
 }
 
@@ -535,14 +533,8 @@ impl fmt::Debug for Session {
 }
 
 impl Session {
-    fn h1(
-        inner: &Arc<Inner>,
-        target: Target,
-        tx: http1::SendRequest<RequestBody>,
-        id: u64,
-        reused: bool,
-    ) -> Self {
-        Self { conn: Some(Conn::H1 { tx }), target, id, reused, pool: Arc::clone(inner) }
+    fn h1(inner: &Arc<Inner>, target: Target, conn: h1::Conn, reused: bool) -> Self {
+        Self { id: conn.id, conn: Some(Conn::H1(conn)), target, reused, pool: Arc::clone(inner) }
     }
 
     fn h2(
@@ -602,30 +594,17 @@ impl Session {
         let (target, reused) = (self.target, self.reused);
         let err = |kind, sent| SessionError::new(kind, target.addr).sent(sent).reused(reused);
         match self.conn.take() {
-            Some(Conn::H1 { mut tx }) => {
-                // Until the response body takes over the count, any way out
-                // of here (an error, or this future dropped by a timeout or a
-                // caller that went away) must give the in-use slot back.
+            Some(Conn::H1(conn)) => {
+                // Until `send` settles (the response body, or its own error
+                // path, then gives the slot back), a way out of here by this
+                // future being dropped (a timeout, a caller that went away)
+                // must give the in-use slot back.
                 let in_use = InUseH1 { pool: &self.pool, target, armed: true };
-                if let Err(e) = tx.ready().await {
-                    // Closed while idle: the request never left.
-                    return Err((err(ErrorKind::ClosedBeforeHead, false).with_source(e), Some(req)));
-                }
-                match tx.try_send_request(req).await {
-                    Ok(resp) => {
-                        in_use.disarm();
-                        Ok(resp.map(|body| {
-                            let release =
-                                Release::H1 { tx, pool: Arc::clone(&self.pool), target, id: self.id };
-                            PooledBody::new(body, release)
-                        }))
-                    }
-                    Err(mut e) => {
-                        let unsent = e.take_message();
-                        let kind = classify(e.error());
-                        Err((err(kind, unsent.is_none()).with_source(e.into_error()), unsent))
-                    }
-                }
+                let home = h1::Home { pool: Arc::clone(&self.pool), target };
+                let max_head = self.pool.config.max_response_head_bytes;
+                let sent = h1::send(conn, req, max_head, reused, home).await;
+                in_use.disarm();
+                sent.map(|resp| resp.map(|body| PooledBody { inner: BodyInner::H1(body) }))
             }
             Some(Conn::H2 { mut tx, _stream, settle }) => {
                 if let Err(e) = tx.ready().await {
@@ -634,7 +613,7 @@ impl Session {
                 let sent = tx.try_send_request(req).await;
                 drop(settle); // a head arrived (after SETTINGS) or the request failed
                 match sent {
-                    Ok(resp) => Ok(resp.map(|body| PooledBody::new(body, Release::H2 { _stream }))),
+                    Ok(resp) => Ok(resp.map(|body| PooledBody::h2(body, _stream))),
                     Err(mut e) => {
                         let unsent = e.take_message();
                         let kind = classify(e.error());
@@ -701,54 +680,37 @@ async fn send_within(
 impl Drop for Session {
     fn drop(&mut self) {
         // Checked out and never used: still clean, so it goes back.
-        if let Some(Conn::H1 { tx }) = self.conn.take() {
-            self.pool.checkin_h1(self.target, tx, self.id);
+        if let Some(Conn::H1(conn)) = self.conn.take() {
+            self.pool.checkin_h1(self.target, conn);
         }
     }
-}
-
-enum Release {
-    H1 { tx: http1::SendRequest<RequestBody>, pool: Arc<Inner>, target: Target, id: u64 },
-    H2 { _stream: StreamGuard },
 }
 
 /// A response body that returns its session to the pool when read to the
 /// end, and closes it if dropped early or failed.
 pub struct PooledBody {
-    inner: Incoming,
-    release: Option<Release>,
+    inner: BodyInner,
+}
+
+enum BodyInner {
+    H1(h1::ResponseBody),
+    /// The stream slot is held until the body ends.
+    H2 {
+        body: Incoming,
+        stream: Option<StreamGuard>,
+    },
 }
 
 impl fmt::Debug for PooledBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PooledBody").field("done", &self.release.is_none()).finish()
+        f.debug_struct("PooledBody").field("done", &self.is_end_stream()).finish()
     }
 }
 
 impl PooledBody {
-    fn new(inner: Incoming, release: Release) -> Self {
-        let mut body = Self { inner, release: Some(release) };
-        if body.inner.is_end_stream() {
-            body.finish(true);
-        }
-        body
-    }
-
-    fn finish(&mut self, complete: bool) {
-        match self.release.take() {
-            Some(Release::H1 { tx, pool, target, .. }) if !complete => {
-                drop(tx); // closes the connection: its response was not read to the end
-                pool.discard_h1(target);
-            }
-            Some(Release::H1 { tx, pool, target, id }) => pool.checkin_h1(target, tx, id),
-            Some(Release::H2 { .. }) | None => {}
-        }
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        self.finish(false);
+    fn h2(body: Incoming, stream: StreamGuard) -> Self {
+        let stream = (!body.is_end_stream()).then_some(stream);
+        Self { inner: BodyInner::H2 { body, stream } }
     }
 }
 
@@ -760,21 +722,31 @@ impl http_body::Body for PooledBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.finish(true),
-            Poll::Ready(Some(Err(_))) => self.finish(false),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(true),
-            _ => {}
+        match &mut self.inner {
+            BodyInner::H1(body) => body.poll_frame(cx),
+            BodyInner::H2 { body, stream } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None | Some(Err(_))) => *stream = None,
+                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => *stream = None,
+                    _ => {}
+                }
+                polled.map(|o| o.map(|r| r.map_err(BoxError::from)))
+            }
         }
-        polled.map(|o| o.map(|r| r.map_err(BoxError::from)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            BodyInner::H1(body) => body.is_end_stream(),
+            BodyInner::H2 { body, .. } => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            BodyInner::H1(body) => body.size_hint(),
+            BodyInner::H2 { body, .. } => body.size_hint(),
+        }
     }
 }

@@ -39,11 +39,16 @@ impl Origin {
     }
 }
 
-/// Paths: `/` answers `ok`; `/slow` waits 200 ms first; `/big` sends 256 KiB.
+type OriginBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// Paths: `/` answers `ok`; `/slow` waits 200 ms first; `/big` sends 256 KiB;
+/// `/echo` streams the request body back as it arrives (chunked: its length
+/// is unknown to hyper), so a client must read while it writes.
 async fn handle(
     req: hyper::Request<hyper::body::Incoming>,
-) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+) -> Result<hyper::Response<OriginBody>, Infallible> {
     let body = match req.uri().path() {
+        "/echo" => return Ok(hyper::Response::new(req.into_body().boxed())),
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(200)).await;
             Bytes::from_static(b"slow")
@@ -51,7 +56,7 @@ async fn handle(
         "/big" => Bytes::from(vec![b'x'; 256 * 1024]),
         _ => Bytes::from_static(b"ok"),
     };
-    Ok(hyper::Response::new(Full::new(body)))
+    Ok(hyper::Response::new(Full::new(body).map_err(|never| match never {}).boxed()))
 }
 
 async fn listen() -> (TcpListener, SocketAddr) {
@@ -136,6 +141,29 @@ pub(crate) async fn raw_origin(reply: &'static [u8], close: bool) -> Origin {
             }
         });
     })
+}
+
+/// A request body of `n` pieces of `size` bytes each, its length unknown
+/// (no exact size hint), so it goes out chunked.
+pub(crate) struct Pieces {
+    pub(crate) left: usize,
+    pub(crate) size: usize,
+}
+
+impl http_body::Body for Pieces {
+    type Data = Bytes;
+    type Error = vigil_session::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.left -= 1;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(vec![b'p'; self.size])))))
+    }
 }
 
 pub(crate) fn get(path: &str) -> http::Request<vigil_session::RequestBody> {

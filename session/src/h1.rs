@@ -1,0 +1,847 @@
+//! The HTTP/1.1 client, driven inline on the caller's task.
+//!
+//! hyper's conn-level client runs each connection as a task of its own and
+//! hands requests, heads and body chunks to it over channels: per proxied
+//! request, two task hand-offs each way and a second HTTP state machine.
+//! Profiles put that at about a third of the proxy's user-space work. Here
+//! the task that sends the request does the I/O itself (Pingora's
+//! approach): it writes the head (with the first body chunk, one `writev`),
+//! reads and parses the response head with httparse, and the response body
+//! reads the socket when polled. An idle session is just the socket and its
+//! read buffer in the pool; nobody polls it.
+//!
+//! Framing is strict (RFC 9112 section 6): a response with both
+//! `Transfer-Encoding` and `Content-Length`, or with differing
+//! `Content-Length` values, is a protocol error, as nginx treats it; a bad
+//! chunk size line fails the body. A session goes back to the pool only when
+//! its response was read to the end, the request body was written whole,
+//! the server did not ask to close, and no byte beyond the response arrived.
+//!
+//! The request body is written concurrently with reading the response (an
+//! origin may answer before reading the whole upload, or stream its answer
+//! while it reads), so neither side can block the other.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+
+use crate::error::{BoxError, ErrorKind, SessionError};
+use crate::pool::Inner;
+use crate::{RequestBody, Target};
+
+/// Most headers a response head may carry (hyper's default is 100).
+const MAX_HEADERS: usize = 128;
+/// Read buffer size, as hyper's (an idle session keeps its buffer). A read
+/// shorter than what was offered tells tokio the socket is drained, which
+/// saves an `EAGAIN` read on the next request.
+const READ_CHUNK: usize = 8 * 1024;
+/// Request body bytes queued for one write before waiting for the socket.
+const MAX_QUEUED: usize = 64 * 1024;
+/// Longest chunk-size or trailer line, and all trailers together.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// One HTTP/1.1 connection: the socket and what was read past the last
+/// message (nothing, between messages of a healthy session).
+pub(crate) struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+    pub(crate) id: u64,
+}
+
+impl Conn {
+    pub(crate) fn new(io: TcpStream, id: u64) -> Self {
+        Self { io, buf: BytesMut::new(), id }
+    }
+
+    /// Whether an idle session can no longer carry a request: its peer
+    /// closed it, reset it, or sent bytes nobody asked for.
+    ///
+    /// Costs no system call while the reactor has seen nothing on the
+    /// socket: the last read of the previous response was short, so tokio
+    /// holds the socket not readable until epoll says otherwise.
+    pub(crate) fn is_closed(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => false,
+            Poll::Ready(Err(_)) => true,
+            // Readable: EOF, an error or stray bytes, unless the readiness is
+            // stale (then the read says WouldBlock and clears it).
+            Poll::Ready(Ok(())) => {
+                !matches!(self.io.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+}
+
+/// Where a finished session goes: back to its pool's idle list, or closed.
+pub(crate) struct Home {
+    pub(crate) pool: Arc<Inner>,
+    pub(crate) target: Target,
+}
+
+impl Home {
+    fn release(self, conn: Conn, reusable: bool) {
+        if reusable && conn.buf.is_empty() {
+            self.pool.checkin_h1(self.target, conn);
+        } else {
+            drop(conn); // closes it
+            self.pool.discard_h1(self.target);
+        }
+    }
+}
+
+/// How a request body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReqFraming {
+    Length(u64),
+    Chunked,
+}
+
+/// The request's way out: queued bytes, and the body still to come.
+struct Writer {
+    out: VecDeque<Bytes>,
+    queued: usize,
+    body: Option<RequestBody>,
+    framing: ReqFraming,
+    /// Body bytes still owed under `Content-Length`.
+    owed: u64,
+    wrote: bool,
+}
+
+/// Why the request could not be written whole.
+enum WriteError {
+    Io(io::Error),
+    Body(BoxError),
+}
+
+impl Writer {
+    fn push(&mut self, b: Bytes) {
+        self.queued += b.len();
+        self.out.push_back(b);
+    }
+
+    fn done(&self) -> bool {
+        self.body.is_none() && self.out.is_empty()
+    }
+
+    /// Writes what is queued and what the body has ready, until both are
+    /// done (`Ready(Ok)`) or one must wait.
+    fn poll_write(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
+        loop {
+            // Gather what the body has ready so it leaves with what is queued.
+            while self.queued < MAX_QUEUED {
+                let Some(body) = self.body.as_mut() else { break };
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(None) => {
+                        self.body = None;
+                        match self.framing {
+                            ReqFraming::Chunked => self.push(Bytes::from_static(b"0\r\n\r\n")),
+                            ReqFraming::Length(_) if self.owed > 0 => {
+                                return Poll::Ready(Err(WriteError::Body(
+                                    "the request body ended before its Content-Length".into(),
+                                )));
+                            }
+                            ReqFraming::Length(_) => {}
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        self.body = None;
+                        return Poll::Ready(Err(WriteError::Body(e)));
+                    }
+                    Poll::Ready(Some(Ok(frame))) => {
+                        // Trailers are not forwarded over HTTP/1.1.
+                        let Ok(data) = frame.into_data() else { continue };
+                        if data.is_empty() {
+                            continue;
+                        }
+                        match self.framing {
+                            ReqFraming::Length(_) => {
+                                if data.len() as u64 > self.owed {
+                                    self.body = None;
+                                    return Poll::Ready(Err(WriteError::Body(
+                                        "the request body is longer than its Content-Length".into(),
+                                    )));
+                                }
+                                self.owed -= data.len() as u64;
+                                self.push(data);
+                            }
+                            ReqFraming::Chunked => {
+                                self.push(Bytes::from(format!("{:x}\r\n", data.len())));
+                                self.push(data);
+                                self.push(Bytes::from_static(b"\r\n"));
+                            }
+                        }
+                    }
+                }
+            }
+            if self.out.is_empty() {
+                return if self.body.is_none() { Poll::Ready(Ok(())) } else { Poll::Pending };
+            }
+            ready!(self.poll_flush(io, cx)).map_err(WriteError::Io)?;
+        }
+    }
+
+    fn poll_flush(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); 8];
+            let n_slices = self.out.iter().zip(slices.iter_mut()).map(|(b, s)| *s = IoSlice::new(b)).count();
+            let mut n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n_slices]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.wrote = true;
+            self.queued -= n;
+            while n > 0 {
+                let Some(front) = self.out.front_mut() else { break };
+                if front.len() <= n {
+                    n -= front.len();
+                    self.out.pop_front();
+                } else {
+                    front.advance(n);
+                    n = 0;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Sends `req` on `conn` and reads the response head.
+///
+/// On failure, hands the request back when it can be sent again as it was:
+/// its body was empty (the head is kept until the answer), or nothing of it
+/// left. Whether it left is in the error.
+pub(crate) async fn send(
+    mut conn: Conn,
+    req: http::Request<RequestBody>,
+    max_head: usize,
+    reused: bool,
+    home: Home,
+) -> Result<http::Response<ResponseBody>, (SessionError, Option<http::Request<RequestBody>>)> {
+    let addr = home.target.addr;
+    let (parts, body) = req.into_parts();
+    let head_only = parts.method == Method::HEAD;
+    let mut writer = Writer {
+        out: VecDeque::with_capacity(4),
+        queued: 0,
+        framing: ReqFraming::Length(0),
+        owed: 0,
+        body: None,
+        wrote: false,
+    };
+    let framing = if body.is_end_stream() {
+        None
+    } else if let Some(n) = body.size_hint().exact() {
+        writer.owed = n;
+        Some(ReqFraming::Length(n))
+    } else {
+        Some(ReqFraming::Chunked)
+    };
+    writer.framing = framing.unwrap_or(ReqFraming::Length(0));
+    // An empty body is kept with the head (dropping it costs nothing), so
+    // the request can be handed back whole.
+    let (keep_body, send_body) = if framing.is_none() { (Some(body), None) } else { (None, Some(body)) };
+    writer.push(encode_head(&parts, framing));
+    writer.body = send_body;
+
+    let err = |kind, sent: bool| SessionError::new(kind, addr).sent(sent).reused(reused);
+    let mut write_failed: Option<WriteError> = None;
+    let head = poll_fn(|cx| {
+        if write_failed.is_none()
+            && !writer.done()
+            && let Poll::Ready(Err(e)) = writer.poll_write(&mut conn.io, cx)
+        {
+            write_failed = Some(e);
+        }
+        if let Some(WriteError::Body(_)) = &write_failed {
+            // The client's body failed: nothing more can be said to this server.
+            return Poll::Ready(Err(ErrorKind::Body));
+        }
+        if matches!(write_failed, Some(WriteError::Io(_))) && !writer.wrote {
+            return Poll::Ready(Err(ErrorKind::ClosedBeforeHead));
+        }
+        // After a write error the server may still have answered (an early
+        // 413 before it closed): what it said is read before giving up.
+        poll_head(&mut conn, cx, max_head, head_only)
+    })
+    .await;
+    let sent = writer.wrote;
+    let (head, rest) = match head {
+        Ok(parsed) => parsed,
+        Err(kind) => {
+            let mut e = err(kind, sent);
+            match write_failed {
+                Some(WriteError::Io(io)) => e = e.with_source(io),
+                Some(WriteError::Body(b)) => e = e.with_source(b),
+                None => {}
+            }
+            home.release(conn, false);
+            let back = keep_body.map(|b| http::Request::from_parts(parts, b));
+            return Err((e, back));
+        }
+    };
+    let Head { resp, framing: resp_framing, keep_alive } = head;
+    let write_done = write_failed.is_none() && writer.done();
+    let pending_write = (write_failed.is_none() && !writer.done()).then_some(writer);
+    let mut decoder = match resp_framing {
+        RespFraming::Empty => Decoder::Done,
+        RespFraming::Length(n) => Decoder::Length(n),
+        RespFraming::Chunked => Decoder::Chunked(Chunked::Size, 0),
+        RespFraming::UntilClose => Decoder::UntilClose,
+    };
+    let hint = match decoder {
+        Decoder::Length(n) => SizeHint::with_exact(n),
+        Decoder::Done => SizeHint::with_exact(0),
+        _ => SizeHint::default(),
+    };
+    // What came with the head: usually the whole body, and then the
+    // session goes back now, before the client is even written to.
+    let mut ready = None;
+    match &mut decoder {
+        Decoder::Length(n) if rest.len() as u64 >= *n => {
+            ready = Some(rest.slice(..*n as usize));
+            // Bytes past the response: the session will not be reused.
+            conn.buf.extend_from_slice(&rest[*n as usize..]);
+            decoder = Decoder::Done;
+        }
+        Decoder::Length(n) if !rest.is_empty() => {
+            *n -= rest.len() as u64;
+            ready = Some(rest);
+        }
+        Decoder::UntilClose if !rest.is_empty() => ready = Some(rest),
+        _ => conn.buf.extend_from_slice(&rest),
+    }
+    let body = if matches!(decoder, Decoder::Done) && pending_write.is_none() {
+        home.release(conn, keep_alive && write_done);
+        ResponseBody { ready, active: None, hint }
+    } else {
+        // The upload may still be going: `finish` sees to it that it ended.
+        let keep_alive = keep_alive && write_failed.is_none();
+        let active = Active { conn, home, decoder, writer: pending_write, keep_alive };
+        ResponseBody { ready, active: Some(Box::new(active)), hint }
+    };
+    Ok(resp.map(|()| body))
+}
+
+/// The request head on the wire: origin-form target, the caller's headers
+/// (its own framing headers replaced by ours), `Host` if it set none.
+fn encode_head(parts: &http::request::Parts, framing: Option<ReqFraming>) -> Bytes {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut had_length = false;
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH {
+            had_length = true;
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(a) = parts.uri.authority()
+    {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(a.as_str().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Some(ReqFraming::Length(n)) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Some(ReqFraming::Chunked) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        // A method whose body means something says it has none.
+        None if had_length || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        None => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    Bytes::from(out)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RespFraming {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+struct Head {
+    resp: http::Response<()>,
+    framing: RespFraming,
+    keep_alive: bool,
+}
+
+/// Reads until a final response head is parsed (1xx heads are skipped).
+fn poll_head(
+    conn: &mut Conn,
+    cx: &mut Context<'_>,
+    max_head: usize,
+    head_only: bool,
+) -> Poll<Result<(Head, Bytes), ErrorKind>> {
+    loop {
+        if !conn.buf.is_empty() {
+            match parse_head(&mut conn.buf, max_head, head_only)? {
+                Some(Parsed::Final(head, rest)) => return Poll::Ready(Ok((head, rest))),
+                Some(Parsed::Informational) => continue,
+                None => {}
+            }
+        }
+        match ready!(conn.poll_fill(cx)) {
+            Ok(0) | Err(_) => return Poll::Ready(Err(ErrorKind::ClosedBeforeHead)),
+            Ok(_) => {}
+        }
+    }
+}
+
+enum Parsed {
+    /// The head, and the bytes that came after it.
+    Final(Head, Bytes),
+    Informational,
+}
+
+/// Parses one response head off the front of `buf`; `None` until it is
+/// complete. A final head comes with what followed it (usually the whole
+/// body), and `buf` is left empty.
+///
+/// The buffer is frozen before parsing so header values are slices of it,
+/// not copies; a partial head goes back into `buf` without a copy (nothing
+/// else holds the buffer then).
+fn parse_head(buf: &mut BytesMut, max_head: usize, head_only: bool) -> Result<Option<Parsed>, ErrorKind> {
+    let bytes = buf.split().freeze();
+    // Uninitialized: a head has a handful of headers, and zeroing room for
+    // MAX_HEADERS showed in profiles.
+    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        &bytes,
+        &mut headers,
+    ) {
+        Ok(httparse::Status::Complete(len)) if len > max_head => return Err(ErrorKind::ResponseTooLarge),
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if bytes.len() >= max_head => return Err(ErrorKind::ResponseTooLarge),
+        Ok(httparse::Status::Partial) => {
+            *buf = BytesMut::from(bytes);
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(ErrorKind::ResponseTooLarge),
+        Err(_) => return Err(ErrorKind::Protocol),
+    };
+    let code = resp.code.unwrap_or(0);
+    match code {
+        // An upgrade nobody asked for (Upgrade is never forwarded).
+        101 => return Err(ErrorKind::Protocol),
+        100..=199 => {
+            buf.extend_from_slice(&bytes[len..]);
+            return Ok(Some(Parsed::Informational));
+        }
+        _ => {}
+    }
+    let http10 = resp.version == Some(0);
+    let status = StatusCode::from_u16(code).map_err(|_| ErrorKind::Protocol)?;
+
+    // Room for one more: a proxy adds `Via`, and a full map rehashes.
+    let mut map = HeaderMap::with_capacity(resp.headers.len() + 1);
+    let mut length: Option<u64> = None;
+    let (mut te, mut chunked) = (false, false);
+    let (mut close, mut keep_alive_token) = (false, false);
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ErrorKind::Protocol)?;
+        let value =
+            HeaderValue::from_maybe_shared(bytes.slice_ref(h.value)).map_err(|_| ErrorKind::Protocol)?;
+        if name == header::CONTENT_LENGTH {
+            let n = parse_length(value.as_bytes()).ok_or(ErrorKind::Protocol)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ErrorKind::Protocol);
+            }
+            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            te = true;
+            // Only the last coding decides whether the body is chunked.
+            chunked = value
+                .as_bytes()
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        map.append(name, value);
+    }
+    if te && length.is_some() {
+        // RFC 9112 6.3: a smuggling vector; nginx refuses it too.
+        return Err(ErrorKind::Protocol);
+    }
+    let framing = if head_only || matches!(code, 204 | 304) {
+        RespFraming::Empty
+    } else if te {
+        if chunked { RespFraming::Chunked } else { RespFraming::UntilClose }
+    } else {
+        match length {
+            Some(0) => RespFraming::Empty,
+            Some(n) => RespFraming::Length(n),
+            None => RespFraming::UntilClose,
+        }
+    };
+    let keep_alive = framing != RespFraming::UntilClose && !close && (!http10 || keep_alive_token);
+    let mut head = http::Response::new(());
+    *head.status_mut() = status;
+    *head.version_mut() = if http10 { Version::HTTP_10 } else { Version::HTTP_11 };
+    *head.headers_mut() = map;
+    Ok(Some(Parsed::Final(Head { resp: head, framing, keep_alive }, bytes.slice(len..))))
+}
+
+/// A `Content-Length` value: digits only (no sign, no list), as hyper reads it.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &b| b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0')))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunked {
+    Size,
+    Data,
+    DataEnd,
+    Trailers(usize),
+}
+
+enum Decoder {
+    Length(u64),
+    /// The state, and the bytes left in the current chunk.
+    Chunked(Chunked, u64),
+    UntilClose,
+    Done,
+}
+
+impl Decoder {
+    /// The next piece of body, `None` at its end.
+    fn poll_data(&mut self, conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, BoxError>> {
+        loop {
+            match self {
+                Decoder::Done => return Poll::Ready(Ok(None)),
+                Decoder::Length(left) => {
+                    if conn.buf.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
+                        return Poll::Ready(Err("the origin closed before the end of the body".into()));
+                    }
+                    let take = (*left).min(conn.buf.len() as u64);
+                    *left -= take;
+                    let data = conn.buf.split_to(take as usize).freeze();
+                    if *left == 0 {
+                        *self = Decoder::Done;
+                    }
+                    return Poll::Ready(Ok(Some(data)));
+                }
+                Decoder::UntilClose => {
+                    if conn.buf.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
+                        *self = Decoder::Done;
+                        return Poll::Ready(Ok(None));
+                    }
+                    return Poll::Ready(Ok(Some(conn.buf.split().freeze())));
+                }
+                Decoder::Chunked(Chunked::Data, left) => {
+                    if conn.buf.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
+                        return Poll::Ready(Err("the origin closed inside a chunk".into()));
+                    }
+                    let take = (*left).min(conn.buf.len() as u64);
+                    *left -= take;
+                    let data = conn.buf.split_to(take as usize).freeze();
+                    if *left == 0 {
+                        *self = Decoder::Chunked(Chunked::DataEnd, 0);
+                    }
+                    return Poll::Ready(Ok(Some(data)));
+                }
+                Decoder::Chunked(state, left) => {
+                    let Some(end) = find_crlf(&conn.buf[..conn.buf.len().min(MAX_CHUNK_LINE + 2)]) else {
+                        if conn.buf.len() > MAX_CHUNK_LINE {
+                            return Poll::Ready(Err("a chunk line is too long".into()));
+                        }
+                        if ready!(conn.poll_fill(cx))? == 0 {
+                            return Poll::Ready(Err("the origin closed inside the chunked body".into()));
+                        }
+                        continue;
+                    };
+                    let line = conn.buf.split_to(end + 2);
+                    let line = &line[..end];
+                    match *state {
+                        Chunked::Size => {
+                            let size = parse_chunk_size(line).ok_or("invalid chunk size")?;
+                            *state = if size == 0 { Chunked::Trailers(0) } else { Chunked::Data };
+                            *left = size;
+                        }
+                        Chunked::DataEnd if line.is_empty() => *state = Chunked::Size,
+                        Chunked::DataEnd => {
+                            return Poll::Ready(Err("a chunk is longer than its size".into()));
+                        }
+                        Chunked::Trailers(_) if line.is_empty() => {
+                            *self = Decoder::Done;
+                            return Poll::Ready(Ok(None));
+                        }
+                        Chunked::Trailers(seen) => {
+                            let seen = seen + end + 2;
+                            if seen > MAX_TRAILERS {
+                                return Poll::Ready(Err("the trailers are too large".into()));
+                            }
+                            *state = Chunked::Trailers(seen);
+                        }
+                        Chunked::Data => unreachable!("matched above"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+/// `1*HEXDIG [ BWS ";" extensions ]`: the size, at most 16 hex digits.
+fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return None;
+    }
+    let rest = &line[digits..];
+    let rest_ok = rest.is_empty() || rest.trim_ascii_start().first() == Some(&b';');
+    if !rest_ok {
+        return None;
+    }
+    let hex = std::str::from_utf8(&line[..digits]).ok()?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// A response whose body is still on the wire.
+struct Active {
+    conn: Conn,
+    home: Home,
+    decoder: Decoder,
+    /// The request body, when the answer came before all of it was written.
+    writer: Option<Writer>,
+    keep_alive: bool,
+}
+
+/// The response body of an HTTP/1.1 session, read from the socket as it is
+/// polled. At its end the session goes back to the pool (or closes);
+/// dropped before, it closes.
+pub(crate) struct ResponseBody {
+    /// A piece read with the head, handed out first.
+    ready: Option<Bytes>,
+    active: Option<Box<Active>>,
+    hint: SizeHint,
+}
+
+impl ResponseBody {
+    pub(crate) fn is_end_stream(&self) -> bool {
+        self.ready.is_none() && self.active.is_none()
+    }
+
+    pub(crate) fn size_hint(&self) -> SizeHint {
+        self.hint
+    }
+
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(data) = self.ready.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        let Some(active) = self.active.as_mut() else { return Poll::Ready(None) };
+        if let Some(w) = active.writer.as_mut() {
+            match w.poll_write(&mut active.conn.io, cx) {
+                Poll::Ready(Ok(())) => active.writer = None,
+                // The answer is still worth reading; the session is not.
+                Poll::Ready(Err(_)) => {
+                    active.writer = None;
+                    active.keep_alive = false;
+                }
+                Poll::Pending => {}
+            }
+        }
+        match active.decoder.poll_data(&mut active.conn, cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(Some(data))) => {
+                if matches!(active.decoder, Decoder::Done) {
+                    self.finish(true);
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Poll::Ready(Ok(None)) => {
+                self.finish(true);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(e)) => {
+                self.finish(false);
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let Some(active) = self.active.take() {
+            let Active { conn, home, writer, keep_alive, .. } = *active;
+            home.release(conn, complete && keep_alive && writer.is_none());
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8]) -> Result<Option<Parsed>, ErrorKind> {
+        parse_head(&mut BytesMut::from(raw), 64 * 1024, false)
+    }
+
+    fn framing(raw: &[u8]) -> (RespFraming, bool) {
+        match parse(raw) {
+            Ok(Some(Parsed::Final(h, _))) => (h.framing, h.keep_alive),
+            _ => panic!("not a final head: {}", String::from_utf8_lossy(raw)),
+        }
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"), (RespFraming::Length(5), true));
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
+            (RespFraming::Chunked, true)
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
+            (RespFraming::UntilClose, false)
+        );
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\n\r\n"), (RespFraming::UntilClose, false));
+        assert_eq!(framing(b"HTTP/1.1 204 No Content\r\n\r\n"), (RespFraming::Empty, true));
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n"),
+            (RespFraming::Length(2), false)
+        );
+        assert_eq!(framing(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n"), (RespFraming::Length(2), false));
+        assert_eq!(
+            framing(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\nConnection: Keep-Alive\r\n\r\n"),
+            (RespFraming::Length(2), true)
+        );
+        // The same length twice is one length.
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\n"),
+            (RespFraming::Length(2), true)
+        );
+    }
+
+    #[test]
+    fn ambiguous_or_malformed_heads_are_refused() {
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1,1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
+        ] {
+            assert!(matches!(parse(raw), Err(ErrorKind::Protocol)), "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn informational_heads_are_skipped_and_partial_heads_wait() {
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..]);
+        assert!(matches!(parse_head(&mut buf, 1024, false), Ok(Some(Parsed::Informational))));
+        assert!(matches!(parse_head(&mut buf, 1024, false), Ok(Some(Parsed::Final(..)))));
+        assert!(buf.is_empty());
+        assert!(matches!(parse(b"HTTP/1.1 200 OK\r\ncontent-le"), Ok(None)));
+        let big = [&b"HTTP/1.1 200 OK\r\nx: "[..], &[b'a'; 2000]].concat();
+        assert!(matches!(
+            parse_head(&mut BytesMut::from(&big[..]), 1024, false),
+            Err(ErrorKind::ResponseTooLarge)
+        ));
+    }
+
+    #[test]
+    fn head_requests_and_not_modified_have_no_body() {
+        let raw = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n";
+        match parse_head(&mut BytesMut::from(&raw[..]), 1024, true) {
+            Ok(Some(Parsed::Final(h, _))) => assert_eq!(h.framing, RespFraming::Empty),
+            _ => panic!("HEAD's answer"),
+        }
+        assert_eq!(framing(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n").0, RespFraming::Empty);
+    }
+
+    #[test]
+    fn chunk_sizes_are_strict() {
+        assert_eq!(parse_chunk_size(b"1a"), Some(26));
+        assert_eq!(parse_chunk_size(b"A;name=value"), Some(10));
+        assert_eq!(parse_chunk_size(b"0"), Some(0));
+        for bad in [&b""[..], b"x", b"-1", b"1 2", b"+5", b"11111111111111111"] {
+            assert_eq!(parse_chunk_size(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn request_heads_carry_our_framing_only() {
+        let req = http::Request::post("http://app.internal/upload?x=1")
+            .header("content-length", "999")
+            .header("transfer-encoding", "chunked")
+            .header("x-kept", "1")
+            .body(())
+            .unwrap_or_default();
+        let (parts, ()) = req.into_parts();
+        let head = encode_head(&parts, Some(ReqFraming::Length(5)));
+        assert_eq!(
+            &head[..],
+            b"POST /upload?x=1 HTTP/1.1\r\nx-kept: 1\r\nhost: app.internal\r\ncontent-length: 5\r\n\r\n"
+        );
+        let (parts, ()) = http::Request::get("/").body(()).unwrap_or_default().into_parts();
+        assert_eq!(&encode_head(&parts, None)[..], b"GET / HTTP/1.1\r\n\r\n");
+        let (parts, ()) = http::Request::put("/").body(()).unwrap_or_default().into_parts();
+        assert_eq!(&encode_head(&parts, None)[..], b"PUT / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+    }
+}
