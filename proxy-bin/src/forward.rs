@@ -269,6 +269,9 @@ fn upstream_request(
     };
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
+    // `Via` and `X-Forwarded-For` in one rehash at most (hyper sizes the map
+    // to what the client sent).
+    headers.reserve(2);
     headers.append(header::VIA, via.clone());
     forwarded_for(headers, &peer.ip);
 
