@@ -33,6 +33,8 @@ struct Round {
     rps: f64,
     p99_ms: f64,
     requests: u64,
+    /// The proxy's CPU time (user + system) per request, in microseconds.
+    cpu_us: f64,
 }
 
 struct Proxy {
@@ -107,8 +109,19 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     let mut results: Vec<Vec<Round>> = vec![Vec::new(); proxies.len()];
     for round in 0..rounds {
         for (i, p) in proxies.iter().enumerate() {
-            let r = wrk(p.addr, seconds, conns)?;
-            println!("round {} {:<8} {:>9.0} req/s  p99 {:>6.2} ms", round + 1, p.name, r.rps, r.p99_ms);
+            let before = cpu_ticks(p.child.id());
+            let mut r = wrk(p.addr, seconds, conns)?;
+            if let (Some(a), Some(b)) = (before, cpu_ticks(p.child.id())) {
+                r.cpu_us = (b - a) as f64 * 1e6 / clock_ticks_per_second() / r.requests.max(1) as f64;
+            }
+            println!(
+                "round {} {:<8} {:>9.0} req/s  p99 {:>6.2} ms  cpu {:>5.1} us/req",
+                round + 1,
+                p.name,
+                r.rps,
+                r.p99_ms,
+                r.cpu_us
+            );
             results[i].push(r);
         }
     }
@@ -139,6 +152,11 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         .iter()
         .map(|rs| rs.iter().copied().fold(Round::default(), |a, b| if b.rps > a.rps { b } else { a }))
         .collect();
+    // CPU per request: the least over the rounds (noise only adds to it).
+    let cpu: Vec<f64> = results
+        .iter()
+        .map(|rs| rs.iter().map(|r| r.cpu_us).filter(|c| *c > 0.0).fold(f64::INFINITY, f64::min))
+        .collect();
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -146,16 +164,16 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     );
     let _ = writeln!(
         out,
-        "{:<8} {:>10} {:>9} {:>10} {:>13} {:>14}",
-        "proxy", "req/s", "p99 ms", "vigil/this", "syscalls/req", "user instr/req"
+        "{:<8} {:>10} {:>9} {:>10} {:>11} {:>13} {:>14}",
+        "proxy", "req/s", "p99 ms", "vigil/this", "cpu us/req", "syscalls/req", "user instr/req"
     );
     for (i, name) in names.iter().enumerate() {
         let ratio = if i == 0 { "-".to_owned() } else { format!("{:.2}", best[0].rps / best[i].rps) };
         let instr = instructions[i].map_or_else(|| "-".to_owned(), |n: u64| n.to_string());
         let _ = writeln!(
             out,
-            "{:<8} {:>10.0} {:>9.2} {:>10} {:>13.2} {:>14}",
-            name, best[i].rps, best[i].p99_ms, ratio, syscalls[i], instr
+            "{:<8} {:>10.0} {:>9.2} {:>10} {:>11.1} {:>13.2} {:>14}",
+            name, best[i].rps, best[i].p99_ms, ratio, cpu[i], syscalls[i], instr
         );
     }
     let _ = writeln!(
@@ -166,6 +184,30 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     print!("{out}");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// User + system CPU ticks of `pid` so far (`/proc/<pid>/stat`, fields 14 and 15).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat_ticks(&stat)
+}
+
+fn parse_stat_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) may hold spaces: count from after its ')'.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// `getconf CLK_TCK`, 100 where it cannot be asked.
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 fn which(tool: &str) -> Option<PathBuf> {
@@ -434,5 +476,12 @@ mod tests {
         assert_eq!((r.requests, r.rps, r.p99_ms), (400_000, 50000.12, 1.52));
         assert_eq!(parse_duration_ms("510.00us"), Some(0.51));
         assert_eq!(parse_duration_ms("1.20s"), Some(1200.0));
+    }
+
+    #[test]
+    fn reads_cpu_ticks_past_a_command_with_spaces() {
+        let stat = "4242 (vigil (x) y) S 1 4242 4242 0 -1 4194304 100 0 0 0 372 424 0 0 20 0 2 0";
+        assert_eq!(parse_stat_ticks(stat), Some(796));
+        assert_eq!(parse_stat_ticks("garbage"), None);
     }
 }
