@@ -69,12 +69,21 @@ impl Body for ProxyBody {
 /// The client's request body on its way upstream; notes whether it failed
 /// (a bad chunk size, a client that went away), which is the client's
 /// fault and not the server's.
-struct ClientBody {
-    inner: Incoming,
+struct ClientBody<B> {
+    inner: B,
     failed: Arc<AtomicBool>,
 }
 
-impl Body for ClientBody {
+/// What a client request's body must be to go upstream (hyper's for h2c,
+/// ours for HTTP/1.1).
+pub(crate) trait ClientRequestBody:
+    Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static
+{
+}
+
+impl<B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static> ClientRequestBody for B {}
+
+impl<B: ClientRequestBody> Body for ClientBody<B> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -87,7 +96,7 @@ impl Body for ClientBody {
                 self.failed.store(true, Ordering::Relaxed);
                 Poll::Ready(Some(Err(e.into())))
             }
-            other => other.map(|o| o.map(|r| r.map_err(BoxError::from))),
+            other => other.map(|o| o.map(|r| r.map_err(Into::into))),
         }
     }
 
@@ -127,7 +136,12 @@ pub(crate) async fn serve(
     Ok(handle(&shared, &peer, req).await)
 }
 
-async fn handle(shared: &Shared, peer: &Peer, req: Request<Incoming>) -> Response<ProxyBody> {
+/// One request, answered: the request path for either listener protocol.
+pub(crate) async fn handle<B: ClientRequestBody>(
+    shared: &Shared,
+    peer: &Peer,
+    req: Request<B>,
+) -> Response<ProxyBody> {
     if req.method() == Method::CONNECT {
         return local(StatusCode::METHOD_NOT_ALLOWED, "vigil: CONNECT is not supported\n");
     }
@@ -150,11 +164,11 @@ async fn handle(shared: &Shared, peer: &Peer, req: Request<Incoming>) -> Respons
     resp
 }
 
-async fn forward(
+async fn forward<B: ClientRequestBody>(
     shared: &Shared,
     peer: &Peer,
     route: &Route,
-    req: Request<Incoming>,
+    req: Request<B>,
     origin_timeout: Duration,
     attempts: u32,
 ) -> Response<ProxyBody> {
@@ -236,7 +250,7 @@ fn clock() -> std::time::Instant {
 }
 
 /// The client's host: the absolute URI's authority, else `Host`.
-fn client_host(req: &Request<Incoming>) -> Option<&str> {
+fn client_host<B>(req: &Request<B>) -> Option<&str> {
     if let Some(h) = req.uri().host() {
         return Some(h);
     }
@@ -245,9 +259,9 @@ fn client_host(req: &Request<Incoming>) -> Option<&str> {
 
 /// The request as the origin gets it: origin-form URI, hop-by-hop headers
 /// gone, `Host` per `preserve_host`, `Via` and `X-Forwarded-For` added.
-fn upstream_request(
+fn upstream_request<B: ClientRequestBody>(
     mut parts: http::request::Parts,
-    body: Incoming,
+    body: B,
     route: &Route,
     peer: &Peer,
     body_failed: Option<Arc<AtomicBool>>,

@@ -15,7 +15,7 @@ mod client;
 mod config;
 mod demo;
 mod forward;
-mod framing;
+mod h1;
 mod metrics;
 mod routes;
 mod server;

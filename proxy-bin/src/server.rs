@@ -1,5 +1,6 @@
-//! Listeners: the proxy (HTTP/1.1 and h2c prior knowledge, strict framing)
-//! and the admin API, with graceful shutdown.
+//! Listeners: the proxy (HTTP/1.1 on our own server in `h1`, with strict
+//! framing; h2c prior knowledge on hyper) and the admin API (hyper), with
+//! graceful shutdown.
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,7 +17,8 @@ use tokio::task::JoinHandle;
 
 use crate::app::Shared;
 use crate::forward::Peer;
-use crate::{admin, forward, framing};
+use crate::h1::{self, Stop};
+use crate::{admin, forward};
 
 /// The running listeners.
 #[derive(Debug)]
@@ -70,7 +72,7 @@ fn builder(kind: Kind) -> auto::Builder<TokioExecutor> {
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
-        .max_buf_size(framing::MAX_HEAD + 8192);
+        .max_buf_size(h1::MAX_HEAD + 8192);
     b.http2().timer(TokioTimer::new()).max_concurrent_streams(if kind == Kind::Proxy { 256 } else { 16 });
     b
 }
@@ -82,7 +84,8 @@ async fn accept_loop(
     mut stop: watch::Receiver<Option<Duration>>,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = builder(kind);
+    let builder = Arc::new(builder(kind));
+    let h1_stop = Arc::new(Stop::default());
     let grace = loop {
         tokio::select! {
             biased;
@@ -90,7 +93,7 @@ async fn accept_loop(
                 break if changed.is_ok() { *stop.borrow() } else { Some(Duration::ZERO) };
             }
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => serve(stream, peer, kind, &shared, &builder, &graceful),
+                Ok((stream, peer)) => serve(stream, peer, kind, &shared, &builder, &graceful, &h1_stop),
                 Err(e) => {
                     // Out of descriptors and the like: say so, back off a little.
                     tracing::warn!(error = %e, "accept failed");
@@ -101,11 +104,16 @@ async fn accept_loop(
     };
     drop(listener);
     let grace = grace.unwrap_or(Duration::ZERO);
-    let open = graceful.count();
+    let open = graceful.count() + h1_stop.live();
     if open > 0 {
         tracing::info!(?kind, open, "draining connections");
     }
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    h1_stop.stop();
+    let drained = async {
+        graceful.shutdown().await;
+        h1_stop.drained().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(?kind, "connections still open after the grace period; closing them");
     }
 }
@@ -115,20 +123,29 @@ fn serve(
     peer: SocketAddr,
     kind: Kind,
     shared: &Arc<Shared>,
-    builder: &auto::Builder<TokioExecutor>,
+    builder: &Arc<auto::Builder<TokioExecutor>>,
     graceful: &GracefulShutdown,
+    h1_stop: &Arc<Stop>,
 ) {
     let _ = stream.set_nodelay(true);
     let shared = Arc::clone(shared);
     match kind {
         Kind::Proxy => {
-            let io = TokioIo::new(framing::Strict::new(stream, Arc::clone(&shared.metrics.framing_refused)));
             let peer = Peer::new(peer);
-            let svc = service_fn(move |req| forward::serve(Arc::clone(&shared), peer.clone(), req));
-            let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
+            let (builder, watcher) = (Arc::clone(builder), graceful.watcher());
+            let live = h1_stop.enter();
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "client connection ended with an error");
+                let mut stream = stream;
+                let Ok((first, h2)) = h1::sniff(&mut stream).await else { return };
+                if !h2 {
+                    h1::serve(stream, first, peer, shared, live).await;
+                    return;
+                }
+                drop(live); // hyper's graceful watcher counts this one
+                let io = TokioIo::new(h1::Prefixed::new(first.freeze(), stream));
+                let svc = service_fn(move |req| forward::serve(Arc::clone(&shared), peer.clone(), req));
+                if let Err(e) = watcher.watch(builder.serve_connection(io, svc).into_owned()).await {
+                    tracing::debug!(error = %e, "h2c client connection ended with an error");
                 }
             });
         }

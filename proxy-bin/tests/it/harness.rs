@@ -103,13 +103,13 @@ async fn origin_handler(
     me: SocketAddr,
     state: Arc<OriginState>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<OriginBody>, Infallible> {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     let ok = |body: String| {
         Ok(Response::builder()
             .header("x-served-by", me.to_string())
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(Bytes::from(body)).boxed())
             .unwrap())
     };
     match path.as_str() {
@@ -119,7 +119,7 @@ async fn origin_handler(
                 0 => 200,
                 s => s,
             };
-            Ok(Response::builder().status(status).body(Full::new(Bytes::from_static(b"OK"))).unwrap())
+            Ok(Response::builder().status(status).body(Full::new(Bytes::from_static(b"OK")).boxed()).unwrap())
         }
         "/slow" => {
             state.requests.fetch_add(1, Ordering::SeqCst);
@@ -135,6 +135,12 @@ async fn origin_handler(
             }
             ok(out)
         }
+        "/stream" => {
+            // Three pieces, no length known up front: chunked on the wire.
+            state.requests.fetch_add(1, Ordering::SeqCst);
+            let pieces = [&b"piece1"[..], b"piece2", b"piece3"].map(Bytes::from_static).into_iter().collect();
+            Ok(Response::new(Pieces(pieces).boxed()))
+        }
         "/echo" => {
             state.requests.fetch_add(1, Ordering::SeqCst);
             let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -144,6 +150,23 @@ async fn origin_handler(
             state.requests.fetch_add(1, Ordering::SeqCst);
             ok(me.to_string())
         }
+    }
+}
+
+type OriginBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A body of pieces whose total length is not known up front.
+struct Pieces(std::collections::VecDeque<Bytes>);
+
+impl http_body::Body for Pieces {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
     }
 }
 

@@ -292,6 +292,51 @@ async fn ambiguous_framing_is_refused_and_closes_the_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_pipelining_continue_head_chunked_and_oversized_heads() {
+    let o = origins(&["127.0.0.2"]).await;
+    let origin = format!("app.test:{}", o[0].addr.port());
+    let v = Vigil::start("h1server", "", &remap("www.app.test", &origin, &server_list(&o), ""), "").await;
+    let h = "Host: www.app.test\r\n";
+
+    // HTTP/1.0 without keep-alive: answered in 1.0 and closed.
+    let out = raw(v.listen, format!("GET / HTTP/1.0\r\n{h}\r\n").as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.0 200 OK\r\n") && out.contains("connection: close\r\n"), "{out}");
+
+    // Three pipelined requests in one write, answered in order; HEAD has no body.
+    let reqs = format!(
+        "GET / HTTP/1.1\r\n{h}\r\nHEAD / HTTP/1.1\r\n{h}\r\nGET /headers HTTP/1.1\r\n{h}Connection: close\r\n\r\n"
+    );
+    let out = raw(v.listen, reqs.as_bytes()).await;
+    assert_eq!(out.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{out}");
+    assert!(out.contains("via: 1.1 vigil"), "{out}");
+    let served_by = o[0].addr.to_string();
+    assert_eq!(out.matches(&served_by).count(), 3 + 1, "x-served-by thrice, one GET / body: {out}");
+
+    // Expect: 100-continue gets its interim answer, then the real one.
+    let req = format!(
+        "POST /echo HTTP/1.1\r\n{h}Content-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\nhello"
+    );
+    let out = raw(v.listen, req.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(out.ends_with(&format!("len=5 sum={}", checksum(b"hello"))), "{out}");
+
+    // A body of unknown length: chunked to an HTTP/1.1 client, close-delimited to 1.0.
+    let out = raw(v.listen, format!("GET /stream HTTP/1.1\r\n{h}Connection: close\r\n\r\n").as_bytes()).await;
+    assert!(out.contains("transfer-encoding: chunked\r\n"), "{out}");
+    assert!(out.ends_with("6\r\npiece1\r\n6\r\npiece2\r\n6\r\npiece3\r\n0\r\n\r\n"), "{out}");
+    let out = raw(v.listen, format!("GET /stream HTTP/1.0\r\n{h}\r\n").as_bytes()).await;
+    assert!(!out.contains("transfer-encoding") && out.ends_with("\r\n\r\npiece1piece2piece3"), "{out}");
+
+    // A head past 64 KiB: 431, closed.
+    let big = format!("GET / HTTP/1.1\r\n{h}X-Big: {}\r\n\r\n", "a".repeat(70_000));
+    let out = raw(v.listen, big.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    // Not HTTP at all: 400, closed.
+    let out = raw(v.listen, b"\x16\x03\x01 hello\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_1mb_post_streams_through_both_ways() {
     let o = origins(&["127.0.0.2"]).await;
     let origin = format!("app.test:{}", o[0].addr.port());

@@ -1,0 +1,835 @@
+//! The proxy listener's HTTP/1.1 server, driven inline on the connection's
+//! task.
+//!
+//! hyper's server dispatcher cost about twelve thousand instructions per
+//! proxied request on top of the request path, and a framing guard in front
+//! of it parsed every head a second time to enforce SPEC's strict framing.
+//! Here one parse does both: each head is parsed with httparse (header
+//! values become slices of the read buffer, not copies), refused with 400
+//! and the connection closed when its framing is ambiguous, and handed to
+//! the request path; the response is written head and first body bytes in
+//! one `writev`. h2c (prior knowledge) connections still go to hyper.
+//!
+//! Strict framing (SPEC, Security): `Content-Length` with
+//! `Transfer-Encoding`, more than one `Content-Length` (even equal ones;
+//! both counted in `vigil_requests_refused_framing_total`), an empty or
+//! non-numeric `Content-Length`, or a `Transfer-Encoding` whose last coding
+//! is not chunked is 400 and the connection closes. An invalid chunk size
+//! fails the request body: the request path answers 400 and closes.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use parking_lot::Mutex;
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::Notify;
+
+use crate::app::Shared;
+use crate::forward::{self, Peer, ProxyBody};
+
+/// Largest request head accepted; more is 431.
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 128;
+const READ_CHUNK: usize = 8 * 1024;
+/// How long a client may take to send a whole head (also the keep-alive
+/// idle limit), as hyper's `header_read_timeout` was set.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+const MAX_TRAILERS: usize = 16 * 1024;
+/// Response body bytes queued for one write.
+const MAX_QUEUED: usize = 64 * 1024;
+
+/// Tells connections to finish: those waiting for a head close at once,
+/// the others after the response in flight.
+#[derive(Debug, Default)]
+pub(crate) struct Stop {
+    stopping: AtomicBool,
+    notify: Notify,
+    live: AtomicUsize,
+    drained: Notify,
+}
+
+impl Stop {
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Counts a connection as open until the returned guard drops.
+    pub(crate) fn enter(self: &Arc<Self>) -> Live {
+        self.live.fetch_add(1, Ordering::SeqCst);
+        Live(Arc::clone(self))
+    }
+
+    pub(crate) fn live(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// Returns once every connection has ended.
+    pub(crate) async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            let mut notified = pin!(notified);
+            notified.as_mut().enable();
+            if self.live() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One open connection, counted in [`Stop`].
+#[derive(Debug)]
+pub(crate) struct Live(Arc<Stop>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+/// The reading side of a connection: shared by the connection loop (heads)
+/// and the request body (the body reads while the request path runs).
+struct ReadSide {
+    io: OwnedReadHalf,
+    buf: BytesMut,
+    body: Decoder,
+}
+
+impl ReadSide {
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 8 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+}
+
+type Shared2 = Arc<Mutex<ReadSide>>;
+
+/// Serves one HTTP/1.1 connection; `buf` holds what was read already.
+pub(crate) async fn serve(stream: TcpStream, buf: BytesMut, peer: Peer, shared: Arc<Shared>, live: Live) {
+    let stop = Arc::clone(&live.0);
+    let (r, mut w) = stream.into_split();
+    let read: Shared2 = Arc::new(Mutex::new(ReadSide { io: r, buf, body: Decoder::Done }));
+    let stopped = stop.notify.notified();
+    let mut stopped = pin!(stopped);
+    stopped.as_mut().enable();
+    let timer = tokio::time::sleep(HEAD_TIMEOUT);
+    let mut timer = pin!(timer);
+    let mut out = Writer::default();
+    loop {
+        if stop.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        timer.as_mut().reset(tokio::time::Instant::now() + HEAD_TIMEOUT);
+        let head = tokio::select! {
+            biased;
+            head = poll_fn(|cx| poll_head(&mut read.lock(), cx)) => head,
+            () = &mut stopped => return,
+            () = &mut timer => {
+                tracing::debug!("no request head within the header timeout; closing");
+                return;
+            }
+        };
+        let head = match head {
+            Ok(Some(head)) => head,
+            Ok(None) => return, // the client closed between requests
+            Err(refusal) => {
+                if refusal.framing {
+                    shared.metrics.framing_refused.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = refuse(&mut w, refusal.status).await;
+                return;
+            }
+        };
+        let Head { req, keep_alive, expect_continue, head_only, http10 } = head;
+        if expect_continue {
+            // Said at once rather than when the body is first read: the
+            // client then sends the body whatever the answer turns out to be.
+            if write_all(&mut w, b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+                return;
+            }
+        }
+        let req = req.map(|framing| RequestBody::new(&read, framing));
+        let resp = forward::handle(&shared, &peer, req).await;
+        let body_done = matches!(read.lock().body, Decoder::Done);
+        let keep = keep_alive && body_done && !wants_close(resp.headers());
+        match out.respond(&mut w, resp, keep, head_only, http10).await {
+            Ok(true) if keep => {}
+            Ok(_) if !matches!(read.lock().body, Decoder::Done | Decoder::Failed) => {
+                // The answer came before the request body was read (a 404
+                // to a POST): read and drop what the client still sends, so
+                // closing with unread bytes does not reset the connection
+                // before the client has read the answer (nginx's lingering close).
+                linger(&read).await;
+                return;
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Reads and drops what a client still sends, for at most a second.
+async fn linger(read: &Shared2) {
+    let drain = poll_fn(|cx| {
+        let mut r = read.lock();
+        loop {
+            r.buf.clear();
+            match ready!(r.poll_fill(cx)) {
+                Ok(0) | Err(_) => return Poll::Ready(()),
+                Ok(_) => {}
+            }
+        }
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
+fn wants_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")))
+}
+
+/// A refused head: the status, and whether it was ambiguous framing.
+struct Refusal {
+    status: StatusCode,
+    framing: bool,
+}
+
+impl Refusal {
+    fn bad() -> Self {
+        Self { status: StatusCode::BAD_REQUEST, framing: false }
+    }
+}
+
+/// How the request body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+struct Head {
+    req: Request<Framing>,
+    keep_alive: bool,
+    expect_continue: bool,
+    head_only: bool,
+    http10: bool,
+}
+
+/// Reads until one request head is parsed; `None` when the client closed
+/// cleanly with nothing pending.
+fn poll_head(read: &mut ReadSide, cx: &mut Context<'_>) -> Poll<Result<Option<Head>, Refusal>> {
+    loop {
+        if !read.buf.is_empty() {
+            // Tolerate the empty lines some clients send between requests (RFC 9112 2.2).
+            while read.buf.starts_with(b"\r\n") {
+                read.buf.advance(2);
+            }
+            if !read.buf.is_empty()
+                && let Some(head) = parse_head(read)?
+            {
+                return Poll::Ready(Ok(Some(head)));
+            }
+        }
+        match ready!(read.poll_fill(cx)) {
+            Ok(0) if read.buf.is_empty() => return Poll::Ready(Ok(None)),
+            Ok(0) => return Poll::Ready(Err(Refusal::bad())), // half a head, then EOF
+            Ok(_) => {}
+            Err(_) => return Poll::Ready(Ok(None)),
+        }
+    }
+}
+
+fn parse_head(read: &mut ReadSide) -> Result<Option<Head>, Refusal> {
+    let bytes = read.buf.split().freeze();
+    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let too_large = Refusal { status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, framing: false };
+    let len = match req.parse_with_uninit_headers(&bytes, &mut headers) {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => return Err(too_large),
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if bytes.len() >= MAX_HEAD => return Err(too_large),
+        Ok(httparse::Status::Partial) => {
+            read.buf = BytesMut::from(bytes);
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(too_large),
+        Err(_) => return Err(Refusal::bad()),
+    };
+    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes()).map_err(|_| Refusal::bad())?;
+    let path = req.path.unwrap_or("");
+    let uri = Uri::from_maybe_shared(bytes.slice_ref(path.as_bytes())).map_err(|_| Refusal::bad())?;
+    let http10 = req.version == Some(0);
+
+    let mut map = HeaderMap::with_capacity(req.headers.len() + 3);
+    let (mut te, mut chunked, mut cl, mut length) = (0u32, false, 0u32, None::<u64>);
+    let (mut close, mut keep_alive_token, mut expect_continue) = (false, false, false);
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Refusal::bad())?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value)).map_err(|_| Refusal::bad())?;
+        if name == header::TRANSFER_ENCODING {
+            te += 1;
+            chunked = value
+                .as_bytes()
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONTENT_LENGTH {
+            cl += 1;
+            length = parse_length(value.as_bytes());
+        } else if name == header::CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name == header::EXPECT {
+            expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        }
+        map.append(name, value);
+    }
+    if (te > 0 && cl > 0) || cl > 1 {
+        return Err(Refusal { status: StatusCode::BAD_REQUEST, framing: true });
+    }
+    let framing = if te > 0 {
+        // RFC 9112 6.3: a request whose last coding is not chunked has no
+        // knowable length.
+        if !chunked {
+            return Err(Refusal::bad());
+        }
+        Framing::Chunked
+    } else if cl > 0 {
+        match length {
+            None => return Err(Refusal::bad()),
+            Some(0) => Framing::None,
+            Some(n) => Framing::Length(n),
+        }
+    } else {
+        Framing::None
+    };
+    read.buf.extend_from_slice(&bytes[len..]);
+    read.body = match framing {
+        Framing::None => Decoder::Done,
+        Framing::Length(n) => Decoder::Length(n),
+        Framing::Chunked => Decoder::Chunked(Chunked::Size, 0),
+    };
+    let mut r = Request::new(framing);
+    *r.method_mut() = method;
+    *r.uri_mut() = uri;
+    *r.version_mut() = if http10 { Version::HTTP_10 } else { Version::HTTP_11 };
+    *r.headers_mut() = map;
+    let head_only = r.method() == Method::HEAD;
+    let keep_alive = !close && (!http10 || keep_alive_token);
+    Ok(Some(Head { req: r, keep_alive, expect_continue: expect_continue && !http10, head_only, http10 }))
+}
+
+/// A `Content-Length` value: digits only, as hyper read it.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &b| b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0')))
+}
+
+async fn refuse(w: &mut OwnedWriteHalf, status: StatusCode) -> io::Result<()> {
+    let text = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or("")
+    );
+    write_all(w, text.as_bytes()).await?;
+    poll_fn(|cx| Pin::new(&mut *w).poll_shutdown(cx)).await
+}
+
+async fn write_all(w: &mut OwnedWriteHalf, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        let n = poll_fn(|cx| Pin::new(&mut *w).poll_write(cx, data)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        data = &data[n..];
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunked {
+    Size,
+    Data,
+    DataEnd,
+    Trailers(usize),
+}
+
+#[derive(Debug)]
+enum Decoder {
+    Length(u64),
+    Chunked(Chunked, u64),
+    Done,
+    /// The body failed (bad chunk, client gone): the connection is over.
+    Failed,
+}
+
+/// The request body the request path sees: read from the connection as it
+/// is polled.
+pub(crate) struct RequestBody {
+    read: Option<Shared2>,
+    hint: SizeHint,
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestBody").field("done", &self.read.is_none()).finish()
+    }
+}
+
+impl RequestBody {
+    fn new(read: &Shared2, framing: Framing) -> Self {
+        match framing {
+            Framing::None => Self { read: None, hint: SizeHint::with_exact(0) },
+            Framing::Length(n) => Self { read: Some(Arc::clone(read)), hint: SizeHint::with_exact(n) },
+            Framing::Chunked => Self { read: Some(Arc::clone(read)), hint: SizeHint::default() },
+        }
+    }
+}
+
+/// Why a request body failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    #[error("the client closed the connection inside the request body")]
+    Closed,
+    #[error("reading the request body failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("malformed chunked request body: {0}")]
+    Chunk(&'static str),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let Some(read) = this.read.as_ref() else { return Poll::Ready(None) };
+        let polled = poll_body(&mut read.lock(), cx);
+        match polled {
+            Poll::Ready(Ok(Some(data))) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Poll::Ready(Ok(None)) => {
+                this.read = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(e)) => {
+                this.read = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint
+    }
+}
+
+fn poll_body(read: &mut ReadSide, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, BodyError>> {
+    let result = poll_body_inner(read, cx);
+    if let Poll::Ready(Err(_)) = &result {
+        read.body = Decoder::Failed;
+    }
+    result
+}
+
+fn poll_body_inner(read: &mut ReadSide, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, BodyError>> {
+    loop {
+        match &mut read.body {
+            Decoder::Done | Decoder::Failed => return Poll::Ready(Ok(None)),
+            Decoder::Length(left) | Decoder::Chunked(Chunked::Data, left) => {
+                let left = *left;
+                if read.buf.is_empty() && ready!(read.poll_fill(cx))? == 0 {
+                    return Poll::Ready(Err(BodyError::Closed));
+                }
+                let take = left.min(read.buf.len() as u64);
+                let data = read.buf.split_to(take as usize).freeze();
+                read.body = match (&read.body, left - take) {
+                    (Decoder::Length(_), 0) => Decoder::Done,
+                    (Decoder::Length(_), rest) => Decoder::Length(rest),
+                    (_, 0) => Decoder::Chunked(Chunked::DataEnd, 0),
+                    (_, rest) => Decoder::Chunked(Chunked::Data, rest),
+                };
+                return Poll::Ready(Ok(Some(data)));
+            }
+            Decoder::Chunked(state, _) => {
+                let state = *state;
+                let scan = &read.buf[..read.buf.len().min(MAX_CHUNK_LINE + 2)];
+                let Some(end) = scan.windows(2).position(|w| w == b"\r\n") else {
+                    if read.buf.len() > MAX_CHUNK_LINE {
+                        return Poll::Ready(Err(BodyError::Chunk("a chunk line is too long")));
+                    }
+                    if ready!(read.poll_fill(cx))? == 0 {
+                        return Poll::Ready(Err(BodyError::Closed));
+                    }
+                    continue;
+                };
+                let line = read.buf.split_to(end + 2);
+                let line = &line[..end];
+                read.body = match state {
+                    Chunked::Size => match parse_chunk_size(line) {
+                        Some(0) => Decoder::Chunked(Chunked::Trailers(0), 0),
+                        Some(n) => Decoder::Chunked(Chunked::Data, n),
+                        None => return Poll::Ready(Err(BodyError::Chunk("invalid chunk size"))),
+                    },
+                    Chunked::DataEnd if line.is_empty() => Decoder::Chunked(Chunked::Size, 0),
+                    Chunked::DataEnd => {
+                        return Poll::Ready(Err(BodyError::Chunk("a chunk is longer than its size")));
+                    }
+                    Chunked::Trailers(_) if line.is_empty() => {
+                        read.body = Decoder::Done;
+                        return Poll::Ready(Ok(None));
+                    }
+                    Chunked::Trailers(seen) if seen + end + 2 > MAX_TRAILERS => {
+                        return Poll::Ready(Err(BodyError::Chunk("the trailers are too large")));
+                    }
+                    Chunked::Trailers(seen) => Decoder::Chunked(Chunked::Trailers(seen + end + 2), 0),
+                    Chunked::Data => Decoder::Chunked(Chunked::Data, 0),
+                };
+            }
+        }
+    }
+}
+
+/// `1*HEXDIG [ BWS ";" extensions ]`: the size, at most 16 hex digits.
+fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return None;
+    }
+    let rest = &line[digits..];
+    if !(rest.is_empty() || rest.trim_ascii_start().first() == Some(&b';')) {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()
+}
+
+/// How the response body is framed to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Out {
+    None,
+    Length,
+    Chunked,
+    Close,
+}
+
+/// The write side's queue (kept per connection: its allocation is reused).
+#[derive(Default)]
+struct Writer {
+    out: VecDeque<Bytes>,
+    head: Vec<u8>,
+    queued: usize,
+}
+
+impl Writer {
+    fn push(&mut self, b: Bytes) {
+        self.queued += b.len();
+        self.out.push_back(b);
+    }
+
+    /// Writes `resp`; returns whether the connection may carry another request.
+    async fn respond(
+        &mut self,
+        w: &mut OwnedWriteHalf,
+        resp: Response<ProxyBody>,
+        keep: bool,
+        head_only: bool,
+        http10: bool,
+    ) -> io::Result<bool> {
+        let (parts, mut body) = resp.into_parts();
+        let status = parts.status;
+        let no_body = head_only || status.is_informational() || matches!(status.as_u16(), 204 | 304);
+        let mut keep = keep;
+        let framing = if no_body {
+            Out::None
+        } else if body.size_hint().exact().is_some() {
+            Out::Length
+        } else if !http10 {
+            Out::Chunked
+        } else {
+            keep = false;
+            Out::Close
+        };
+        let head = &mut self.head;
+        head.clear();
+        head.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+        head.extend_from_slice(status.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        head.extend_from_slice(b"\r\n");
+        let mut has_date = false;
+        for (name, value) in &parts.headers {
+            if name == header::CONTENT_LENGTH && framing != Out::None {
+                continue; // ours below, from the body itself
+            }
+            if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
+                continue;
+            }
+            has_date |= name == header::DATE;
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        if !has_date {
+            head.extend_from_slice(b"date: ");
+            head.extend_from_slice(&date());
+            head.extend_from_slice(b"\r\n");
+        }
+        match framing {
+            Out::Length => {
+                let n = body.size_hint().exact().unwrap_or(0);
+                head.extend_from_slice(b"content-length: ");
+                head.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                head.extend_from_slice(b"\r\n");
+            }
+            Out::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            Out::None | Out::Close => {}
+        }
+        if !keep {
+            head.extend_from_slice(b"connection: close\r\n");
+        } else if http10 {
+            head.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        let head = Bytes::copy_from_slice(head);
+        self.push(head);
+        if framing == Out::None {
+            drop(body);
+            self.flush(w).await?;
+            return Ok(keep);
+        }
+        let mut body = Pin::new(&mut body);
+        let mut ended = false;
+        let mut failed = false;
+        while !ended {
+            // Gather what the body has ready, then write it with what is queued.
+            let polled = poll_fn(|cx| {
+                let mut progressed = false;
+                while self.queued < MAX_QUEUED {
+                    match body.as_mut().poll_frame(cx) {
+                        Poll::Pending => break,
+                        Poll::Ready(None) => {
+                            ended = true;
+                            break;
+                        }
+                        Poll::Ready(Some(Err(_))) => {
+                            failed = true;
+                            break;
+                        }
+                        Poll::Ready(Some(Ok(frame))) => {
+                            let Ok(data) = frame.into_data() else { continue };
+                            if data.is_empty() {
+                                continue;
+                            }
+                            if framing == Out::Chunked {
+                                self.push(Bytes::from(format!("{:x}\r\n", data.len())));
+                                self.push(data);
+                                self.push(Bytes::from_static(b"\r\n"));
+                            } else {
+                                self.push(data);
+                            }
+                            progressed = true;
+                        }
+                    }
+                }
+                if ended || failed || progressed || !self.out.is_empty() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            });
+            polled.await;
+            if failed {
+                // The origin failed mid-body: what the client has is cut
+                // short; closing is the only way to say so.
+                let _ = self.flush(w).await;
+                return Ok(false);
+            }
+            if ended && framing == Out::Chunked {
+                self.push(Bytes::from_static(b"0\r\n\r\n"));
+            }
+            self.flush(w).await?;
+        }
+        if !keep {
+            poll_fn(|cx| Pin::new(&mut *w).poll_shutdown(cx)).await?;
+        }
+        Ok(keep)
+    }
+
+    async fn flush(&mut self, w: &mut OwnedWriteHalf) -> io::Result<()> {
+        poll_fn(|cx| self.poll_flush(w, cx)).await
+    }
+
+    fn poll_flush(&mut self, w: &mut OwnedWriteHalf, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); 16];
+            let n_slices = self.out.iter().zip(slices.iter_mut()).map(|(b, s)| *s = IoSlice::new(b)).count();
+            let mut n = ready!(Pin::new(&mut *w).poll_write_vectored(cx, &slices[..n_slices]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.queued -= n;
+            while n > 0 {
+                let Some(front) = self.out.front_mut() else { break };
+                if front.len() <= n {
+                    n -= front.len();
+                    self.out.pop_front();
+                } else {
+                    front.advance(n);
+                    n = 0;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The `Date` value, formatted once a second per thread.
+fn date() -> [u8; 29] {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            let text = httpdate::fmt_http_date(now);
+            let mut out = [b' '; 29];
+            let n = text.len().min(29);
+            out[..n].copy_from_slice(&text.as_bytes()[..n]);
+            *c = (secs, out);
+        }
+        c.1
+    })
+}
+
+/// A stream with bytes already read from it in front (the h2c preface
+/// sniffed before hyper takes the connection).
+#[derive(Debug)]
+pub(crate) struct Prefixed {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl Prefixed {
+    pub(crate) fn new(prefix: Bytes, inner: TcpStream) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl tokio::io::AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The h2c connection preface (RFC 9113 3.4).
+pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads the first bytes of a connection: enough to tell h2c prior knowledge
+/// from HTTP/1.1. Returns them, and whether they start the h2 preface.
+pub(crate) async fn sniff(stream: &mut TcpStream) -> io::Result<(BytesMut, bool)> {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        let n = poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, &mut buf)).await?;
+        let seen = &buf[..buf.len().min(H2_PREFACE.len())];
+        if n == 0 || !H2_PREFACE.starts_with(seen) {
+            return Ok((buf, false));
+        }
+        if buf.len() >= H2_PREFACE.len() {
+            return Ok((buf, true));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_and_lengths_are_strict() {
+        assert_eq!(parse_chunk_size(b"1a"), Some(26));
+        assert_eq!(parse_chunk_size(b"A;x=y"), Some(10));
+        for bad in [&b""[..], b"zz", b"-1", b"1 2", b"11111111111111111"] {
+            assert_eq!(parse_chunk_size(bad), None);
+        }
+        assert_eq!(parse_length(b"42"), Some(42));
+        for bad in [&b""[..], b"+5", b"-1", b"1,1", b" 1", b"99999999999999999999"] {
+            assert_eq!(parse_length(bad), None);
+        }
+    }
+
+    #[test]
+    fn the_date_is_an_imf_fixdate() {
+        let d = date();
+        let s = std::str::from_utf8(&d).unwrap_or("");
+        assert!(s.ends_with(" GMT") && s.len() == 29, "{s}");
+        assert!(httpdate::parse_http_date(s).is_ok(), "{s}");
+    }
+}
