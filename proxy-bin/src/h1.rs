@@ -17,7 +17,6 @@
 //! is not chunked is 400 and the connection closes. An invalid chunk size
 //! fails the request body: the request path answers 400 and closes.
 
-use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::{Pin, pin};
@@ -35,6 +34,8 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
+
+use vigil_session::wire::{self, WriteQueue};
 
 use crate::app::Shared;
 use crate::forward::{self, Peer, ProxyBody};
@@ -201,10 +202,7 @@ async fn linger(read: &Shared2) {
 }
 
 fn wants_close(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")))
+    headers.get_all(header::CONNECTION).iter().any(|v| wire::connection_has(v.as_bytes(), b"close"))
 }
 
 /// A refused head: the status, and whether it was ambiguous framing.
@@ -288,20 +286,13 @@ fn parse_head(read: &mut ReadSide) -> Result<Option<Head>, Refusal> {
         let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value)).map_err(|_| Refusal::bad())?;
         if name == header::TRANSFER_ENCODING {
             te += 1;
-            chunked = value
-                .as_bytes()
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            chunked = wire::last_coding_is_chunked(value.as_bytes());
         } else if name == header::CONTENT_LENGTH {
             cl += 1;
-            length = parse_length(value.as_bytes());
+            length = wire::parse_content_length(value.as_bytes());
         } else if name == header::CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            close |= wire::connection_has(value.as_bytes(), b"close");
+            keep_alive_token |= wire::connection_has(value.as_bytes(), b"keep-alive");
         } else if name == header::EXPECT {
             expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         }
@@ -340,14 +331,6 @@ fn parse_head(read: &mut ReadSide) -> Result<Option<Head>, Refusal> {
     let head_only = r.method() == Method::HEAD;
     let keep_alive = !close && (!http10 || keep_alive_token);
     Ok(Some(Head { req: r, keep_alive, expect_continue: expect_continue && !http10, head_only, http10 }))
-}
-
-/// A `Content-Length` value: digits only, as hyper read it.
-fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 {
-        return None;
-    }
-    v.iter().try_fold(0u64, |n, &b| b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0')))
 }
 
 async fn refuse(w: &mut OwnedWriteHalf, status: StatusCode) -> io::Result<()> {
@@ -498,7 +481,7 @@ fn poll_body_inner(read: &mut ReadSide, cx: &mut Context<'_>) -> Poll<Result<Opt
                 let line = read.buf.split_to(end + 2);
                 let line = &line[..end];
                 read.body = match state {
-                    Chunked::Size => match parse_chunk_size(line) {
+                    Chunked::Size => match wire::parse_chunk_size(line) {
                         Some(0) => Decoder::Chunked(Chunked::Trailers(0), 0),
                         Some(n) => Decoder::Chunked(Chunked::Data, n),
                         None => return Poll::Ready(Err(BodyError::Chunk("invalid chunk size"))),
@@ -522,19 +505,6 @@ fn poll_body_inner(read: &mut ReadSide, cx: &mut Context<'_>) -> Poll<Result<Opt
     }
 }
 
-/// `1*HEXDIG [ BWS ";" extensions ]`: the size, at most 16 hex digits.
-fn parse_chunk_size(line: &[u8]) -> Option<u64> {
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 16 {
-        return None;
-    }
-    let rest = &line[digits..];
-    if !(rest.is_empty() || rest.trim_ascii_start().first() == Some(&b';')) {
-        return None;
-    }
-    u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()
-}
-
 /// How the response body is framed to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Out {
@@ -547,15 +517,13 @@ enum Out {
 /// The write side's queue (kept per connection: its allocation is reused).
 #[derive(Default)]
 struct Writer {
-    out: VecDeque<Bytes>,
+    q: WriteQueue,
     head: Vec<u8>,
-    queued: usize,
 }
 
 impl Writer {
     fn push(&mut self, b: Bytes) {
-        self.queued += b.len();
-        self.out.push_back(b);
+        self.q.push(b);
     }
 
     /// Writes `resp`; returns whether the connection may carry another request.
@@ -637,7 +605,7 @@ impl Writer {
             // Gather what the body has ready, then write it with what is queued.
             let polled = poll_fn(|cx| {
                 let mut progressed = false;
-                while self.queued < MAX_QUEUED {
+                while self.q.len() < MAX_QUEUED {
                     match body.as_mut().poll_frame(cx) {
                         Poll::Pending => break,
                         Poll::Ready(None) => {
@@ -664,7 +632,7 @@ impl Writer {
                         }
                     }
                 }
-                if ended || failed || progressed || !self.out.is_empty() {
+                if ended || failed || progressed || !self.q.is_empty() {
                     Poll::Ready(())
                 } else {
                     Poll::Pending
@@ -689,30 +657,7 @@ impl Writer {
     }
 
     async fn flush(&mut self, w: &mut OwnedWriteHalf) -> io::Result<()> {
-        poll_fn(|cx| self.poll_flush(w, cx)).await
-    }
-
-    fn poll_flush(&mut self, w: &mut OwnedWriteHalf, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.out.is_empty() {
-            let mut slices = [IoSlice::new(&[]); 16];
-            let n_slices = self.out.iter().zip(slices.iter_mut()).map(|(b, s)| *s = IoSlice::new(b)).count();
-            let mut n = ready!(Pin::new(&mut *w).poll_write_vectored(cx, &slices[..n_slices]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.queued -= n;
-            while n > 0 {
-                let Some(front) = self.out.front_mut() else { break };
-                if front.len() <= n {
-                    n -= front.len();
-                    self.out.pop_front();
-                } else {
-                    front.advance(n);
-                    n = 0;
-                }
-            }
-        }
-        Poll::Ready(Ok(()))
+        poll_fn(|cx| self.q.poll_flush(w, cx)).await
     }
 }
 
@@ -811,19 +756,6 @@ pub(crate) async fn sniff(stream: &mut TcpStream) -> io::Result<(BytesMut, bool)
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunk_sizes_and_lengths_are_strict() {
-        assert_eq!(parse_chunk_size(b"1a"), Some(26));
-        assert_eq!(parse_chunk_size(b"A;x=y"), Some(10));
-        for bad in [&b""[..], b"zz", b"-1", b"1 2", b"11111111111111111"] {
-            assert_eq!(parse_chunk_size(bad), None);
-        }
-        assert_eq!(parse_length(b"42"), Some(42));
-        for bad in [&b""[..], b"+5", b"-1", b"1,1", b" 1", b"99999999999999999999"] {
-            assert_eq!(parse_length(bad), None);
-        }
-    }
 
     #[test]
     fn the_date_is_an_imf_fixdate() {

@@ -21,22 +21,21 @@
 //! origin may answer before reading the whole upload, or stream its answer
 //! while it reads), so neither side can block the other.
 
-use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
-use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use crate::error::{BoxError, ErrorKind, SessionError};
 use crate::pool::Inner;
+use crate::wire::{self, WriteQueue};
 use crate::{RequestBody, Target};
 
 /// Most headers a response head may carry (hyper's default is 100).
@@ -120,8 +119,7 @@ enum ReqFraming {
 
 /// The request's way out: queued bytes, and the body still to come.
 struct Writer {
-    out: VecDeque<Bytes>,
-    queued: usize,
+    q: WriteQueue,
     body: Option<RequestBody>,
     framing: ReqFraming,
     /// Body bytes still owed under `Content-Length`.
@@ -137,12 +135,11 @@ enum WriteError {
 
 impl Writer {
     fn push(&mut self, b: Bytes) {
-        self.queued += b.len();
-        self.out.push_back(b);
+        self.q.push(b);
     }
 
     fn done(&self) -> bool {
-        self.body.is_none() && self.out.is_empty()
+        self.body.is_none() && self.q.is_empty()
     }
 
     /// Writes what is queued and what the body has ready, until both are
@@ -150,7 +147,7 @@ impl Writer {
     fn poll_write(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
         loop {
             // Gather what the body has ready so it leaves with what is queued.
-            while self.queued < MAX_QUEUED {
+            while self.q.len() < MAX_QUEUED {
                 let Some(body) = self.body.as_mut() else { break };
                 match Pin::new(body).poll_frame(cx) {
                     Poll::Pending => break,
@@ -196,35 +193,14 @@ impl Writer {
                     }
                 }
             }
-            if self.out.is_empty() {
+            if self.q.is_empty() {
                 return if self.body.is_none() { Poll::Ready(Ok(())) } else { Poll::Pending };
             }
-            ready!(self.poll_flush(io, cx)).map_err(WriteError::Io)?;
+            let before = self.q.len();
+            let flushed = self.q.poll_flush(io, cx);
+            self.wrote |= self.q.len() < before;
+            ready!(flushed).map_err(WriteError::Io)?;
         }
-    }
-
-    fn poll_flush(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.out.is_empty() {
-            let mut slices = [IoSlice::new(&[]); 8];
-            let n_slices = self.out.iter().zip(slices.iter_mut()).map(|(b, s)| *s = IoSlice::new(b)).count();
-            let mut n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n_slices]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.wrote = true;
-            self.queued -= n;
-            while n > 0 {
-                let Some(front) = self.out.front_mut() else { break };
-                if front.len() <= n {
-                    n -= front.len();
-                    self.out.pop_front();
-                } else {
-                    front.advance(n);
-                    n = 0;
-                }
-            }
-        }
-        Poll::Ready(Ok(()))
     }
 }
 
@@ -244,8 +220,7 @@ pub(crate) async fn send(
     let (parts, body) = req.into_parts();
     let head_only = parts.method == Method::HEAD;
     let mut writer = Writer {
-        out: VecDeque::with_capacity(4),
-        queued: 0,
+        q: WriteQueue::default(),
         framing: ReqFraming::Length(0),
         owed: 0,
         body: None,
@@ -484,7 +459,7 @@ fn parse_head(buf: &mut BytesMut, max_head: usize, head_only: bool) -> Result<Op
         let value =
             HeaderValue::from_maybe_shared(bytes.slice_ref(h.value)).map_err(|_| ErrorKind::Protocol)?;
         if name == header::CONTENT_LENGTH {
-            let n = parse_length(value.as_bytes()).ok_or(ErrorKind::Protocol)?;
+            let n = wire::parse_content_length(value.as_bytes()).ok_or(ErrorKind::Protocol)?;
             if length.is_some_and(|l| l != n) {
                 return Err(ErrorKind::Protocol);
             }
@@ -492,17 +467,10 @@ fn parse_head(buf: &mut BytesMut, max_head: usize, head_only: bool) -> Result<Op
         } else if name == header::TRANSFER_ENCODING {
             te = true;
             // Only the last coding decides whether the body is chunked.
-            chunked = value
-                .as_bytes()
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            chunked = wire::last_coding_is_chunked(value.as_bytes());
         } else if name == header::CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            close |= wire::connection_has(value.as_bytes(), b"close");
+            keep_alive_token |= wire::connection_has(value.as_bytes(), b"keep-alive");
         }
         map.append(name, value);
     }
@@ -527,14 +495,6 @@ fn parse_head(buf: &mut BytesMut, max_head: usize, head_only: bool) -> Result<Op
     *head.version_mut() = if http10 { Version::HTTP_10 } else { Version::HTTP_11 };
     *head.headers_mut() = map;
     Ok(Some(Parsed::Final(Head { resp: head, framing, keep_alive }, bytes.slice(len..))))
-}
-
-/// A `Content-Length` value: digits only (no sign, no list), as hyper reads it.
-fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 {
-        return None;
-    }
-    v.iter().try_fold(0u64, |n, &b| b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0')))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -604,7 +564,7 @@ impl Decoder {
                     let line = &line[..end];
                     match *state {
                         Chunked::Size => {
-                            let size = parse_chunk_size(line).ok_or("invalid chunk size")?;
+                            let size = wire::parse_chunk_size(line).ok_or("invalid chunk size")?;
                             *state = if size == 0 { Chunked::Trailers(0) } else { Chunked::Data };
                             *left = size;
                         }
@@ -633,21 +593,6 @@ impl Decoder {
 
 fn find_crlf(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\r\n")
-}
-
-/// `1*HEXDIG [ BWS ";" extensions ]`: the size, at most 16 hex digits.
-fn parse_chunk_size(line: &[u8]) -> Option<u64> {
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 16 {
-        return None;
-    }
-    let rest = &line[digits..];
-    let rest_ok = rest.is_empty() || rest.trim_ascii_start().first() == Some(&b';');
-    if !rest_ok {
-        return None;
-    }
-    let hex = std::str::from_utf8(&line[..digits]).ok()?;
-    u64::from_str_radix(hex, 16).ok()
 }
 
 /// A response whose body is still on the wire.
@@ -813,16 +758,6 @@ mod tests {
             _ => panic!("HEAD's answer"),
         }
         assert_eq!(framing(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n").0, RespFraming::Empty);
-    }
-
-    #[test]
-    fn chunk_sizes_are_strict() {
-        assert_eq!(parse_chunk_size(b"1a"), Some(26));
-        assert_eq!(parse_chunk_size(b"A;name=value"), Some(10));
-        assert_eq!(parse_chunk_size(b"0"), Some(0));
-        for bad in [&b""[..], b"x", b"-1", b"1 2", b"+5", b"11111111111111111"] {
-            assert_eq!(parse_chunk_size(bad), None, "{}", String::from_utf8_lossy(bad));
-        }
     }
 
     #[test]

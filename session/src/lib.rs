@@ -46,6 +46,7 @@
 mod error;
 mod h1;
 mod pool;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
