@@ -170,9 +170,16 @@ impl Pool {
     /// Connect failures ([`SessionError::is_connect`]); they are also
     /// reported to the observer.
     pub async fn checkout(&self, target: Target, freshness: Freshness) -> Result<Session, SessionError> {
+        // The futures of the paths that wait (a connect, h2c's handshake)
+        // are boxed: they are rare next to an idle HTTP/1.1 session, and
+        // kept inline they made every caller's future kilobytes large, and
+        // every `.await` on it a copy of that size.
         match target.protocol {
-            Protocol::Http1 => self.checkout_h1(target, freshness).await,
-            Protocol::H2c => self.checkout_h2(target, freshness).await,
+            Protocol::Http1 => match self.idle_h1(target, freshness) {
+                Some(session) => Ok(session),
+                None => Box::pin(self.connect_h1(target)).await,
+            },
+            Protocol::H2c => Box::pin(self.checkout_h2(target, freshness)).await,
         }
     }
 
@@ -229,38 +236,55 @@ impl Pool {
                 // Not reported to the observer: only the retry's outcome counts.
                 tracing::debug!(server = %target.addr, error = %e, "reused session failed; retrying on a fresh one");
                 let Some(req) = back else { return Err((e, None)) };
-                // Kept only on this (rare) path: the fresh send may fail too.
-                let backup =
-                    (target.protocol == Protocol::H2c && req.body().is_end_stream()).then(|| copy_head(&req));
-                match self.checkout(target, Freshness::Fresh).await {
-                    Ok(session) => match send_within(session, req, response_timeout).await {
-                        Ok(resp) => Ok(resp),
-                        Err((e, back)) => Err((report(&*self.inner.observer, e), back.or(backup))),
-                    },
-                    Err(e) => Err((e, Some(req))),
-                }
+                // Boxed: the rare path must not grow the common one's future.
+                Box::pin(self.retry_fresh(target, req, response_timeout)).await
             }
         }
     }
 
-    async fn checkout_h1(&self, target: Target, freshness: Freshness) -> Result<Session, SessionError> {
-        if freshness == Freshness::IdlePreferred {
-            let mut hosts = self.inner.hosts.lock();
-            if let Some(host) = hosts.get_mut(&target) {
-                // Age is the sweep's business (it runs every idle_timeout/4);
-                // a closed session is caught here, with no clock read and
-                // usually no system call (see `h1::Conn::is_closed`).
-                while let Some(mut idle) = host.idle.pop_back() {
-                    if idle.conn.is_closed() {
-                        self.inner.metrics.evicted.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    host.in_use += 1;
-                    self.inner.metrics.reused.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Session::h1(&self.inner, target, idle.conn, true));
-                }
-            }
+    /// The second try of [`Pool::try_request`], on a fresh connection.
+    async fn retry_fresh(
+        &self,
+        target: Target,
+        req: http::Request<RequestBody>,
+        response_timeout: Option<Duration>,
+    ) -> Result<http::Response<PooledBody>, (SessionError, Option<http::Request<RequestBody>>)> {
+        // Kept only on this (rare) path: the fresh send may fail too.
+        let backup = (target.protocol == Protocol::H2c && req.body().is_end_stream()).then(|| copy_head(&req));
+        match self.checkout(target, Freshness::Fresh).await {
+            Ok(session) => match send_within(session, req, response_timeout).await {
+                Ok(resp) => Ok(resp),
+                Err((e, back)) => Err((report(&*self.inner.observer, e), back.or(backup))),
+            },
+            Err(e) => Err((e, Some(req))),
         }
+    }
+
+    /// An idle HTTP/1.1 session to `target`, when `freshness` allows one
+    /// and one is open.
+    fn idle_h1(&self, target: Target, freshness: Freshness) -> Option<Session> {
+        if freshness != Freshness::IdlePreferred {
+            return None;
+        }
+        let mut hosts = self.inner.hosts.lock();
+        let host = hosts.get_mut(&target)?;
+        // Age is the sweep's business (it runs every idle_timeout/4); a
+        // closed session is caught here, with no clock read and usually no
+        // system call (see `h1::Conn::is_closed`).
+        while let Some(mut idle) = host.idle.pop_back() {
+            if idle.conn.is_closed() {
+                self.inner.metrics.evicted.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            host.in_use += 1;
+            self.inner.metrics.reused.fetch_add(1, Ordering::Relaxed);
+            return Some(Session::h1(&self.inner, target, idle.conn, true));
+        }
+        None
+    }
+
+    /// A new HTTP/1.1 session to `target`.
+    async fn connect_h1(&self, target: Target) -> Result<Session, SessionError> {
         let stream = self.connect(target.addr).await?;
         self.inner.hosts.lock().entry(target).or_default().in_use += 1;
         let conn = h1::Conn::new(stream, NEXT_ID.fetch_add(1, Ordering::Relaxed));
@@ -606,22 +630,33 @@ impl Session {
                 in_use.disarm();
                 sent.map(|resp| resp.map(|body| PooledBody { inner: BodyInner::H1(body) }))
             }
-            Some(Conn::H2 { mut tx, _stream, settle }) => {
-                if let Err(e) = tx.ready().await {
-                    return Err((err(ErrorKind::ClosedBeforeHead, false).with_source(e), Some(req)));
-                }
-                let sent = tx.try_send_request(req).await;
-                drop(settle); // a head arrived (after SETTINGS) or the request failed
-                match sent {
-                    Ok(resp) => Ok(resp.map(|body| PooledBody::h2(body, _stream))),
-                    Err(mut e) => {
-                        let unsent = e.take_message();
-                        let kind = classify(e.error());
-                        Err((err(kind, unsent.is_none()).with_source(e.into_error()), unsent))
-                    }
-                }
-            }
+            // Boxed, as the pool's other rarer paths: hyper's h2 futures are
+            // large, and inline they would grow every HTTP/1.1 send's future.
+            Some(Conn::H2 { tx, _stream, settle }) => Box::pin(send_h2(tx, _stream, settle, req, err)).await,
             None => unreachable!("send consumes the session"),
+        }
+    }
+}
+
+/// Sends `req` on an h2c connection (one stream, held by `stream`).
+async fn send_h2(
+    mut tx: http2::SendRequest<RequestBody>,
+    stream: StreamGuard,
+    settle: Option<Settle>,
+    req: http::Request<RequestBody>,
+    err: impl Fn(ErrorKind, bool) -> SessionError,
+) -> Result<http::Response<PooledBody>, (SessionError, Option<http::Request<RequestBody>>)> {
+    if let Err(e) = tx.ready().await {
+        return Err((err(ErrorKind::ClosedBeforeHead, false).with_source(e), Some(req)));
+    }
+    let sent = tx.try_send_request(req).await;
+    drop(settle); // a head arrived (after SETTINGS) or the request failed
+    match sent {
+        Ok(resp) => Ok(resp.map(|body| PooledBody::h2(body, stream))),
+        Err(mut e) => {
+            let unsent = e.take_message();
+            let kind = classify(e.error());
+            Err((err(kind, unsent.is_none()).with_source(e.into_error()), unsent))
         }
     }
 }
