@@ -46,15 +46,29 @@ const MAX_QUEUED: usize = 64 * 1024;
 
 /// One HTTP/1.1 connection: the socket and what was read past the last
 /// message (nothing, between messages of a healthy session).
+///
+/// It also keeps the allocations each request would otherwise make anew:
+/// the buffer request heads are written into (its bytes come back once the
+/// head is written) and the write queue.
 pub(crate) struct Conn {
     io: TcpStream,
     buf: BytesMut,
+    /// Boxed: a `Conn` moves through several futures per request, and
+    /// every byte it has is copied at each move.
+    kept: Box<Kept>,
     pub(crate) id: u64,
+}
+
+/// What a connection keeps between requests to spare their allocations.
+#[derive(Default)]
+struct Kept {
+    head: BytesMut,
+    queue: WriteQueue,
 }
 
 impl Conn {
     pub(crate) fn new(io: TcpStream, id: u64) -> Self {
-        Self { io, buf: BytesMut::new(), id }
+        Self { io, buf: BytesMut::new(), kept: Box::default(), id }
     }
 
     /// Whether an idle session can no longer carry a request: its peer
@@ -213,7 +227,7 @@ pub(crate) async fn send(
     // the request can be handed back whole.
     let (keep_body, send_body) = if framing.is_none() { (Some(body), None) } else { (None, Some(body)) };
     let mut writer = Writer {
-        q: WriteQueue::default(),
+        q: std::mem::take(&mut conn.kept.queue),
         body: send_body,
         framing: framing.unwrap_or(ReqFraming::Length(0)),
         owed: match framing {
@@ -222,7 +236,7 @@ pub(crate) async fn send(
         },
         wrote: false,
     };
-    writer.q.push(encode_head(&parts, framing));
+    writer.q.push(encode_head(&mut conn.kept.head, &parts, framing));
 
     let err = |kind, sent: bool| SessionError::new(kind, addr).sent(sent).reused(reused);
     let mut write_failed: Option<WriteError> = None;
@@ -264,7 +278,12 @@ pub(crate) async fn send(
     // A failed upload ends the session; one still going moves into the body
     // (`finish` sees to it that it ended before the session is reused).
     let keep_alive = keep_alive && write_failed.is_none();
-    let pending_write = (write_failed.is_none() && !writer.done()).then_some(writer);
+    let pending_write = if write_failed.is_none() && !writer.done() {
+        Some(writer)
+    } else {
+        conn.kept.queue = writer.q; // empty, its allocation kept for the next request
+        None
+    };
     let hint = match decoder {
         Decoder::Length(n) => SizeHint::with_exact(n),
         Decoder::Done => SizeHint::with_exact(0),
@@ -299,10 +318,13 @@ pub(crate) async fn send(
 
 /// The request head on the wire: origin-form target, the caller's headers
 /// (its own framing headers replaced by ours), `Host` if it set none.
-fn encode_head(parts: &http::request::Parts, framing: Option<ReqFraming>) -> Bytes {
-    let mut out = Vec::with_capacity(256);
+///
+/// Written into `out`, the connection's head buffer: once the previous
+/// head's bytes are gone, its allocation is reused.
+fn encode_head(out: &mut BytesMut, parts: &http::request::Parts, framing: Option<ReqFraming>) -> Bytes {
+    out.reserve(256);
     out.extend_from_slice(parts.method.as_str().as_bytes());
-    out.push(b' ');
+    out.extend_from_slice(b" ");
     out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut had_length = false;
@@ -340,7 +362,7 @@ fn encode_head(parts: &http::request::Parts, framing: Option<ReqFraming>) -> Byt
         None => {}
     }
     out.extend_from_slice(b"\r\n");
-    Bytes::from(out)
+    out.split().freeze()
 }
 
 struct Head {
@@ -641,14 +663,15 @@ mod tests {
             .body(())
             .unwrap_or_default();
         let (parts, ()) = req.into_parts();
-        let head = encode_head(&parts, Some(ReqFraming::Length(5)));
+        let mut out = BytesMut::new();
+        let head = encode_head(&mut out, &parts, Some(ReqFraming::Length(5)));
         assert_eq!(
             &head[..],
             b"POST /upload?x=1 HTTP/1.1\r\nx-kept: 1\r\nhost: app.internal\r\ncontent-length: 5\r\n\r\n"
         );
         let (parts, ()) = http::Request::get("/").body(()).unwrap_or_default().into_parts();
-        assert_eq!(&encode_head(&parts, None)[..], b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(&encode_head(&mut out, &parts, None)[..], b"GET / HTTP/1.1\r\n\r\n");
         let (parts, ()) = http::Request::put("/").body(()).unwrap_or_default().into_parts();
-        assert_eq!(&encode_head(&parts, None)[..], b"PUT / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(&encode_head(&mut out, &parts, None)[..], b"PUT / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
     }
 }
