@@ -419,11 +419,12 @@ enum Out {
     Close,
 }
 
-/// The write side's queue (kept per connection: its allocation is reused).
+/// The write side's queue and head buffer, kept per connection so their
+/// allocations are reused (a head's buffer comes back once it is written).
 #[derive(Default)]
 struct Writer {
     q: WriteQueue,
-    head: Vec<u8>,
+    head: BytesMut,
 }
 
 impl Writer {
@@ -451,10 +452,10 @@ impl Writer {
             Out::Close
         };
         let head = &mut self.head;
-        head.clear();
+        head.reserve(256);
         head.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
         head.extend_from_slice(status.as_str().as_bytes());
-        head.push(b' ');
+        head.extend_from_slice(b" ");
         head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
         head.extend_from_slice(b"\r\n");
         let mut has_date = false;
@@ -492,7 +493,7 @@ impl Writer {
             head.extend_from_slice(b"connection: keep-alive\r\n");
         }
         head.extend_from_slice(b"\r\n");
-        let head = Bytes::copy_from_slice(head);
+        let head = head.split().freeze();
         self.q.push(head);
         if framing == Out::None {
             drop(body);
