@@ -160,7 +160,7 @@ pub(crate) async fn handle<B: ClientRequestBody>(
         }
     };
     let resp = forward(shared, peer, &route, req, origin_timeout, attempts).await;
-    shared.metrics.request(&route.label, resp.status().as_u16());
+    shared.metrics.route_request(&route.counters, &route.label, resp.status().as_u16());
     resp
 }
 

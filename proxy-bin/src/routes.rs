@@ -26,6 +26,8 @@ pub(crate) struct Route {
     pub(crate) host_header: HeaderValue,
     /// The origin, as metric label.
     pub(crate) label: Arc<str>,
+    /// This route's request counters (`vigil_requests_total`).
+    pub(crate) counters: crate::metrics::RequestCounters,
 }
 
 /// Everything the request path needs from the config.
@@ -54,6 +56,7 @@ impl Routes {
                 protocol,
                 host_header: host_header(&remap.to),
                 label: Arc::from(remap.to.as_str()),
+                counters: Default::default(),
             });
             // First rule wins for a host listed twice (check-config refuses that).
             let (map, key) = match &remap.from {
