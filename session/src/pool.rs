@@ -226,7 +226,7 @@ impl Pool {
             Ok(session) => session,
             Err(e) => return Err((e, Some(req))),
         };
-        match send_within(session, req, response_timeout).await {
+        match session.send_keeping(req, response_timeout).await {
             Ok(resp) => Ok(resp),
             Err((e, back)) => {
                 let back = back.or(replay);
@@ -250,9 +250,10 @@ impl Pool {
         response_timeout: Option<Duration>,
     ) -> Result<http::Response<PooledBody>, (SessionError, Option<http::Request<RequestBody>>)> {
         // Kept only on this (rare) path: the fresh send may fail too.
-        let backup = (target.protocol == Protocol::H2c && req.body().is_end_stream()).then(|| copy_head(&req));
+        let backup =
+            (target.protocol == Protocol::H2c && req.body().is_end_stream()).then(|| copy_head(&req));
         match self.checkout(target, Freshness::Fresh).await {
-            Ok(session) => match send_within(session, req, response_timeout).await {
+            Ok(session) => match session.send_keeping(req, response_timeout).await {
                 Ok(resp) => Ok(resp),
                 Err((e, back)) => Err((report(&*self.inner.observer, e), back.or(backup))),
             },
@@ -607,13 +608,16 @@ impl Session {
         req: http::Request<RequestBody>,
     ) -> Result<http::Response<PooledBody>, SessionError> {
         let pool = Arc::clone(&self.pool);
-        self.send_keeping(req).await.map_err(|(e, _)| report(&*pool.observer, e))
+        self.send_keeping(req, None).await.map_err(|(e, _)| report(&*pool.observer, e))
     }
 
-    /// [`Session::send`], handing back the request when it never left.
+    /// [`Session::send`], bounded by `timeout` when given (request written,
+    /// response head read), handing back the request when it can be sent
+    /// again. A timeout closes the session: its response is unread.
     async fn send_keeping(
         mut self,
         req: http::Request<RequestBody>,
+        timeout: Option<Duration>,
     ) -> Result<http::Response<PooledBody>, (SessionError, Option<http::Request<RequestBody>>)> {
         let (target, reused) = (self.target, self.reused);
         let err = |kind, sent| SessionError::new(kind, target.addr).sent(sent).reused(reused);
@@ -626,13 +630,22 @@ impl Session {
                 let in_use = InUseH1 { pool: &self.pool, target, armed: true };
                 let home = h1::Home { pool: Arc::clone(&self.pool), target };
                 let max_head = self.pool.config.max_response_head_bytes;
-                let sent = h1::send(conn, req, max_head, reused, home).await;
+                let sent = h1::send(conn, req, max_head, reused, home, timeout).await;
                 in_use.disarm();
                 sent.map(|resp| resp.map(|body| PooledBody { inner: BodyInner::H1(body) }))
             }
             // Boxed, as the pool's other rarer paths: hyper's h2 futures are
             // large, and inline they would grow every HTTP/1.1 send's future.
-            Some(Conn::H2 { tx, _stream, settle }) => Box::pin(send_h2(tx, _stream, settle, req, err)).await,
+            Some(Conn::H2 { tx, _stream, settle }) => {
+                let send = send_h2(tx, _stream, settle, req, err);
+                match timeout {
+                    None => Box::pin(send).await,
+                    Some(t) => match Box::pin(tokio::time::timeout(t, send)).await {
+                        Ok(r) => r,
+                        Err(_) => Err((err(ErrorKind::ResponseTimeout, true), None)),
+                    },
+                }
+            }
             None => unreachable!("send consumes the session"),
         }
     }
@@ -691,25 +704,6 @@ fn copy_head(req: &http::Request<RequestBody>) -> http::Request<RequestBody> {
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
     copy
-}
-
-/// Sends on `session`, bounded by `timeout` when given.
-async fn send_within(
-    session: Session,
-    req: http::Request<RequestBody>,
-    timeout: Option<Duration>,
-) -> Result<http::Response<PooledBody>, (SessionError, Option<http::Request<RequestBody>>)> {
-    let (addr, reused) = (session.target.addr, session.reused);
-    match timeout {
-        None => session.send_keeping(req).await,
-        Some(t) => match tokio::time::timeout(t, session.send_keeping(req)).await {
-            Ok(r) => r,
-            // Dropping the send closes the session: its response is unread.
-            Err(_) => {
-                Err((SessionError::new(ErrorKind::ResponseTimeout, addr).sent(true).reused(reused), None))
-            }
-        },
-    }
 }
 
 impl Drop for Session {

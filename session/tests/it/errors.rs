@@ -109,3 +109,34 @@ async fn a_send_cancelled_or_timed_out_leaves_no_session_counted_in_use() {
     assert_eq!(pool.counts(origin.addr).in_use, 0, "the dropped session is not counted in use");
     assert_eq!(pool.targets(), 0, "and leaves no entry behind");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_sessions_response_timer_is_armed_anew_for_each_request() {
+    // One timer per session, moved on per request (see `h1::Kept`): it must
+    // count from each send, after firing idle, and end only its own send.
+    let origin = crate::h1_origin().await;
+    let pool = Pool::new(PoolConfig::default(), Arc::new(vigil_session::NoopObserver));
+    let target = Target::http1(origin.addr);
+    let timeout = Some(Duration::from_millis(300));
+    let send = |path: &'static str, t: Option<Duration>| {
+        let pool = pool.clone();
+        async move {
+            match pool.try_request(target, Freshness::IdlePreferred, get(path), t).await {
+                Ok(resp) => Ok(resp.into_body().collect().await.unwrap().to_bytes()),
+                Err((e, _)) => Err(e.kind()),
+            }
+        }
+    };
+    assert_eq!(send("/", timeout).await.unwrap(), "ok");
+    // Idle past the first deadline: the session's timer fires unobserved.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Reused: 200 ms of work within a 300 ms limit counted from this send.
+    assert_eq!(send("/slow", timeout).await.unwrap(), "slow");
+    assert_eq!(send("/slow", timeout).await.unwrap(), "slow");
+    assert_eq!(origin.conns(), 1, "one session throughout");
+    // Too slow for its limit: a timeout, and that session is closed.
+    assert_eq!(send("/slow", Some(Duration::from_millis(100))).await, Err(ErrorKind::ResponseTimeout));
+    assert_eq!(send("/", timeout).await.unwrap(), "ok");
+    assert_eq!(origin.conns(), 2, "the timed-out session was not reused");
+    assert_eq!(pool.counts(origin.addr).in_use, 0);
+}
