@@ -22,7 +22,7 @@ path = "/healthz"
 "#;
 
 fn free_udp() -> SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    SocketAddr::from(([127, 0, 0, 1], free_port_for(&["127.0.0.1"], true)))
 }
 
 fn cluster_section(node: &str, listen: SocketAddr, seeds: &[SocketAddr], key: &std::path::Path) -> String {

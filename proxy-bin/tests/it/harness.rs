@@ -18,20 +18,40 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-/// A port free on every one of `ips` (origins of one origin share a port).
-pub(crate) fn free_port(ips: &[&str]) -> u16 {
-    'again: loop {
-        let first = std::net::TcpListener::bind((ips[0], 0)).unwrap();
-        let port = first.local_addr().unwrap().port();
-        let mut held = vec![first];
-        for ip in &ips[1..] {
-            match std::net::TcpListener::bind((*ip, port)) {
-                Ok(l) => held.push(l),
-                Err(_) => continue 'again,
+/// A port free on every one of `ips` (origins of one origin share a port),
+/// for TCP, or for UDP with `udp`.
+///
+/// Ports come from below the kernel's ephemeral range (32768-60999 unless
+/// configured otherwise), handed out once each per test process. A port the
+/// kernel picked for a bind to port 0 could be taken by an outgoing
+/// connection (another test's) between being let go here and being bound
+/// by `vigil`: that made tests fail with "Address already in use".
+pub(crate) fn free_port_for(ips: &[&str], udp: bool) -> u16 {
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    // Test processes that run at once (a second `cargo test`) start apart.
+    let offset = std::process::id() % 64 * 150;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(FIRST + (offset + n) % SPAN).unwrap();
+        let free = ips.iter().all(|ip| {
+            if udp {
+                std::net::UdpSocket::bind((*ip, port)).is_ok()
+            } else {
+                std::net::TcpListener::bind((*ip, port)).is_ok()
             }
+        });
+        if free {
+            return port;
         }
-        return port;
     }
+    panic!("no free port on {ips:?}");
+}
+
+/// A TCP port free on every one of `ips`; see [`free_port_for`].
+pub(crate) fn free_port(ips: &[&str]) -> u16 {
+    free_port_for(ips, false)
 }
 
 /// What an origin server does; shared with the test.
