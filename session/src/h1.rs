@@ -217,131 +217,141 @@ impl Writer {
 /// On failure, hands the request back when it can be sent again as it was:
 /// its body was empty (the head is kept until the answer), or nothing of it
 /// left. Whether it left is in the error.
-pub(crate) async fn send(
+///
+/// A plain function returning an `async` block rather than an `async fn`:
+/// an `async fn` keeps each argument twice in its future (the argument and
+/// the local it is moved into), and this future is carried inside several
+/// others, each `.await` copying it whole.
+pub(crate) fn send(
     mut conn: Conn,
-    req: http::Request<RequestBody>,
+    mut req: http::Request<RequestBody>,
     max_head: usize,
     reused: bool,
     home: Home,
     timeout: Option<Duration>,
-) -> Result<http::Response<ResponseBody>, (SessionError, Option<http::Request<RequestBody>>)> {
-    let addr = home.target.addr;
-    if let Some(t) = timeout {
-        let deadline = tokio::time::Instant::now() + t;
-        match conn.kept.timer.as_mut() {
-            Some(timer) => timer.as_mut().reset(deadline),
-            None => conn.kept.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+) -> impl Future<Output = Result<http::Response<ResponseBody>, (SessionError, Option<http::Request<RequestBody>>)>>
++ Send {
+    async move {
+        let addr = home.target.addr;
+        if let Some(t) = timeout {
+            let deadline = tokio::time::Instant::now() + t;
+            match conn.kept.timer.as_mut() {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => conn.kept.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
         }
-    }
-    let (parts, body) = req.into_parts();
-    let head_only = parts.method == Method::HEAD;
-    let framing = if body.is_end_stream() {
-        None
-    } else if let Some(n) = body.size_hint().exact() {
-        Some(ReqFraming::Length(n))
-    } else {
-        Some(ReqFraming::Chunked)
-    };
-    // An empty body is kept with the head (dropping it costs nothing), so
-    // the request can be handed back whole.
-    let (keep_body, send_body) = if framing.is_none() { (Some(body), None) } else { (None, Some(body)) };
-    let mut writer = Writer {
-        q: std::mem::take(&mut conn.kept.queue),
-        body: send_body,
-        framing: framing.unwrap_or(ReqFraming::Length(0)),
-        owed: match framing {
-            Some(ReqFraming::Length(n)) => n,
-            _ => 0,
-        },
-        wrote: false,
-    };
-    writer.q.push(encode_head(&mut conn.kept.head, &parts, framing));
+        // The head stays in `req`, to be handed back; only the body leaves it.
+        let body = std::mem::replace(req.body_mut(), crate::empty_body());
+        let head_only = req.method() == Method::HEAD;
+        let framing = if body.is_end_stream() {
+            None
+        } else if let Some(n) = body.size_hint().exact() {
+            Some(ReqFraming::Length(n))
+        } else {
+            Some(ReqFraming::Chunked)
+        };
+        // A request without a body can be handed back whole: its head is kept
+        // until the answer.
+        let replayable = framing.is_none();
+        let send_body = if replayable { None } else { Some(body) };
+        let mut writer = Writer {
+            q: std::mem::take(&mut conn.kept.queue),
+            body: send_body,
+            framing: framing.unwrap_or(ReqFraming::Length(0)),
+            owed: match framing {
+                Some(ReqFraming::Length(n)) => n,
+                _ => 0,
+            },
+            wrote: false,
+        };
+        writer.q.push(encode_head(&mut conn.kept.head, &req, framing));
 
-    let err = |kind, sent: bool| SessionError::new(kind, addr).sent(sent).reused(reused);
-    let mut write_failed: Option<WriteError> = None;
-    let head = poll_fn(|cx| {
-        if write_failed.is_none()
-            && !writer.done()
-            && let Poll::Ready(Err(e)) = writer.poll_write(&mut conn.io, cx)
-        {
-            write_failed = Some(e);
-        }
-        if let Some(WriteError::Body(_)) = &write_failed {
-            // The client's body failed: nothing more can be said to this server.
-            return Poll::Ready(Err(ErrorKind::Body));
-        }
-        if matches!(write_failed, Some(WriteError::Io(_))) && !writer.wrote {
-            return Poll::Ready(Err(ErrorKind::ClosedBeforeHead));
-        }
-        // After a write error the server may still have answered (an early
-        // 413 before it closed): what it said is read before giving up.
-        match poll_head(&mut conn, cx, max_head, head_only) {
-            Poll::Pending if timeout.is_some() => {
-                let expired = conn.kept.timer.as_mut().is_some_and(|t| t.as_mut().poll(cx).is_ready());
-                if expired { Poll::Ready(Err(ErrorKind::ResponseTimeout)) } else { Poll::Pending }
+        let err = |kind, sent: bool| SessionError::new(kind, addr).sent(sent).reused(reused);
+        let mut write_failed: Option<WriteError> = None;
+        let head = poll_fn(|cx| {
+            if write_failed.is_none()
+                && !writer.done()
+                && let Poll::Ready(Err(e)) = writer.poll_write(&mut conn.io, cx)
+            {
+                write_failed = Some(e);
             }
-            polled => polled,
-        }
-    })
-    .await;
-    let sent = writer.wrote;
-    let (head, rest) = match head {
-        Ok(parsed) => parsed,
-        Err(kind) => {
-            // A request that timed out counts as sent, whatever left: the
-            // server may be working on it.
-            let timed_out = kind == ErrorKind::ResponseTimeout;
-            let mut e = err(kind, sent || timed_out);
-            match write_failed {
-                Some(WriteError::Io(io)) => e = e.with_source(io),
-                Some(WriteError::Body(b)) => e = e.with_source(b),
-                None => {}
+            if let Some(WriteError::Body(_)) = &write_failed {
+                // The client's body failed: nothing more can be said to this server.
+                return Poll::Ready(Err(ErrorKind::Body));
             }
-            home.release(conn, false);
-            let back = keep_body.filter(|_| !timed_out).map(|b| http::Request::from_parts(parts, b));
-            return Err((e, back));
+            if matches!(write_failed, Some(WriteError::Io(_))) && !writer.wrote {
+                return Poll::Ready(Err(ErrorKind::ClosedBeforeHead));
+            }
+            // After a write error the server may still have answered (an early
+            // 413 before it closed): what it said is read before giving up.
+            match poll_head(&mut conn, cx, max_head, head_only) {
+                Poll::Pending if timeout.is_some() => {
+                    let expired = conn.kept.timer.as_mut().is_some_and(|t| t.as_mut().poll(cx).is_ready());
+                    if expired { Poll::Ready(Err(ErrorKind::ResponseTimeout)) } else { Poll::Pending }
+                }
+                polled => polled,
+            }
+        })
+        .await;
+        let sent = writer.wrote;
+        let (head, rest) = match head {
+            Ok(parsed) => parsed,
+            Err(kind) => {
+                // A request that timed out counts as sent, whatever left: the
+                // server may be working on it.
+                let timed_out = kind == ErrorKind::ResponseTimeout;
+                let mut e = err(kind, sent || timed_out);
+                match write_failed {
+                    Some(WriteError::Io(io)) => e = e.with_source(io),
+                    Some(WriteError::Body(b)) => e = e.with_source(b),
+                    None => {}
+                }
+                home.release(conn, false);
+                let back = (replayable && !timed_out).then_some(req);
+                return Err((e, back));
+            }
+        };
+        let Head { resp, mut decoder, keep_alive } = head;
+        // A failed upload ends the session; one still going moves into the body
+        // (`finish` sees to it that it ended before the session is reused).
+        let keep_alive = keep_alive && write_failed.is_none();
+        let pending_write = if write_failed.is_none() && !writer.done() {
+            Some(writer)
+        } else {
+            conn.kept.queue = writer.q; // empty, its allocation kept for the next request
+            None
+        };
+        let hint = match decoder {
+            Decoder::Length(n) => SizeHint::with_exact(n),
+            Decoder::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        };
+        // What came with the head: usually the whole body, and then the
+        // session goes back now, before the client is even written to.
+        let mut ready = None;
+        match &mut decoder {
+            Decoder::Length(n) if rest.len() as u64 >= *n => {
+                ready = Some(rest.slice(..*n as usize));
+                // Bytes past the response: the session will not be reused.
+                conn.buf.extend_from_slice(&rest[*n as usize..]);
+                decoder = Decoder::Done;
+            }
+            Decoder::Length(n) if !rest.is_empty() => {
+                *n -= rest.len() as u64;
+                ready = Some(rest);
+            }
+            Decoder::UntilClose if !rest.is_empty() => ready = Some(rest),
+            _ => conn.buf.extend_from_slice(&rest),
         }
-    };
-    let Head { resp, mut decoder, keep_alive } = head;
-    // A failed upload ends the session; one still going moves into the body
-    // (`finish` sees to it that it ended before the session is reused).
-    let keep_alive = keep_alive && write_failed.is_none();
-    let pending_write = if write_failed.is_none() && !writer.done() {
-        Some(writer)
-    } else {
-        conn.kept.queue = writer.q; // empty, its allocation kept for the next request
-        None
-    };
-    let hint = match decoder {
-        Decoder::Length(n) => SizeHint::with_exact(n),
-        Decoder::Done => SizeHint::with_exact(0),
-        _ => SizeHint::default(),
-    };
-    // What came with the head: usually the whole body, and then the
-    // session goes back now, before the client is even written to.
-    let mut ready = None;
-    match &mut decoder {
-        Decoder::Length(n) if rest.len() as u64 >= *n => {
-            ready = Some(rest.slice(..*n as usize));
-            // Bytes past the response: the session will not be reused.
-            conn.buf.extend_from_slice(&rest[*n as usize..]);
-            decoder = Decoder::Done;
-        }
-        Decoder::Length(n) if !rest.is_empty() => {
-            *n -= rest.len() as u64;
-            ready = Some(rest);
-        }
-        Decoder::UntilClose if !rest.is_empty() => ready = Some(rest),
-        _ => conn.buf.extend_from_slice(&rest),
+        let body = if decoder == Decoder::Done && pending_write.is_none() {
+            home.release(conn, keep_alive);
+            ResponseBody { ready, active: None, hint }
+        } else {
+            let active = Active { conn, home, decoder, writer: pending_write, keep_alive };
+            ResponseBody { ready, active: Some(Box::new(active)), hint }
+        };
+        Ok(resp.map(|()| body))
     }
-    let body = if decoder == Decoder::Done && pending_write.is_none() {
-        home.release(conn, keep_alive);
-        ResponseBody { ready, active: None, hint }
-    } else {
-        let active = Active { conn, home, decoder, writer: pending_write, keep_alive };
-        ResponseBody { ready, active: Some(Box::new(active)), hint }
-    };
-    Ok(resp.map(|()| body))
 }
 
 /// The request head on the wire: origin-form target, the caller's headers
@@ -349,14 +359,14 @@ pub(crate) async fn send(
 ///
 /// Written into `out`, the connection's head buffer: once the previous
 /// head's bytes are gone, its allocation is reused.
-fn encode_head(out: &mut BytesMut, parts: &http::request::Parts, framing: Option<ReqFraming>) -> Bytes {
+fn encode_head<B>(out: &mut BytesMut, req: &http::Request<B>, framing: Option<ReqFraming>) -> Bytes {
     out.reserve(256);
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(req.method().as_str().as_bytes());
     out.extend_from_slice(b" ");
-    out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    out.extend_from_slice(req.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut had_length = false;
-    for (name, value) in &parts.headers {
+    for (name, value) in req.headers() {
         if name == header::CONTENT_LENGTH {
             had_length = true;
             continue;
@@ -369,8 +379,8 @@ fn encode_head(out: &mut BytesMut, parts: &http::request::Parts, framing: Option
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(a) = parts.uri.authority()
+    if !req.headers().contains_key(header::HOST)
+        && let Some(a) = req.uri().authority()
     {
         out.extend_from_slice(b"host: ");
         out.extend_from_slice(a.as_str().as_bytes());
@@ -384,7 +394,7 @@ fn encode_head(out: &mut BytesMut, parts: &http::request::Parts, framing: Option
         }
         Some(ReqFraming::Chunked) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         // A method whose body means something says it has none.
-        None if had_length || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {
+        None if had_length || matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) => {
             out.extend_from_slice(b"content-length: 0\r\n");
         }
         None => {}
@@ -690,16 +700,15 @@ mod tests {
             .header("x-kept", "1")
             .body(())
             .unwrap_or_default();
-        let (parts, ()) = req.into_parts();
         let mut out = BytesMut::new();
-        let head = encode_head(&mut out, &parts, Some(ReqFraming::Length(5)));
+        let head = encode_head(&mut out, &req, Some(ReqFraming::Length(5)));
         assert_eq!(
             &head[..],
             b"POST /upload?x=1 HTTP/1.1\r\nx-kept: 1\r\nhost: app.internal\r\ncontent-length: 5\r\n\r\n"
         );
-        let (parts, ()) = http::Request::get("/").body(()).unwrap_or_default().into_parts();
-        assert_eq!(&encode_head(&mut out, &parts, None)[..], b"GET / HTTP/1.1\r\n\r\n");
-        let (parts, ()) = http::Request::put("/").body(()).unwrap_or_default().into_parts();
-        assert_eq!(&encode_head(&mut out, &parts, None)[..], b"PUT / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+        let req = http::Request::get("/").body(()).unwrap_or_default();
+        assert_eq!(&encode_head(&mut out, &req, None)[..], b"GET / HTTP/1.1\r\n\r\n");
+        let req = http::Request::put("/").body(()).unwrap_or_default();
+        assert_eq!(&encode_head(&mut out, &req, None)[..], b"PUT / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
     }
 }

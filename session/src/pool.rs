@@ -211,33 +211,42 @@ impl Pool {
     /// # Errors
     /// As [`Pool::request`], plus [`ErrorKind::ResponseTimeout`]; with the
     /// request when it can be sent again.
-    pub async fn try_request(
+    // Not an `async fn`: that keeps every argument twice in the future (the
+    // argument and the local it is moved into), and a proxy carries this
+    // future inside its own, each `.await` copying it whole.
+    pub fn try_request(
         &self,
         target: Target,
         freshness: Freshness,
         req: http::Request<RequestBody>,
         response_timeout: Option<Duration>,
-    ) -> Result<http::Response<PooledBody>, (SessionError, Option<http::Request<RequestBody>>)> {
-        // HTTP/1.1 hands a body-less request back itself (it keeps the head
-        // until the answer); hyper's h2 client does not, so a copy is kept.
-        let replay =
-            (target.protocol == Protocol::H2c && req.body().is_end_stream()).then(|| copy_head(&req));
-        let session = match self.checkout(target, freshness).await {
-            Ok(session) => session,
-            Err(e) => return Err((e, Some(req))),
-        };
-        match session.send_keeping(req, response_timeout).await {
-            Ok(resp) => Ok(resp),
-            Err((e, back)) => {
-                let back = back.or(replay);
-                if !e.is_retryable_on_fresh() || back.is_none() {
-                    return Err((report(&*self.inner.observer, e), back));
+    ) -> impl Future<
+        Output = Result<http::Response<PooledBody>, (SessionError, Option<http::Request<RequestBody>>)>,
+    > + Send
+    + '_ {
+        async move {
+            // HTTP/1.1 hands a body-less request back itself (it keeps the head
+            // until the answer); hyper's h2 client does not, so a copy is kept
+            // (boxed: this future is on every request's path).
+            let replay = (target.protocol == Protocol::H2c && req.body().is_end_stream())
+                .then(|| Box::new(copy_head(&req)));
+            let session = match self.checkout(target, freshness).await {
+                Ok(session) => session,
+                Err(e) => return Err((e, Some(req))),
+            };
+            match session.send_keeping(req, response_timeout).await {
+                Ok(resp) => Ok(resp),
+                Err((e, back)) => {
+                    let back = back.or(replay.map(|r| *r));
+                    if !e.is_retryable_on_fresh() || back.is_none() {
+                        return Err((report(&*self.inner.observer, e), back));
+                    }
+                    // Not reported to the observer: only the retry's outcome counts.
+                    tracing::debug!(server = %target.addr, error = %e, "reused session failed; retrying on a fresh one");
+                    let Some(req) = back else { return Err((e, None)) };
+                    // Boxed: the rare path must not grow the common one's future.
+                    Box::pin(self.retry_fresh(target, req, response_timeout)).await
                 }
-                // Not reported to the observer: only the retry's outcome counts.
-                tracing::debug!(server = %target.addr, error = %e, "reused session failed; retrying on a fresh one");
-                let Some(req) = back else { return Err((e, None)) };
-                // Boxed: the rare path must not grow the common one's future.
-                Box::pin(self.retry_fresh(target, req, response_timeout)).await
             }
         }
     }
@@ -614,39 +623,45 @@ impl Session {
     /// [`Session::send`], bounded by `timeout` when given (request written,
     /// response head read), handing back the request when it can be sent
     /// again. A timeout closes the session: its response is unread.
-    async fn send_keeping(
+    ///
+    /// Not an `async fn`, for the reason given at [`Pool::try_request`].
+    fn send_keeping(
         mut self,
         req: http::Request<RequestBody>,
         timeout: Option<Duration>,
-    ) -> Result<http::Response<PooledBody>, (SessionError, Option<http::Request<RequestBody>>)> {
-        let (target, reused) = (self.target, self.reused);
-        let err = |kind, sent| SessionError::new(kind, target.addr).sent(sent).reused(reused);
-        match self.conn.take() {
-            Some(Conn::H1(conn)) => {
-                // Until `send` settles (the response body, or its own error
-                // path, then gives the slot back), a way out of here by this
-                // future being dropped (a timeout, a caller that went away)
-                // must give the in-use slot back.
-                let in_use = InUseH1 { pool: &self.pool, target, armed: true };
-                let home = h1::Home { pool: Arc::clone(&self.pool), target };
-                let max_head = self.pool.config.max_response_head_bytes;
-                let sent = h1::send(conn, req, max_head, reused, home, timeout).await;
-                in_use.disarm();
-                sent.map(|resp| resp.map(|body| PooledBody { inner: BodyInner::H1(body) }))
-            }
-            // Boxed, as the pool's other rarer paths: hyper's h2 futures are
-            // large, and inline they would grow every HTTP/1.1 send's future.
-            Some(Conn::H2 { tx, _stream, settle }) => {
-                let send = send_h2(tx, _stream, settle, req, err);
-                match timeout {
-                    None => Box::pin(send).await,
-                    Some(t) => match Box::pin(tokio::time::timeout(t, send)).await {
-                        Ok(r) => r,
-                        Err(_) => Err((err(ErrorKind::ResponseTimeout, true), None)),
-                    },
+    ) -> impl Future<
+        Output = Result<http::Response<PooledBody>, (SessionError, Option<http::Request<RequestBody>>)>,
+    > + Send {
+        async move {
+            let (target, reused) = (self.target, self.reused);
+            let err = |kind, sent| SessionError::new(kind, target.addr).sent(sent).reused(reused);
+            match self.conn.take() {
+                Some(Conn::H1(conn)) => {
+                    // Until `send` settles (the response body, or its own error
+                    // path, then gives the slot back), a way out of here by this
+                    // future being dropped (a timeout, a caller that went away)
+                    // must give the in-use slot back.
+                    let in_use = InUseH1 { pool: &self.pool, target, armed: true };
+                    let home = h1::Home { pool: Arc::clone(&self.pool), target };
+                    let max_head = self.pool.config.max_response_head_bytes;
+                    let sent = h1::send(conn, req, max_head, reused, home, timeout).await;
+                    in_use.disarm();
+                    sent.map(|resp| resp.map(|body| PooledBody { inner: BodyInner::H1(body) }))
                 }
+                // Boxed, as the pool's other rarer paths: hyper's h2 futures are
+                // large, and inline they would grow every HTTP/1.1 send's future.
+                Some(Conn::H2 { tx, _stream, settle }) => {
+                    let send = send_h2(tx, _stream, settle, req, err);
+                    match timeout {
+                        None => Box::pin(send).await,
+                        Some(t) => match Box::pin(tokio::time::timeout(t, send)).await {
+                            Ok(r) => r,
+                            Err(_) => Err((err(ErrorKind::ResponseTimeout, true), None)),
+                        },
+                    }
+                }
+                None => unreachable!("send consumes the session"),
             }
-            None => unreachable!("send consumes the session"),
         }
     }
 }
