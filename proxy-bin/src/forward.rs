@@ -137,106 +137,117 @@ pub(crate) async fn serve(
 }
 
 /// One request, answered: the request path for either listener protocol.
-pub(crate) async fn handle<B: ClientRequestBody>(
-    shared: &Shared,
-    peer: &Peer,
+///
+/// This and [`forward`] are plain functions returning `async` blocks: an
+/// `async fn` keeps each argument twice in its future (the argument and the
+/// local it is moved into), and the request is the largest of them. The
+/// future is made anew per request and copied whole where it is awaited.
+pub(crate) fn handle<'a, B: ClientRequestBody>(
+    shared: &'a Shared,
+    peer: &'a Peer,
     req: Request<B>,
-) -> Response<ProxyBody> {
-    if req.method() == Method::CONNECT {
-        return local(StatusCode::METHOD_NOT_ALLOWED, "vigil: CONNECT is not supported\n");
-    }
-    let Some(host) = client_host(&req) else {
-        return close(local(StatusCode::BAD_REQUEST, "vigil: the request names no host\n"));
-    };
-    let (route, origin_timeout, attempts) = {
-        let routes = shared.routes.load();
-        match routes.find(host) {
-            Some(r) => (Arc::clone(r), routes.origin_timeout, routes.connect_attempts),
-            None => {
-                static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
-                shared.metrics.request(&NO_ROUTE, 404);
-                return local(StatusCode::NOT_FOUND, "vigil: no remap rule for this host\n");
-            }
+) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
+    async move {
+        if req.method() == Method::CONNECT {
+            return local(StatusCode::METHOD_NOT_ALLOWED, "vigil: CONNECT is not supported\n");
         }
-    };
-    let resp = forward(shared, peer, &route, req, origin_timeout, attempts).await;
-    shared.metrics.route_request(&route.counters, &route.label, resp.status().as_u16());
-    resp
+        let Some(host) = client_host(&req) else {
+            return close(local(StatusCode::BAD_REQUEST, "vigil: the request names no host\n"));
+        };
+        let (route, origin_timeout, attempts) = {
+            let routes = shared.routes.load();
+            match routes.find(host) {
+                Some(r) => (Arc::clone(r), routes.origin_timeout, routes.connect_attempts),
+                None => {
+                    static NO_ROUTE: std::sync::LazyLock<Arc<str>> =
+                        std::sync::LazyLock::new(|| Arc::from(""));
+                    shared.metrics.request(&NO_ROUTE, 404);
+                    return local(StatusCode::NOT_FOUND, "vigil: no remap rule for this host\n");
+                }
+            }
+        };
+        let resp = forward(shared, peer, &route, req, origin_timeout, attempts).await;
+        shared.metrics.route_request(&route.counters, &route.label, resp.status().as_u16());
+        resp
+    }
 }
 
-async fn forward<B: ClientRequestBody>(
-    shared: &Shared,
-    peer: &Peer,
-    route: &Route,
+fn forward<'a, B: ClientRequestBody>(
+    shared: &'a Shared,
+    peer: &'a Peer,
+    route: &'a Route,
     req: Request<B>,
     origin_timeout: Duration,
     attempts: u32,
-) -> Response<ProxyBody> {
-    let mut now = clock();
-    let Some(origin) = shared.db.origin_by_key(&route.origin) else {
-        // Only between a reload's HostDB swap and its routes swap.
-        return local(StatusCode::BAD_GATEWAY, "vigil: origin not configured\n");
-    };
-    shared.checker.touch(&origin, now);
-
-    let (parts, body) = req.into_parts();
-    let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-    let mut attempt = Attempt::new();
-    if origin.lb() == LbPolicy::ConsistentHash {
-        attempt = attempt.with_hash_key(parts.uri.path().as_bytes());
-    }
-    let body_failed = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
-    let mut next = upstream_request(parts, body, route, peer, body_failed.clone());
-    let mut failures = 0u32;
-
-    loop {
-        let pick = match origin.select(&mut attempt, now) {
-            Ok(pick) => pick,
-            Err(SelectError::NoneRoutable { retry_after }) if failures == 0 => {
-                let secs = retry_after.map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64);
-                let mut resp =
-                    local(StatusCode::SERVICE_UNAVAILABLE, "vigil: no server of this origin is available\n");
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-                return resp;
-            }
-            Err(SelectError::NoServers) if failures == 0 => {
-                let mut resp =
-                    local(StatusCode::SERVICE_UNAVAILABLE, "vigil: the origin has no servers yet\n");
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return resp;
-            }
-            Err(_) => return all_failed(),
+) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
+    async move {
+        let mut now = clock();
+        let Some(origin) = shared.db.origin_by_key(&route.origin) else {
+            // Only between a reload's HostDB swap and its routes swap.
+            return local(StatusCode::BAD_GATEWAY, "vigil: origin not configured\n");
         };
-        let target = Target { addr: pick.addr(), protocol: route.protocol };
-        let sent =
-            shared.pool.try_request(target, Freshness::IdlePreferred, next, Some(origin_timeout)).await;
-        let (e, back) = match sent {
-            Ok(resp) => {
-                pick.server().report_l4_success(now);
-                return respond(resp, pick);
+        shared.checker.touch(&origin, now);
+
+        let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+        let mut attempt = Attempt::new();
+        if origin.lb() == LbPolicy::ConsistentHash {
+            attempt = attempt.with_hash_key(req.uri().path().as_bytes());
+        }
+        let body_failed = (!req.body().is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+        let mut next = upstream_request(req, route, peer, body_failed.clone());
+        let mut failures = 0u32;
+
+        loop {
+            let pick = match origin.select(&mut attempt, now) {
+                Ok(pick) => pick,
+                Err(SelectError::NoneRoutable { retry_after }) if failures == 0 => {
+                    let secs = retry_after.map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64);
+                    let mut resp = local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "vigil: no server of this origin is available\n",
+                    );
+                    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                    return resp;
+                }
+                Err(SelectError::NoServers) if failures == 0 => {
+                    let mut resp =
+                        local(StatusCode::SERVICE_UNAVAILABLE, "vigil: the origin has no servers yet\n");
+                    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return resp;
+                }
+                Err(_) => return all_failed(),
+            };
+            let target = Target { addr: pick.addr(), protocol: route.protocol };
+            let sent =
+                shared.pool.try_request(target, Freshness::IdlePreferred, next, Some(origin_timeout)).await;
+            let (e, back) = match sent {
+                Ok(resp) => {
+                    pick.server().report_l4_success(now);
+                    return respond(resp, pick);
+                }
+                Err(failed) => failed,
+            };
+            if body_failed.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
+                return close(local(StatusCode::BAD_REQUEST, "vigil: the request body is malformed\n"));
             }
-            Err(failed) => failed,
-        };
-        if body_failed.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
-            return close(local(StatusCode::BAD_REQUEST, "vigil: the request body is malformed\n"));
-        }
-        if e.kind() == ErrorKind::ResponseTimeout {
-            tracing::debug!(server = %pick.addr(), "no response head within origin_timeout");
-            return local(StatusCode::GATEWAY_TIMEOUT, "vigil: the origin did not answer in time\n");
-        }
-        // An attempt can take up to a connect timeout: read the clock again.
-        now = clock();
-        if e.is_l4_failure() || matches!(e.kind(), ErrorKind::Protocol | ErrorKind::ResponseTooLarge) {
-            pick.server().report_l4_failure(now);
-        }
-        tracing::debug!(server = %pick.addr(), error = %e, "attempt failed");
-        failures += 1;
-        match back {
-            Some(req) if (!e.is_sent() || safe) && failures < attempts => {
-                shared.metrics.retries.inc();
-                next = req;
+            if e.kind() == ErrorKind::ResponseTimeout {
+                tracing::debug!(server = %pick.addr(), "no response head within origin_timeout");
+                return local(StatusCode::GATEWAY_TIMEOUT, "vigil: the origin did not answer in time\n");
             }
-            _ => return all_failed(),
+            // An attempt can take up to a connect timeout: read the clock again.
+            now = clock();
+            if e.is_l4_failure() || matches!(e.kind(), ErrorKind::Protocol | ErrorKind::ResponseTooLarge) {
+                pick.server().report_l4_failure(now);
+            }
+            tracing::debug!(server = %pick.addr(), error = %e, "attempt failed");
+            failures += 1;
+            match back {
+                Some(req) if (!e.is_sent() || safe) && failures < attempts => {
+                    shared.metrics.retries.inc();
+                    next = req;
+                }
+                _ => return all_failed(),
+            }
         }
     }
 }
@@ -259,29 +270,29 @@ fn client_host<B>(req: &Request<B>) -> Option<&str> {
 
 /// The request as the origin gets it: origin-form URI, hop-by-hop headers
 /// gone, `Host` per `preserve_host`, `Via` and `X-Forwarded-For` added.
+///
+/// Edited in place: only the body changes type, so the head moves once.
 fn upstream_request<B: ClientRequestBody>(
-    mut parts: http::request::Parts,
-    body: B,
+    mut req: Request<B>,
     route: &Route,
     peer: &Peer,
     body_failed: Option<Arc<AtomicBool>>,
 ) -> Request<RequestBody> {
-    let via = match parts.version {
+    let via = match req.version() {
         Version::HTTP_2 => &VIA_2,
         Version::HTTP_10 => &VIA_10,
         _ => &VIA_11,
     };
     let host = if route.preserve_host {
-        parts
-            .uri
+        req.uri()
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            .or_else(|| parts.headers.get(header::HOST).cloned())
+            .or_else(|| req.headers().get(header::HOST).cloned())
             .unwrap_or_else(|| route.host_header.clone())
     } else {
         route.host_header.clone()
     };
-    let headers = &mut parts.headers;
+    let headers = req.headers_mut();
     strip_hop_by_hop(headers);
     // `Via` and `X-Forwarded-For` in one rehash at most (hyper sizes the map
     // to what the client sent).
@@ -289,32 +300,32 @@ fn upstream_request<B: ClientRequestBody>(
     headers.append(header::VIA, via.clone());
     forwarded_for(headers, &peer.ip);
 
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri = match route.protocol {
+    // Both forms come from a URI the listener accepted, so they are valid.
+    let path = |uri: &Uri| uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    match route.protocol {
         // h2 carries the host in :authority, not in a Host header.
         Protocol::H2c => {
-            Uri::builder().scheme("http").authority(host.as_bytes()).path_and_query(path).build()
+            let uri = Uri::builder()
+                .scheme("http")
+                .authority(host.as_bytes())
+                .path_and_query(path(req.uri()))
+                .build();
+            *req.uri_mut() = uri.unwrap_or_else(|_| Uri::from_static("/"));
         }
         Protocol::Http1 => {
-            headers.insert(header::HOST, host);
-            // The common origin-form URI moves as it is; an absolute one
-            // is cut down to its path.
-            if parts.uri.authority().is_none() {
-                Ok(std::mem::take(&mut parts.uri))
-            } else {
-                Uri::try_from(path).map_err(http::Error::from)
+            req.headers_mut().insert(header::HOST, host);
+            // The common origin-form URI stays as it is; an absolute one is
+            // cut down to its path.
+            if req.uri().authority().is_some() {
+                *req.uri_mut() = Uri::try_from(path(req.uri())).unwrap_or_else(|_| Uri::from_static("/"));
             }
         }
-    };
-    let mut req = Request::new(match body_failed {
+    }
+    *req.version_mut() = Version::HTTP_11;
+    req.map(|body| match body_failed {
         Some(failed) => ClientBody { inner: body, failed }.boxed(),
         None => vigil_session::empty_body(),
-    });
-    *req.method_mut() = parts.method;
-    // Both forms come from a URI hyper accepted, so they are valid.
-    *req.uri_mut() = uri.unwrap_or_else(|_| Uri::from_static("/"));
-    *req.headers_mut() = parts.headers;
-    req
+    })
 }
 
 /// `X-Forwarded-For`: the client's address appended to what came in, on one line.
@@ -367,11 +378,11 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-fn respond(resp: Response<PooledBody>, pick: Pick) -> Response<ProxyBody> {
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    parts.headers.append(header::VIA, VIA_11.clone());
-    Response::from_parts(parts, ProxyBody::Upstream { body, _pick: pick })
+fn respond(mut resp: Response<PooledBody>, pick: Pick) -> Response<ProxyBody> {
+    let headers = resp.headers_mut();
+    strip_hop_by_hop(headers);
+    headers.append(header::VIA, VIA_11.clone());
+    resp.map(|body| ProxyBody::Upstream { body, _pick: pick })
 }
 
 /// A response of our own.

@@ -154,7 +154,7 @@ pub(crate) async fn serve(stream: TcpStream, buf: BytesMut, peer: Peer, shared: 
                 return;
             }
         };
-        let Head { req, keep_alive, expect_continue, head_only, http10 } = head;
+        let Head { mut req, keep_alive, expect_continue, head_only, http10 } = head;
         if expect_continue {
             // Said at once rather than when the body is first read: the
             // client then sends the body whatever the answer turns out to be.
@@ -162,7 +162,9 @@ pub(crate) async fn serve(stream: TcpStream, buf: BytesMut, peer: Peer, shared: 
                 return;
             }
         }
-        let req = req.map(|framing| RequestBody::new(&read, framing));
+        if req.body().hint.exact() != Some(0) {
+            req.body_mut().read = Some(Arc::clone(&read));
+        }
         let resp = forward::handle(&shared, &peer, req).await;
         let body_done = matches!(read.lock().body, Decoder::Done);
         let keep = keep_alive && body_done && !wants_close(resp.headers());
@@ -221,7 +223,9 @@ enum Framing {
 }
 
 struct Head {
-    req: Request<Framing>,
+    /// Its body reads nothing yet: the connection's read side is set in
+    /// when it has one.
+    req: Request<RequestBody>,
     keep_alive: bool,
     expect_continue: bool,
     head_only: bool,
@@ -318,7 +322,7 @@ fn parse_head(read: &mut ReadSide) -> Result<Option<Head>, Refusal> {
         Framing::Length(n) => Decoder::Length(n),
         Framing::Chunked => Decoder::chunked(),
     };
-    let mut r = Request::new(framing);
+    let mut r = Request::new(RequestBody::unread(framing));
     *r.method_mut() = method;
     *r.uri_mut() = uri;
     *r.version_mut() = if http10 { Version::HTTP_10 } else { Version::HTTP_11 };
@@ -363,12 +367,14 @@ impl std::fmt::Debug for RequestBody {
 }
 
 impl RequestBody {
-    fn new(read: &SharedRead, framing: Framing) -> Self {
-        match framing {
-            Framing::None => Self { read: None, hint: SizeHint::with_exact(0) },
-            Framing::Length(n) => Self { read: Some(Arc::clone(read)), hint: SizeHint::with_exact(n) },
-            Framing::Chunked => Self { read: Some(Arc::clone(read)), hint: SizeHint::default() },
-        }
+    /// A body of `framing`, its reader yet to be set (none: no body).
+    fn unread(framing: Framing) -> Self {
+        let hint = match framing {
+            Framing::None => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Chunked => SizeHint::default(),
+        };
+        Self { read: None, hint }
     }
 }
 
