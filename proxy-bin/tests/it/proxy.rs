@@ -1,5 +1,7 @@
 //! The proxy end to end: the real binary, real origins on 127.0.0.2-.4.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -164,21 +166,36 @@ async fn a_hard_killed_origin_costs_no_client_errors() {
     let origin = format!("app.test:{}", o[0].addr.port());
     let v = Vigil::start("kill", "", &remap("www.app.test", &origin, &server_list(&o), ""), "").await;
     let listen = v.listen;
+    // Clients keep going until told; the kill falls in the middle of their
+    // traffic however fast the build (a fixed sleep once let every request
+    // finish before it).
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..4 {
+        let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
         clients.spawn(async move {
             let mut errors = Vec::new();
-            for _ in 0..150 {
+            while !stop.load(Ordering::SeqCst) {
                 match get_raw(listen, "www.app.test", "/").await {
                     Some((StatusCode::OK, _, _)) => {}
                     other => errors.push(format!("{other:?}")),
                 }
+                done.fetch_add(1, Ordering::SeqCst);
             }
             errors
         });
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let reached = |n: u64| {
+        let done = Arc::clone(&done);
+        async move { wait_until(Duration::from_secs(20), || async { done.load(Ordering::SeqCst) >= n }).await }
+    };
+    assert!(reached(100).await, "traffic did not start");
+    assert!(o[2].requests() > 0, "the server to kill had traffic");
     o[2].kill();
+    let after = done.load(Ordering::SeqCst);
+    assert!(reached(after + 300).await, "traffic stalled after the kill");
+    stop.store(true, Ordering::SeqCst);
     let mut errors = Vec::new();
     while let Some(r) = clients.join_next().await {
         errors.extend(r.unwrap());
