@@ -221,8 +221,9 @@ pub fn connection_has(value: &[u8], token: &[u8]) -> bool {
     value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
-/// Bytes on their way out, written with vectored writes: a head and the
-/// body pieces behind it leave in one `writev`, with no copy.
+/// Bytes on their way out: a head and the body pieces behind it leave in
+/// one `writev`, with no copy; a lone buffer (a head, a head with a small
+/// body copied into it) in one `send`.
 #[derive(Debug, Default)]
 pub struct WriteQueue {
     out: VecDeque<Bytes>,
@@ -283,9 +284,20 @@ impl WriteQueue {
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
         while !self.out.is_empty() {
-            let mut slices = [IoSlice::new(&[]); 16];
-            let n_slices = self.out.iter().zip(slices.iter_mut()).map(|(b, s)| *s = IoSlice::new(b)).count();
-            let mut n = ready!(Pin::new(&mut *w).poll_write_vectored(cx, &slices[..n_slices]))?;
+            let mut n = if let [one] = self.out.as_slices().0
+                && self.out.len() == 1
+            {
+                // On a socket, writev goes through the VFS layer (file
+                // position, fsnotify, importing the iovec) and send does not:
+                // measured with perf on a proxied GET, writev's own path was
+                // about 3 % of the proxy's CPU.
+                ready!(Pin::new(&mut *w).poll_write(cx, one))?
+            } else {
+                let mut slices = [IoSlice::new(&[]); 16];
+                let n_slices =
+                    self.out.iter().zip(slices.iter_mut()).map(|(b, s)| *s = IoSlice::new(b)).count();
+                ready!(Pin::new(&mut *w).poll_write_vectored(cx, &slices[..n_slices]))?
+            };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
