@@ -49,6 +49,9 @@ const MAX_HEADERS: usize = 128;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Response body bytes queued for one write.
 const MAX_QUEUED: usize = 64 * 1024;
+/// Largest first body piece copied in behind the head, so both leave in
+/// one `send` (a copy this size costs less than `writev`'s own path).
+const COALESCE_MAX: usize = 8 * 1024;
 
 /// Tells connections to finish: those waiting for a head close at once,
 /// the others after the response in flight.
@@ -499,9 +502,8 @@ impl Writer {
             head.extend_from_slice(b"connection: keep-alive\r\n");
         }
         head.extend_from_slice(b"\r\n");
-        let head = head.split().freeze();
-        self.q.push(head);
         if framing == Out::None {
+            self.q.push(head.split().freeze());
             drop(body);
             self.flush(w).await?;
             return Ok(keep);
@@ -509,6 +511,11 @@ impl Writer {
         let mut body = Pin::new(&mut body);
         let mut ended = false;
         let mut failed = false;
+        // The head waits in its buffer for the body's first poll: a small
+        // first piece ready at once (usually the whole body, read with the
+        // origin's head) is copied in behind it, and the response leaves in
+        // one `send` rather than a `writev` of two.
+        let mut head_queued = false;
         while !ended {
             // Gather what the body has ready, then write it with what is queued.
             let polled = poll_fn(|cx| {
@@ -529,14 +536,28 @@ impl Writer {
                             if data.is_empty() {
                                 continue;
                             }
+                            progressed = true;
+                            if !head_queued {
+                                head_queued = true;
+                                if framing != Out::Chunked && data.len() <= COALESCE_MAX {
+                                    self.head.extend_from_slice(&data);
+                                    self.q.push(self.head.split().freeze());
+                                    continue;
+                                }
+                                self.q.push(self.head.split().freeze());
+                            }
                             if framing == Out::Chunked {
                                 self.q.push_chunk(data);
                             } else {
                                 self.q.push(data);
                             }
-                            progressed = true;
                         }
                     }
+                }
+                if !head_queued {
+                    // Nothing ready yet: the head goes out on its own.
+                    head_queued = true;
+                    self.q.push(self.head.split().freeze());
                 }
                 if ended || failed || progressed || !self.q.is_empty() {
                     Poll::Ready(())

@@ -63,6 +63,8 @@ pub(crate) struct OriginState {
     pub(crate) checks: AtomicU64,
     /// Set: every connection gets garbage instead of HTTP.
     pub(crate) garbage: AtomicBool,
+    /// `/late` sends the rest of its body once this is notified.
+    pub(crate) release: tokio::sync::Notify,
 }
 
 /// A hyper origin server on one address (HTTP/1.1 and h2c).
@@ -161,6 +163,18 @@ async fn origin_handler(
             let pieces = [&b"piece1"[..], b"piece2", b"piece3"].map(Bytes::from_static).into_iter().collect();
             Ok(Response::new(Pieces(pieces).boxed()))
         }
+        "/late" => {
+            // A known length; the first piece at once, the rest when the
+            // test says so.
+            state.requests.fetch_add(1, Ordering::SeqCst);
+            let rest = async move {
+                state.release.notified().await;
+                Bytes::from_static(b"second")
+            };
+            Ok(Response::new(
+                Late { first: Some(Bytes::from_static(b"first")), rest: Box::pin(rest) }.boxed(),
+            ))
+        }
         "/echo" => {
             state.requests.fetch_add(1, Ordering::SeqCst);
             let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -187,6 +201,31 @@ impl http_body::Body for Pieces {
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
         std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+/// `first` at once, then what `rest` gives; 11 bytes in all, said up front.
+struct Late {
+    first: Option<Bytes>,
+    rest: std::pin::Pin<Box<dyn std::future::Future<Output = Bytes> + Send + Sync>>,
+}
+
+impl http_body::Body for Late {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if let Some(first) = self.first.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(first))));
+        }
+        self.rest.as_mut().poll(cx).map(|rest| Some(Ok(http_body::Frame::data(rest))))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(11)
     }
 }
 

@@ -557,3 +557,34 @@ async fn after_sending_only_safe_requests_without_a_body_are_retried() {
     assert!(codes.contains(&StatusCode::BAD_GATEWAY), "a POST with a body is never sent twice: {codes:?}");
     assert_eq!(good[0].requests() as usize, 10 + codes.iter().filter(|c| **c == StatusCode::OK).count());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_head_and_its_first_piece_go_out_before_the_rest_arrives() {
+    // vigil writes a small first body piece together with the head; one
+    // that is not ready yet must not hold the head back.
+    let o = origins(&["127.0.0.2"]).await;
+    let origin = format!("app.test:{}", o[0].addr.port());
+    let v = Vigil::start("late", "", &remap("www.app.test", &origin, &server_list(&o), ""), "").await;
+    let mut s = tokio::net::TcpStream::connect(v.listen).await.unwrap();
+    s.write_all(b"GET /late HTTP/1.1\r\nHost: www.app.test\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let first = tokio::time::timeout(Duration::from_secs(10), read_until(&mut s, &mut got, "first")).await;
+    assert!(first.is_ok(), "the head and first piece waited for the rest: {}", String::from_utf8_lossy(&got));
+    let text = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(text.starts_with("http/1.1 200") && text.contains("content-length: 11"), "{text}");
+    assert!(!text.contains("second"));
+    o[0].state.release.notify_one();
+    let rest =
+        tokio::time::timeout(Duration::from_secs(10), read_until(&mut s, &mut got, "firstsecond")).await;
+    assert!(rest.is_ok(), "{}", String::from_utf8_lossy(&got));
+}
+
+/// Reads from `s` into `got` until it holds `want`.
+async fn read_until(s: &mut tokio::net::TcpStream, got: &mut Vec<u8>, want: &str) {
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(got).contains(want) {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(got));
+        got.extend_from_slice(&buf[..n]);
+    }
+}
