@@ -214,9 +214,10 @@ impl Writer {
 
 /// Sends `req` on `conn` and reads the response head.
 ///
-/// On failure, hands the request back when it can be sent again as it was:
-/// its body was empty (the head is kept until the answer), or nothing of it
-/// left. Whether it left is in the error.
+/// The request is borrowed: its body is taken out to be written, its head
+/// stays. On failure the flag says whether `req` can be sent again as it
+/// is (its body was empty, and it did not time out); whether it left is in
+/// the error.
 ///
 /// A plain function returning an `async` block rather than an `async fn`:
 /// an `async fn` keeps each argument twice in its future (the argument and
@@ -224,13 +225,12 @@ impl Writer {
 /// others, each `.await` copying it whole.
 pub(crate) fn send(
     mut conn: Conn,
-    mut req: http::Request<RequestBody>,
+    req: &mut http::Request<RequestBody>,
     max_head: usize,
     reused: bool,
     home: Home,
     timeout: Option<Duration>,
-) -> impl Future<Output = Result<http::Response<ResponseBody>, (SessionError, Option<http::Request<RequestBody>>)>>
-+ Send {
+) -> impl Future<Output = Result<http::Response<ResponseBody>, (SessionError, bool)>> + Send + '_ {
     async move {
         let addr = home.target.addr;
         if let Some(t) = timeout {
@@ -264,7 +264,7 @@ pub(crate) fn send(
             },
             wrote: false,
         };
-        writer.q.push(encode_head(&mut conn.kept.head, &req, framing));
+        writer.q.push(encode_head(&mut conn.kept.head, req, framing));
 
         let err = |kind, sent: bool| SessionError::new(kind, addr).sent(sent).reused(reused);
         let mut write_failed: Option<WriteError> = None;
@@ -307,8 +307,7 @@ pub(crate) fn send(
                     None => {}
                 }
                 home.release(conn, false);
-                let back = (replayable && !timed_out).then_some(req);
-                return Err((e, back));
+                return Err((e, replayable && !timed_out));
             }
         };
         let Head { resp, mut decoder, keep_alive } = head;

@@ -225,8 +225,9 @@ impl Pool {
     > + Send
     + '_ {
         async move {
-            // HTTP/1.1 hands a body-less request back itself (it keeps the head
-            // until the answer); hyper's h2 client does not, so a copy is kept
+            let mut req = req;
+            // HTTP/1.1 keeps a body-less request whole until the answer;
+            // hyper's h2 client does not hand it back, so a copy is kept
             // (boxed: this future is on every request's path).
             let replay = (target.protocol == Protocol::H2c && req.body().is_end_stream())
                 .then(|| Box::new(copy_head(&req)));
@@ -234,10 +235,10 @@ impl Pool {
                 Ok(session) => session,
                 Err(e) => return Err((e, Some(req))),
             };
-            match session.send_keeping(req, response_timeout).await {
+            match session.send_keeping(&mut req, response_timeout).await {
                 Ok(resp) => Ok(resp),
-                Err((e, back)) => {
-                    let back = back.or(replay.map(|r| *r));
+                Err((e, replayable)) => {
+                    let back = if replayable { Some(req) } else { replay.map(|r| *r) };
                     if !e.is_retryable_on_fresh() || back.is_none() {
                         return Err((report(&*self.inner.observer, e), back));
                     }
@@ -255,16 +256,18 @@ impl Pool {
     async fn retry_fresh(
         &self,
         target: Target,
-        req: http::Request<RequestBody>,
+        mut req: http::Request<RequestBody>,
         response_timeout: Option<Duration>,
     ) -> Result<http::Response<PooledBody>, (SessionError, Option<http::Request<RequestBody>>)> {
         // Kept only on this (rare) path: the fresh send may fail too.
         let backup =
             (target.protocol == Protocol::H2c && req.body().is_end_stream()).then(|| copy_head(&req));
         match self.checkout(target, Freshness::Fresh).await {
-            Ok(session) => match session.send_keeping(req, response_timeout).await {
+            Ok(session) => match session.send_keeping(&mut req, response_timeout).await {
                 Ok(resp) => Ok(resp),
-                Err((e, back)) => Err((report(&*self.inner.observer, e), back.or(backup))),
+                Err((e, replayable)) => {
+                    Err((report(&*self.inner.observer, e), if replayable { Some(req) } else { backup }))
+                }
             },
             Err(e) => Err((e, Some(req))),
         }
@@ -617,21 +620,22 @@ impl Session {
         req: http::Request<RequestBody>,
     ) -> Result<http::Response<PooledBody>, SessionError> {
         let pool = Arc::clone(&self.pool);
-        self.send_keeping(req, None).await.map_err(|(e, _)| report(&*pool.observer, e))
+        let mut req = req;
+        self.send_keeping(&mut req, None).await.map_err(|(e, _)| report(&*pool.observer, e))
     }
 
     /// [`Session::send`], bounded by `timeout` when given (request written,
-    /// response head read), handing back the request when it can be sent
-    /// again. A timeout closes the session: its response is unread.
+    /// response head read). The request is borrowed, not moved through the
+    /// layers below (each would keep a copy in its future); on failure the
+    /// flag says whether `req` is still whole and can be sent again. A
+    /// timeout closes the session: its response is unread.
     ///
     /// Not an `async fn`, for the reason given at [`Pool::try_request`].
     fn send_keeping(
         mut self,
-        req: http::Request<RequestBody>,
+        req: &mut http::Request<RequestBody>,
         timeout: Option<Duration>,
-    ) -> impl Future<
-        Output = Result<http::Response<PooledBody>, (SessionError, Option<http::Request<RequestBody>>)>,
-    > + Send {
+    ) -> impl Future<Output = Result<http::Response<PooledBody>, (SessionError, bool)>> + Send + '_ {
         async move {
             let (target, reused) = (self.target, self.reused);
             let err = |kind, sent| SessionError::new(kind, target.addr).sent(sent).reused(reused);
@@ -651,14 +655,24 @@ impl Session {
                 // Boxed, as the pool's other rarer paths: hyper's h2 futures are
                 // large, and inline they would grow every HTTP/1.1 send's future.
                 Some(Conn::H2 { tx, _stream, settle }) => {
-                    let send = send_h2(tx, _stream, settle, req, err);
-                    match timeout {
+                    // hyper takes the request whole and hands it back only
+                    // when it never left.
+                    let owned = std::mem::replace(req, http::Request::new(crate::empty_body()));
+                    let send = send_h2(tx, _stream, settle, owned, err);
+                    let sent = match timeout {
                         None => Box::pin(send).await,
                         Some(t) => match Box::pin(tokio::time::timeout(t, send)).await {
                             Ok(r) => r,
                             Err(_) => Err((err(ErrorKind::ResponseTimeout, true), None)),
                         },
-                    }
+                    };
+                    sent.map_err(|(e, back)| match back {
+                        Some(back) => {
+                            *req = back;
+                            (e, true)
+                        }
+                        None => (e, false),
+                    })
                 }
                 None => unreachable!("send consumes the session"),
             }
