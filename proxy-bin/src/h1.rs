@@ -9,7 +9,8 @@
 //! values become slices of the read buffer, not copies), refused with 400
 //! and the connection closed when its framing is ambiguous, and handed to
 //! the request path; the response is written head and first body bytes in
-//! one `writev`. h2c (prior knowledge) connections still go to hyper.
+//! one write (one `send` when the first piece is small enough to copy in
+//! behind the head). h2c (prior knowledge) connections still go to hyper.
 //!
 //! Strict framing (SPEC, Security): `Content-Length` with
 //! `Transfer-Encoding`, more than one `Content-Length` (even equal ones;

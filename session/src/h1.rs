@@ -6,10 +6,11 @@
 //! Replacing it (with two smaller fixes beside) took the proxy's measured
 //! `proxy_request` from 35 719 to 28 034 instructions per request. Here
 //! the task that sends the request does the I/O itself (Pingora's
-//! approach): it writes the head (with the first body chunk, one `writev`),
-//! reads and parses the response head with httparse, and the response body
-//! reads the socket when polled. An idle session is just the socket and its
-//! read buffer in the pool; nobody polls it.
+//! approach): it writes the head (alone, one `send`; with the first body
+//! chunk, one `writev`), reads and parses the response head with httparse,
+//! and the response body reads the socket when polled. An idle session is
+//! the socket, its read buffer and what it keeps for the next request (see
+//! `Kept`) in the pool; nobody polls it.
 //!
 //! Framing is strict (RFC 9112 section 6): a response with both
 //! `Transfer-Encoding` and `Content-Length`, or with differing
