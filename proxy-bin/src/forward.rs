@@ -142,6 +142,7 @@ pub(crate) async fn serve(
 /// `async fn` keeps each argument twice in its future (the argument and the
 /// local it is moved into), and the request is the largest of them. The
 /// future is made anew per request and copied whole where it is awaited.
+#[allow(clippy::manual_async_fn, reason = "an async fn keeps each argument twice in its future")]
 pub(crate) fn handle<'a, B: ClientRequestBody>(
     shared: &'a Shared,
     peer: &'a Peer,
@@ -172,6 +173,7 @@ pub(crate) fn handle<'a, B: ClientRequestBody>(
     }
 }
 
+#[allow(clippy::manual_async_fn, reason = "an async fn keeps each argument twice in its future")]
 fn forward<'a, B: ClientRequestBody>(
     shared: &'a Shared,
     peer: &'a Peer,

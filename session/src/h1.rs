@@ -224,6 +224,7 @@ impl Writer {
 /// an `async fn` keeps each argument twice in its future (the argument and
 /// the local it is moved into), and this future is carried inside several
 /// others, each `.await` copying it whole.
+#[allow(clippy::manual_async_fn, reason = "an async fn keeps each argument twice in its future")]
 pub(crate) fn send(
     mut conn: Conn,
     req: &mut http::Request<RequestBody>,

@@ -214,6 +214,7 @@ impl Pool {
     // Not an `async fn`: that keeps every argument twice in the future (the
     // argument and the local it is moved into), and a proxy carries this
     // future inside its own, each `.await` copying it whole.
+    #[allow(clippy::manual_async_fn, reason = "an async fn keeps each argument twice in its future")]
     pub fn try_request(
         &self,
         target: Target,
@@ -631,6 +632,7 @@ impl Session {
     /// timeout closes the session: its response is unread.
     ///
     /// Not an `async fn`, for the reason given at [`Pool::try_request`].
+    #[allow(clippy::manual_async_fn, reason = "an async fn keeps each argument twice in its future")]
     fn send_keeping(
         mut self,
         req: &mut http::Request<RequestBody>,
