@@ -112,7 +112,15 @@ struct ReadSide {
     io: OwnedReadHalf,
     buf: BytesMut,
     body: Decoder,
+    /// `Expect: 100-continue` not yet answered: how much of the interim
+    /// answer is written. The body writes it when first read (so a request
+    /// answered without its body, a 404 or a 503, never makes the client
+    /// send it); the connection takes it back before the final answer.
+    continue_at: Option<usize>,
 }
+
+/// The interim answer to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 impl ReadSide {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
@@ -126,7 +134,8 @@ type SharedRead = Arc<Mutex<ReadSide>>;
 pub(crate) async fn serve(stream: TcpStream, buf: BytesMut, peer: Peer, shared: Arc<Shared>, live: Live) {
     let stop = Arc::clone(&live.0);
     let (r, mut w) = stream.into_split();
-    let read: SharedRead = Arc::new(Mutex::new(ReadSide { io: r, buf, body: Decoder::Done }));
+    let read: SharedRead =
+        Arc::new(Mutex::new(ReadSide { io: r, buf, body: Decoder::Done, continue_at: None }));
     let stopped = stop.notify.notified();
     let mut stopped = pin!(stopped);
     stopped.as_mut().enable();
@@ -159,17 +168,22 @@ pub(crate) async fn serve(stream: TcpStream, buf: BytesMut, peer: Peer, shared: 
             }
         };
         let Head { mut req, keep_alive, expect_continue, head_only, http10 } = head;
-        if expect_continue {
-            // Said at once rather than when the body is first read: the
-            // client then sends the body whatever the answer turns out to be.
-            if write_all(&mut w, b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
-                return;
-            }
-        }
         if req.body().hint.exact() != Some(0) {
             req.body_mut().read = Some(Arc::clone(&read));
+            if expect_continue {
+                read.lock().continue_at = Some(0);
+            }
         }
         let resp = forward::handle(&shared, &peer, req).await;
+        // An interim answer not begun is not sent after the final one (the
+        // body may still be read, by an upload the origin answered early);
+        // one begun is finished first.
+        let begun = read.lock().continue_at.take().filter(|&at| at > 0);
+        if let Some(at) = begun
+            && write_all(&mut w, &CONTINUE[at..]).await.is_err()
+        {
+            return;
+        }
         let body_done = matches!(read.lock().body, Decoder::Done);
         let keep = keep_alive && body_done && !wants_close(resp.headers());
         match out.respond(&mut w, resp, keep, head_only, http10).await {
@@ -394,7 +408,12 @@ impl Body for RequestBody {
         let Some(read) = this.read.as_ref() else { return Poll::Ready(None) };
         let polled = {
             let mut r = read.lock();
-            let ReadSide { io, buf, body } = &mut *r;
+            if let Err(e) = ready!(poll_continue(&mut r, cx)) {
+                drop(r);
+                this.read = None;
+                return Poll::Ready(Some(Err(DecodeError::Io(e))));
+            }
+            let ReadSide { io, buf, body, .. } = &mut *r;
             body.poll_data(io, buf, cx)
         };
         match polled {
@@ -418,6 +437,26 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         self.hint
     }
+}
+
+/// Writes what is still to be written of the `100 Continue` the client
+/// waits for, straight to the socket (the connection's task is in the
+/// request path meanwhile and writes nothing).
+fn poll_continue(r: &mut ReadSide, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    while let Some(at) = r.continue_at {
+        if at >= CONTINUE.len() {
+            r.continue_at = None;
+            break;
+        }
+        let stream: &TcpStream = r.io.as_ref();
+        match stream.try_write(&CONTINUE[at..]) {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => r.continue_at = Some(at + n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(stream.poll_write_ready(cx))?,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    Poll::Ready(Ok(()))
 }
 
 /// How the response body is framed to the client.

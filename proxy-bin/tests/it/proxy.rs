@@ -336,6 +336,28 @@ async fn http10_pipelining_continue_head_chunked_and_oversized_heads() {
     let out = raw(v.listen, req.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), "{out}");
     assert!(out.ends_with(&format!("len=5 sum={}", checksum(b"hello"))), "{out}");
+    // The interim answer comes before the body is sent, once the request
+    // path reads it.
+    let mut s = tokio::net::TcpStream::connect(v.listen).await.unwrap();
+    let head = format!("POST /echo HTTP/1.1\r\n{h}Content-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let interim =
+        tokio::time::timeout(Duration::from_secs(10), read_until(&mut s, &mut got, "\r\n\r\n")).await;
+    assert!(interim.is_ok(), "no 100 Continue: {}", String::from_utf8_lossy(&got));
+    assert_eq!(String::from_utf8_lossy(&got), "HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(10), read_until(&mut s, &mut got, "sum=")).await;
+    assert!(done.is_ok() && String::from_utf8_lossy(&got).contains("HTTP/1.1 200 OK"));
+    // A request answered without its body gets no interim answer: the
+    // client need not send the body at all.
+    let out = raw(
+        v.listen,
+        b"POST / HTTP/1.1\r\nHost: nowhere.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    assert!(!out.contains("100 Continue"), "{out}");
 
     // A body of unknown length: chunked to an HTTP/1.1 client, close-delimited to 1.0.
     let out = raw(v.listen, format!("GET /stream HTTP/1.1\r\n{h}Connection: close\r\n\r\n").as_bytes()).await;
