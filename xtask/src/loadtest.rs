@@ -133,15 +133,19 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
                 (Some(a), Some(b)) => (b.0 + b.1 - a.0 - a.1) as f64 * per_request,
                 _ => 0.0,
             };
+            // How busy the proxy's CPU was: near 100 % means the proxy set
+            // the rate; well below, the harness did.
+            let busy = r.cpu_us * r.rps / 1e4;
             println!(
-                "round {} {:<8} {:>9.0} req/s  p99 {:>6.2} ms  cpu {:>5.1} us/req ({:.1} in the kernel; origin {:.1})",
+                "round {} {:<8} {:>9.0} req/s  p99 {:>6.2} ms  cpu {:>5.1} us/req ({:.1} in the kernel; origin {:.1}), proxy busy {:.0} %",
                 round + 1,
                 p.name,
                 r.rps,
                 r.p99_ms,
                 r.cpu_us,
                 r.sys_us,
-                origin_us
+                origin_us,
+                busy
             );
             results[i].push(r);
         }
