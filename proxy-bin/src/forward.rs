@@ -324,6 +324,8 @@ fn upstream_request<B: ClientRequestBody>(
         }
     }
     *req.version_mut() = Version::HTTP_11;
+    // What the listener attached (hyper's for h2c) is not for the origin.
+    req.extensions_mut().clear();
     req.map(|body| match body_failed {
         Some(failed) => ClientBody { inner: body, failed }.boxed(),
         None => vigil_session::empty_body(),
