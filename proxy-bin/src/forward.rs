@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
@@ -302,8 +303,9 @@ fn upstream_request<B: ClientRequestBody>(
     headers.append(header::VIA, via.clone());
     forwarded_for(headers, &peer.ip);
 
-    // Both forms come from a URI the listener accepted, so they are valid.
-    let path = |uri: &Uri| uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    // The path moves as it is (a clone shares its bytes); both forms come
+    // from a URI the listener accepted, so they are valid.
+    let path = |uri: &Uri| uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     match route.protocol {
         // h2 carries the host in :authority, not in a Host header.
         Protocol::H2c => {
@@ -319,7 +321,7 @@ fn upstream_request<B: ClientRequestBody>(
             // The common origin-form URI stays as it is; an absolute one is
             // cut down to its path.
             if req.uri().authority().is_some() {
-                *req.uri_mut() = Uri::try_from(path(req.uri())).unwrap_or_else(|_| Uri::from_static("/"));
+                *req.uri_mut() = Uri::from(path(req.uri()));
             }
         }
     }

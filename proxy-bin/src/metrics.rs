@@ -79,14 +79,13 @@ const CODE_SLOTS: usize = 16;
 
 impl RequestCounters {
     /// The counter of `code`, claiming a slot with `make` the first time.
-    fn get(&self, code: u16, make: impl FnOnce() -> Counter) -> Option<&Counter> {
-        let mut make = Some(make);
+    fn get(&self, code: u16, make: impl Fn() -> Counter) -> Option<&Counter> {
         let start = usize::from(code) % CODE_SLOTS;
         for i in 0..CODE_SLOTS {
             let slot = &self.slots[(start + i) % CODE_SLOTS];
             let (c, counter) = match slot.get() {
                 Some(claimed) => claimed,
-                None => slot.get_or_init(|| (code, make.take().map(|m| m()).unwrap_or_default())),
+                None => slot.get_or_init(|| (code, make())),
             };
             if *c == code {
                 return Some(counter);
@@ -120,11 +119,10 @@ impl Metrics {
 
     /// Counts a request of a route, through the route's own counters.
     pub(crate) fn route_request(&self, counters: &RequestCounters, origin: &Arc<str>, code: u16) {
-        match counters.get(code, || self.request_counter(origin, code)) {
-            Some(c) => {
-                c.inc();
-            }
-            None => self.request(origin, code),
+        if let Some(c) = counters.get(code, || self.request_counter(origin, code)) {
+            c.inc();
+        } else {
+            self.request(origin, code);
         }
     }
 

@@ -242,20 +242,18 @@ pub(crate) fn send(
                 None => conn.kept.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
             }
         }
-        // The head stays in `req`, to be handed back; only the body leaves it.
-        let body = std::mem::replace(req.body_mut(), crate::empty_body());
         let head_only = req.method() == Method::HEAD;
-        let framing = if body.is_end_stream() {
+        let framing = if req.body().is_end_stream() {
             None
-        } else if let Some(n) = body.size_hint().exact() {
+        } else if let Some(n) = req.body().size_hint().exact() {
             Some(ReqFraming::Length(n))
         } else {
             Some(ReqFraming::Chunked)
         };
-        // A request without a body can be handed back whole: its head is kept
-        // until the answer.
+        // A request without a body stays whole, to be sent again if need
+        // be; one with a body gives it up to be written.
         let replayable = framing.is_none();
-        let send_body = if replayable { None } else { Some(body) };
+        let send_body = (!replayable).then(|| std::mem::replace(req.body_mut(), crate::empty_body()));
         let mut writer = Writer {
             q: std::mem::take(&mut conn.kept.queue),
             body: send_body,

@@ -227,11 +227,7 @@ impl Pool {
     + '_ {
         async move {
             let mut req = req;
-            // HTTP/1.1 keeps a body-less request whole until the answer;
-            // hyper's h2 client does not hand it back, so a copy is kept
-            // (boxed: this future is on every request's path).
-            let replay = (target.protocol == Protocol::H2c && req.body().is_end_stream())
-                .then(|| Box::new(copy_head(&req)));
+            let replay = h2_replay(target, &req);
             let session = match self.checkout(target, freshness).await {
                 Ok(session) => session,
                 Err(e) => return Err((e, Some(req))),
@@ -260,15 +256,15 @@ impl Pool {
         mut req: http::Request<RequestBody>,
         response_timeout: Option<Duration>,
     ) -> Result<http::Response<PooledBody>, (SessionError, Option<http::Request<RequestBody>>)> {
-        // Kept only on this (rare) path: the fresh send may fail too.
-        let backup =
-            (target.protocol == Protocol::H2c && req.body().is_end_stream()).then(|| copy_head(&req));
+        // The fresh send may fail too.
+        let backup = h2_replay(target, &req);
         match self.checkout(target, Freshness::Fresh).await {
             Ok(session) => match session.send_keeping(&mut req, response_timeout).await {
                 Ok(resp) => Ok(resp),
-                Err((e, replayable)) => {
-                    Err((report(&*self.inner.observer, e), if replayable { Some(req) } else { backup }))
-                }
+                Err((e, replayable)) => Err((
+                    report(&*self.inner.observer, e),
+                    if replayable { Some(req) } else { backup.map(|r| *r) },
+                )),
             },
             Err(e) => Err((e, Some(req))),
         }
@@ -725,6 +721,13 @@ impl Drop for InUseH1<'_> {
             self.pool.discard_h1(self.target);
         }
     }
+}
+
+/// For h2c, a copy of a body-less request to send it again: HTTP/1.1 keeps
+/// the request whole until the answer, hyper's h2 client does not hand it
+/// back once it left. Boxed: the future holding it is on every request's path.
+fn h2_replay(target: Target, req: &http::Request<RequestBody>) -> Option<Box<http::Request<RequestBody>>> {
+    (target.protocol == Protocol::H2c && req.body().is_end_stream()).then(|| Box::new(copy_head(req)))
 }
 
 /// A copy of a body-less request's head, to send it again.

@@ -289,8 +289,8 @@ impl WriteQueue {
             {
                 // On a socket, writev goes through the VFS layer (file
                 // position, fsnotify, importing the iovec) and send does not:
-                // measured with perf on a proxied GET, writev's own path was
-                // about 3 % of the proxy's CPU.
+                // perf (cpu-clock) on vigil under wrk put the functions only
+                // writev's path takes at 3.8 % of its CPU, about 0.2 us a call.
                 ready!(Pin::new(&mut *w).poll_write(cx, one))?
             } else {
                 let mut slices = [IoSlice::new(&[]); 16];

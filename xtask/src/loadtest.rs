@@ -177,10 +177,17 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         .iter()
         .map(|rs| rs.iter().copied().fold(Round::default(), |a, b| if b.rps > a.rps { b } else { a }))
         .collect();
-    // CPU per request: the least over the rounds (noise only adds to it).
-    let cpu: Vec<f64> = results
+    // CPU per request: the round that spent the least (noise only adds to
+    // it), and the kernel's part of that same round.
+    let leanest: Vec<Round> = results
         .iter()
-        .map(|rs| rs.iter().map(|r| r.cpu_us).filter(|c| *c > 0.0).fold(f64::INFINITY, f64::min))
+        .map(|rs| {
+            rs.iter()
+                .copied()
+                .filter(|r| r.cpu_us > 0.0)
+                .min_by(|a, b| a.cpu_us.total_cmp(&b.cpu_us))
+                .unwrap_or_default()
+        })
         .collect();
     // The median round too: one lucky or unlucky round moves the best.
     let median: Vec<f64> = results
@@ -190,10 +197,6 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
             v.sort_by(f64::total_cmp);
             v.get(v.len() / 2).copied().unwrap_or(0.0)
         })
-        .collect();
-    let sys: Vec<f64> = results
-        .iter()
-        .map(|rs| rs.iter().map(|r| r.sys_us).filter(|c| *c > 0.0).fold(f64::INFINITY, f64::min))
         .collect();
     let mut out = String::new();
     let _ = writeln!(
@@ -227,8 +230,8 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
             ratio(best[0].rps, best[i].rps),
             median[i],
             ratio(median[0], median[i]),
-            cpu[i],
-            sys[i],
+            leanest[i].cpu_us,
+            leanest[i].sys_us,
             syscalls[i],
             instr
         );
