@@ -50,11 +50,6 @@ const MAX_HEADERS: usize = 128;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Response body bytes queued for one write.
 const MAX_QUEUED: usize = 64 * 1024;
-/// Largest first body piece copied in behind the head, so both leave in
-/// one `send`. writev's extra path measured about 0.2 us a call here (see
-/// `WriteQueue`); a copy of a few KiB costs about that. The limit is a
-/// judgement, not a measurement.
-const COALESCE_MAX: usize = 8 * 1024;
 
 /// Tells connections to finish: those waiting for a head close at once,
 /// the others after the response in flight.
@@ -473,12 +468,11 @@ enum Out {
     Close,
 }
 
-/// The write side's queue and head buffer, kept per connection so their
-/// allocations are reused (a head's buffer comes back once it is written).
+/// The write side's queue, kept per connection so its allocations (and
+/// its buffer for heads) are reused.
 #[derive(Default)]
 struct Writer {
     q: WriteQueue,
-    head: BytesMut,
 }
 
 impl Writer {
@@ -505,7 +499,7 @@ impl Writer {
             keep = false;
             Out::Close
         };
-        let head = &mut self.head;
+        let head = self.q.head_mut();
         head.reserve(256);
         head.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
         head.extend_from_slice(status.as_str().as_bytes());
@@ -548,7 +542,6 @@ impl Writer {
         }
         head.extend_from_slice(b"\r\n");
         if framing == Out::None {
-            self.q.push(head.split().freeze());
             drop(body);
             self.flush(w).await?;
             return Ok(keep);
@@ -556,11 +549,6 @@ impl Writer {
         let mut body = Pin::new(&mut body);
         let mut ended = false;
         let mut failed = false;
-        // The head waits in its buffer for the body's first poll: a small
-        // first piece ready at once (usually the whole body, read with the
-        // origin's head) is copied in behind it, and the response leaves in
-        // one `send` rather than a `writev` of two.
-        let mut head_queued = false;
         while !ended {
             // Gather what the body has ready, then write it with what is queued.
             let polled = poll_fn(|cx| {
@@ -581,16 +569,11 @@ impl Writer {
                             if data.is_empty() {
                                 continue;
                             }
+                            // A small first piece ready at once (usually the
+                            // whole body, read with the origin's head) is
+                            // copied in behind the head by the queue: one
+                            // buffer, one `send`.
                             progressed = true;
-                            if !head_queued {
-                                head_queued = true;
-                                if framing != Out::Chunked && data.len() <= COALESCE_MAX {
-                                    self.head.extend_from_slice(&data);
-                                    self.q.push(self.head.split().freeze());
-                                    continue;
-                                }
-                                self.q.push(self.head.split().freeze());
-                            }
                             if framing == Out::Chunked {
                                 self.q.push_chunk(data);
                             } else {
@@ -598,11 +581,6 @@ impl Writer {
                             }
                         }
                     }
-                }
-                if !head_queued {
-                    // Nothing ready yet: the head goes out on its own.
-                    head_queued = true;
-                    self.q.push(self.head.split().freeze());
                 }
                 if ended || failed || progressed || !self.q.is_empty() {
                     Poll::Ready(())

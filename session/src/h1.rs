@@ -49,9 +49,8 @@ const MAX_QUEUED: usize = 64 * 1024;
 /// One HTTP/1.1 connection: the socket and what was read past the last
 /// message (nothing, between messages of a healthy session).
 ///
-/// It also keeps the allocations each request would otherwise make anew:
-/// the buffer request heads are written into (its bytes come back once the
-/// head is written) and the write queue.
+/// It also keeps what each request would otherwise make anew: the write
+/// queue (with the buffer heads are written into) and the response timer.
 pub(crate) struct Conn {
     io: TcpStream,
     buf: BytesMut,
@@ -64,7 +63,6 @@ pub(crate) struct Conn {
 /// What a connection keeps between requests to spare their allocations.
 #[derive(Default)]
 struct Kept {
-    head: BytesMut,
     queue: WriteQueue,
     /// The response timeout, made once and then moved on per request.
     ///
@@ -264,7 +262,7 @@ pub(crate) fn send(
             },
             wrote: false,
         };
-        writer.q.push(encode_head(&mut conn.kept.head, req, framing));
+        encode_head(writer.q.head_mut(), req, framing);
 
         let err = |kind, sent: bool| SessionError::new(kind, addr).sent(sent).reused(reused);
         let mut write_failed: Option<WriteError> = None;
@@ -356,9 +354,9 @@ pub(crate) fn send(
 /// The request head on the wire: origin-form target, the caller's headers
 /// (its own framing headers replaced by ours), `Host` if it set none.
 ///
-/// Written into `out`, the connection's head buffer: once the previous
-/// head's bytes are gone, its allocation is reused.
-fn encode_head<B>(out: &mut BytesMut, req: &http::Request<B>, framing: Option<ReqFraming>) -> Bytes {
+/// Written into `out`, the write queue's own buffer: a small body is copied
+/// in behind it, and the allocation is reused once the head is written.
+fn encode_head<B>(out: &mut BytesMut, req: &http::Request<B>, framing: Option<ReqFraming>) {
     out.reserve(256);
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.extend_from_slice(b" ");
@@ -399,7 +397,6 @@ fn encode_head<B>(out: &mut BytesMut, req: &http::Request<B>, framing: Option<Re
         None => {}
     }
     out.extend_from_slice(b"\r\n");
-    out.split().freeze()
 }
 
 struct Head {
@@ -699,15 +696,18 @@ mod tests {
             .header("x-kept", "1")
             .body(())
             .unwrap_or_default();
-        let mut out = BytesMut::new();
-        let head = encode_head(&mut out, &req, Some(ReqFraming::Length(5)));
+        let head = |req: &http::Request<()>, framing| {
+            let mut out = BytesMut::new();
+            encode_head(&mut out, req, framing);
+            out
+        };
         assert_eq!(
-            &head[..],
+            &head(&req, Some(ReqFraming::Length(5)))[..],
             b"POST /upload?x=1 HTTP/1.1\r\nx-kept: 1\r\nhost: app.internal\r\ncontent-length: 5\r\n\r\n"
         );
         let req = http::Request::get("/").body(()).unwrap_or_default();
-        assert_eq!(&encode_head(&mut out, &req, None)[..], b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(&head(&req, None)[..], b"GET / HTTP/1.1\r\n\r\n");
         let req = http::Request::put("/").body(()).unwrap_or_default();
-        assert_eq!(&encode_head(&mut out, &req, None)[..], b"PUT / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(&head(&req, None)[..], b"PUT / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
     }
 }
