@@ -133,11 +133,13 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
                 (Some(a), Some(b)) => (b.0 + b.1 - a.0 - a.1) as f64 * per_request,
                 _ => 0.0,
             };
-            // How busy the proxy's CPU was: near 100 % means the proxy set
-            // the rate; well below, the harness did.
-            let busy = r.cpu_us * r.rps / 1e4;
+            // How busy CPU 1 was (the proxy, and the origin when it is
+            // there): near 100 % means CPU 1 set the rate; well below, CPU 0
+            // (wrk, and the origin by default) did.
+            let on_cpu1 = r.cpu_us + if origin_cpu == "1" { origin_us } else { 0.0 };
+            let busy = on_cpu1 * r.rps / 1e4;
             println!(
-                "round {} {:<8} {:>9.0} req/s  p99 {:>6.2} ms  cpu {:>5.1} us/req ({:.1} in the kernel; origin {:.1}), proxy busy {:.0} %",
+                "round {} {:<8} {:>9.0} req/s  p99 {:>6.2} ms  cpu {:>5.1} us/req ({:.1} in the kernel; origin {:.1}), CPU 1 busy {:.0} %",
                 round + 1,
                 p.name,
                 r.rps,
