@@ -77,7 +77,7 @@ impl Default for Settings {
             interval: Duration::from_secs(2),
             unhealthy_interval: Duration::from_secs(2),
             timeout: Duration::from_secs(1),
-            policy: L7Policy { healthy_threshold: 2, unhealthy_threshold: 3 },
+            policy: L7Policy::default(),
             jitter: 0.10,
             idle_after: Duration::from_secs(300),
             fresh_connect_every: 0,

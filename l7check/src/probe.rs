@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use vigil_hostdb::{CheckResult, OriginKey};
-use vigil_session::{Freshness, Pool, Protocol, SessionError, Target, empty_body};
+use vigil_session::{
+    ErrorKind, Fetched, Freshness, Pool, Protocol, RetryPolicy, SessionError, Target, empty_body,
+};
 
 use crate::Check;
 
@@ -35,8 +36,9 @@ pub struct ProbeRequest<'a> {
 pub struct ProbeOutcome {
     /// Pass or fail, with the detail (`"200"`, `"timeout"`, ...).
     pub result: CheckResult,
-    /// Whether the failure was at L4 (connect refused or timed out, reset
-    /// before the response head): HostDB's fail function counts it.
+    /// Whether the failure was at L4 ([`SessionError::is_l4_failure`]:
+    /// connect refused or timed out, reset before the response head, a
+    /// garbage answer): HostDB's fail function counts it.
     pub l4_failure: bool,
 }
 
@@ -56,7 +58,9 @@ pub trait Probe: Send + Sync + 'static {
 /// body. Redirects are never followed (a 3xx is judged like any status).
 /// One timeout covers connect, response head and body. A failure on a
 /// reused session (it may have died idle, or sit behind a dead path) is
-/// retried once on a fresh connection before it counts.
+/// retried once on a fresh connection before it counts
+/// ([`RetryPolicy::CHECK`]); what counts at L4 is the pool's one rule
+/// ([`SessionError::is_l4_failure`]), the same as for a proxied request.
 #[derive(Debug, Clone)]
 pub struct HttpProbe {
     pool: Pool,
@@ -69,96 +73,54 @@ impl HttpProbe {
     }
 }
 
-/// How one attempt ended.
-enum Attempt {
-    Judged { status: u16, body_ok: bool },
-    Transport(SessionError),
-    BodyError,
-    TimedOut,
-}
-
 impl Probe for HttpProbe {
     fn probe<'a>(&'a self, req: ProbeRequest<'a>) -> ProbeFuture<'a> {
         Box::pin(async move {
             let start = tokio::time::Instant::now();
-            let timeout = req.check.settings.timeout;
             let freshness = if req.fresh { Freshness::Fresh } else { Freshness::IdlePreferred };
-            let (mut outcome, reused) = self.attempt(&req, freshness, timeout).await;
-            let retry = match &outcome {
-                Attempt::Transport(e) => reused && !e.is_connect(),
-                Attempt::TimedOut | Attempt::BodyError => reused,
-                Attempt::Judged { .. } => false,
+            let target = Target::new(req.server, req.protocol);
+            let fetched = match build_request(&req) {
+                Ok(request) => {
+                    let timeout = req.check.settings.timeout;
+                    self.pool.fetch(target, freshness, request, timeout, MAX_BODY, RetryPolicy::CHECK).await
+                }
+                // Unreachable with a validated config: a header the http crate refuses.
+                Err(e) => return judge(req.check, Err(Failure::Request(e)), start.elapsed()),
             };
-            if retry {
-                let left = timeout.saturating_sub(start.elapsed()).max(timeout / 2);
-                outcome = self.attempt(&req, Freshness::Fresh, left).await.0;
-            }
-            judge(req.check, outcome, start.elapsed())
+            judge(req.check, fetched.map_err(Failure::Session), start.elapsed())
         })
     }
 }
 
-impl HttpProbe {
-    /// One try; also says whether the session was a reused one.
-    async fn attempt(
-        &self,
-        req: &ProbeRequest<'_>,
-        freshness: Freshness,
-        timeout: Duration,
-    ) -> (Attempt, bool) {
-        let mut reused = false;
-        let work = async {
-            let target = Target { addr: req.server, protocol: req.protocol };
-            let session = match self.pool.checkout(target, freshness).await {
-                Ok(s) => s,
-                Err(e) => return Attempt::Transport(e),
-            };
-            reused = session.is_reused();
-            let request = match build_request(req) {
-                Ok(r) => r,
-                Err(_) => return Attempt::BodyError, // unreachable with a validated config
-            };
-            let resp = match session.send(request).await {
-                Ok(r) => r,
-                Err(e) => return Attempt::Transport(e),
-            };
-            let status = resp.status().as_u16();
-            let mut body = resp.into_body();
-            let mut seen: Vec<u8> = Vec::new();
-            // Read to the end (so the session can be reused) or to 64 KiB.
-            while seen.len() < MAX_BODY {
-                match body.frame().await {
-                    None => break,
-                    Some(Ok(frame)) => {
-                        if let Some(data) = frame.data_ref() {
-                            let room = MAX_BODY - seen.len();
-                            seen.extend_from_slice(&data[..data.len().min(room)]);
-                        }
-                    }
-                    Some(Err(_)) => return Attempt::BodyError,
-                }
-            }
-            let body_ok = match &req.check.expect_body {
-                None => true,
-                Some(needle) => contains(&seen, needle.as_bytes()),
-            };
-            Attempt::Judged { status, body_ok }
-        };
-        let outcome = tokio::time::timeout(timeout, work).await.unwrap_or(Attempt::TimedOut);
-        (outcome, reused)
-    }
+/// Why a check got no response to judge.
+enum Failure {
+    Session(SessionError),
+    Request(http::Error),
 }
 
-fn judge(check: &Check, outcome: Attempt, latency: Duration) -> ProbeOutcome {
-    let (passed, detail, l4_failure): (bool, String, bool) = match outcome {
-        Attempt::Judged { status, .. } if !check.status_ok(status) => (false, status.to_string(), false),
-        Attempt::Judged { status, body_ok: false } => {
-            (false, format!("{status}, body without expected text"), false)
+fn judge(check: &Check, fetched: Result<Fetched, Failure>, latency: Duration) -> ProbeOutcome {
+    let (passed, detail, l4_failure): (bool, String, bool) = match fetched {
+        Ok(f) => {
+            let status = f.head.status.as_u16();
+            let body_ok =
+                check.expect_body.as_ref().is_none_or(|needle| contains(&f.body, needle.as_bytes()));
+            if !check.status_ok(status) {
+                (false, status.to_string(), false)
+            } else if !body_ok {
+                (false, format!("{status}, body without expected text"), false)
+            } else {
+                (true, status.to_string(), false)
+            }
         }
-        Attempt::Judged { status, .. } => (true, status.to_string(), false),
-        Attempt::Transport(e) => (false, e.kind().as_str().replace('_', " "), e.is_l4_failure()),
-        Attempt::BodyError => (false, "body error".into(), false),
-        Attempt::TimedOut => (false, "timeout".into(), false),
+        Err(Failure::Session(e)) => {
+            let detail = match e.kind() {
+                ErrorKind::ResponseTimeout => "timeout".to_owned(),
+                ErrorKind::Body => "body error".to_owned(),
+                kind => kind.as_str().replace('_', " "),
+            };
+            (false, detail, e.is_l4_failure())
+        }
+        Err(Failure::Request(e)) => (false, format!("invalid check request: {e}"), false),
     };
     ProbeOutcome { result: CheckResult { passed, detail: detail.into(), latency }, l4_failure }
 }

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
-use vigil_hostdb::{LbPolicy, OriginKey};
+use vigil_hostdb::{L4Policy, LbPolicy, OriginKey};
 use vigil_l7check::{ConfigError, parse_duration};
+use vigil_session::PoolConfig;
 
 /// The whole main config, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,6 +20,7 @@ pub(crate) struct Config {
     pub(crate) admin: SocketAddr,
     pub(crate) health_checks: PathBuf,
     pub(crate) origin_timeout: Duration,
+    pub(crate) client_header_timeout: Duration,
     pub(crate) admin_token: Option<String>,
     pub(crate) connect_timeout: Duration,
     pub(crate) fail_threshold: u32,
@@ -92,6 +94,7 @@ struct RawProxy {
     admin: Option<Spanned<String>>,
     health_checks: Option<Spanned<String>>,
     origin_timeout: Option<Spanned<String>>,
+    client_header_timeout: Option<Spanned<String>>,
     admin_token: Option<Spanned<String>>,
 }
 
@@ -310,20 +313,34 @@ impl Config {
             }
         };
 
+        // Defaults are the library crates' own (SPEC's), written once.
+        let (pool_defaults, l4_defaults) = (PoolConfig::default(), L4Policy::default());
         Ok(Self {
             listen,
             threads: cx.int(&p.threads, 0, 0, 1024, "threads")? as usize,
             admin,
             health_checks,
             origin_timeout: cx.dur(&p.origin_timeout, Duration::from_secs(30))?,
+            client_header_timeout: cx.dur(&p.client_header_timeout, Duration::from_secs(30))?,
             admin_token,
-            connect_timeout: cx.dur(&l4.connect_timeout, Duration::from_secs(2))?,
-            fail_threshold: cx.int(&l4.fail_threshold, 1, 1, 4_194_303, "fail_threshold")? as u32,
-            down_time: cx.dur(&l4.down_time, Duration::from_secs(10))?,
+            connect_timeout: cx.dur(&l4.connect_timeout, pool_defaults.connect_timeout)?,
+            fail_threshold: cx.int(
+                &l4.fail_threshold,
+                i64::from(l4_defaults.fail_threshold),
+                1,
+                i64::from(L4Policy::MAX_FAIL_THRESHOLD),
+                "fail_threshold",
+            )? as u32,
+            down_time: cx.dur(&l4.down_time, l4_defaults.down_time)?,
             connect_attempts: cx.int(&l4.connect_attempts, 3, 1, 100, "connect_attempts")? as u32,
-            max_idle_per_server: cx.int(&pool.max_idle_per_server, 64, 0, 100_000, "max_idle_per_server")?
-                as usize,
-            idle_timeout: cx.dur(&pool.idle_timeout, Duration::from_secs(60))?,
+            max_idle_per_server: cx.int(
+                &pool.max_idle_per_server,
+                pool_defaults.max_idle_per_server as i64,
+                0,
+                100_000,
+                "max_idle_per_server",
+            )? as usize,
+            idle_timeout: cx.dur(&pool.idle_timeout, pool_defaults.idle_timeout)?,
             remaps,
             origins,
             cluster,

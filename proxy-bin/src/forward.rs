@@ -2,11 +2,14 @@
 //! session -> streamed response, with SPEC's retries and error statuses.
 //!
 //! L4 outcomes are reported here, on the exact `Server` record the pick
-//! returned: a connect failure, a reset or EOF before the response head, or
-//! a garbage answer count as L4 failures; a response head clears them.
-//! A response that takes longer than `origin_timeout` is a 504 and not an L4
-//! failure (a slow endpoint is not a dead server; the L7 check, with its own
-//! short timeout, is what catches a hung one).
+//! returned; what counts is the session pool's one rule
+//! (`SessionError::is_l4_failure`: a connect failure, a reset or EOF before
+//! the response head, a garbage answer, and a malformed response body
+//! found while streaming it); a response head clears them. A response that
+//! takes longer than `origin_timeout` is a 504 and not an L4 failure (a
+//! slow endpoint is not a dead server; the L7 check, with its own short
+//! timeout, is what catches a hung one). Whether a failed attempt may go to
+//! another server is the pool's rule too (`SessionError::may_retry_elsewhere`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,7 +27,9 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use vigil_hostdb::{Attempt, LbPolicy, Pick, SelectError};
-use vigil_session::{BoxError, ErrorKind, Freshness, PooledBody, Protocol, RequestBody, Target};
+use vigil_session::{
+    BoxError, ErrorKind, Freshness, PooledBody, Protocol, RequestBody, RetryPolicy, SessionError, Target,
+};
 
 use crate::app::Shared;
 use crate::routes::Route;
@@ -34,7 +39,7 @@ use crate::routes::Route;
 /// or a short body of our own.
 #[derive(Debug)]
 pub(crate) enum ProxyBody {
-    Upstream { body: PooledBody, _pick: Pick },
+    Upstream { body: PooledBody, pick: Pick },
     Local(Option<Bytes>),
 }
 
@@ -47,7 +52,16 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            Self::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            Self::Upstream { body, pick } => {
+                let polled = Pin::new(body).poll_frame(cx);
+                // A malformed body is a garbage answer: the server's fault.
+                if let Poll::Ready(Some(Err(e))) = &polled
+                    && SessionError::of_body(e).is_some_and(SessionError::is_l4_failure)
+                {
+                    pick.server().report_l4_failure(clock());
+                }
+                polled
+            }
             Self::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
@@ -191,7 +205,7 @@ fn forward<'a, B: ClientRequestBody>(
         };
         shared.checker.touch(&origin, now);
 
-        let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+        let policy = RetryPolicy::request(req.method());
         let mut attempt = Attempt::new();
         if origin.lb() == LbPolicy::ConsistentHash {
             attempt = attempt.with_hash_key(req.uri().path().as_bytes());
@@ -220,7 +234,7 @@ fn forward<'a, B: ClientRequestBody>(
                 }
                 Err(_) => return all_failed(),
             };
-            let target = Target { addr: pick.addr(), protocol: route.protocol };
+            let target = Target::new(pick.addr(), route.protocol);
             let sent =
                 shared.pool.try_request(target, Freshness::IdlePreferred, next, Some(origin_timeout)).await;
             let (e, back) = match sent {
@@ -239,13 +253,13 @@ fn forward<'a, B: ClientRequestBody>(
             }
             // An attempt can take up to a connect timeout: read the clock again.
             now = clock();
-            if e.is_l4_failure() || matches!(e.kind(), ErrorKind::Protocol | ErrorKind::ResponseTooLarge) {
+            if e.is_l4_failure() {
                 pick.server().report_l4_failure(now);
             }
             tracing::debug!(server = %pick.addr(), error = %e, "attempt failed");
             failures += 1;
             match back {
-                Some(req) if (!e.is_sent() || safe) && failures < attempts => {
+                Some(req) if e.may_retry_elsewhere(policy) && failures < attempts => {
                     shared.metrics.retries.inc();
                     next = req;
                 }
@@ -335,16 +349,22 @@ fn upstream_request<B: ClientRequestBody>(
 }
 
 /// `X-Forwarded-For`: the client's address appended to what came in, on one line.
+///
+/// One hashed lookup: the name is not a standard one, and each lookup
+/// hashes it anew (a `contains_key` then an `insert` cost about 200
+/// instructions a request).
 fn forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
-    let value = if headers.contains_key(&X_FORWARDED_FOR) {
-        let mut all: Vec<&[u8]> =
-            headers.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes).collect();
-        all.push(ip.as_bytes());
-        HeaderValue::from_bytes(&all.join(&b", "[..])).unwrap_or_else(|_| ip.clone())
-    } else {
-        ip.clone()
-    };
-    headers.insert(X_FORWARDED_FOR, value);
+    match headers.entry(X_FORWARDED_FOR) {
+        header::Entry::Vacant(e) => {
+            e.insert(ip.clone());
+        }
+        header::Entry::Occupied(mut e) => {
+            let mut all: Vec<&[u8]> = e.iter().map(HeaderValue::as_bytes).collect();
+            all.push(ip.as_bytes());
+            let value = HeaderValue::from_bytes(&all.join(&b", "[..])).unwrap_or_else(|_| ip.clone());
+            e.insert(value); // replaces every value the client sent
+        }
+    }
 }
 
 /// Removes the hop-by-hop headers of RFC 9110 section 7.6.1, and every
@@ -388,7 +408,7 @@ fn respond(mut resp: Response<PooledBody>, pick: Pick) -> Response<ProxyBody> {
     let headers = resp.headers_mut();
     strip_hop_by_hop(headers);
     headers.append(header::VIA, VIA_11.clone());
-    resp.map(|body| ProxyBody::Upstream { body, _pick: pick })
+    resp.map(|body| ProxyBody::Upstream { body, pick })
 }
 
 /// A response of our own.

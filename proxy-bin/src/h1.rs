@@ -1,25 +1,24 @@
 //! The proxy listener's HTTP/1.1 server, driven inline on the connection's
-//! task.
+//! task (no hyper dispatcher).
 //!
-//! It replaces hyper's server dispatcher, and the framing guard in front of
-//! it that parsed every head a second time to enforce SPEC's strict framing:
-//! the gate's `proxy_request` went from 28 034 to 22 012 instructions per
-//! request with it.
-//! Here one parse does both: each head is parsed with httparse (header
-//! values become slices of the read buffer, not copies), refused with 400
-//! and the connection closed when its framing is ambiguous, and handed to
-//! the request path; the response is written head and first body bytes in
-//! one write (one `send` when the first piece is small enough to copy in
-//! behind the head). h2c (prior knowledge) connections still go to hyper.
+//! Each head is parsed by `vigil-h1` (header values are slices of the read
+//! buffer, not copies; strict framing in the same parse) and handed to the
+//! request path; the request body is read from the connection as the
+//! request path polls it; the response is written head and first body
+//! bytes in one write (one `send` when the first piece is small enough to
+//! copy in behind the head). h2c (prior knowledge) connections go to hyper.
 //!
-//! Strict framing (SPEC, Security): `Content-Length` with
-//! `Transfer-Encoding`, more than one `Content-Length` (even equal ones;
-//! both counted in `vigil_requests_refused_framing_total`), an empty or
-//! non-numeric `Content-Length`, or a `Transfer-Encoding` whose last coding
-//! is not chunked is 400 and the connection closes. An invalid chunk size
-//! fails the request body: the request path answers 400 and closes.
+//! A refused head (SPEC, Security: `Content-Length` with
+//! `Transfer-Encoding`, more than one `Content-Length`, a transfer coding
+//! but one final `chunked`, `Transfer-Encoding` in HTTP/1.0, two `Host`
+//! fields, an oversized head, ...) is answered with its status (400, 431,
+//! 501) and the connection closes; the ambiguous-framing ones are also
+//! counted in `vigil_requests_refused_framing_total`. A malformed chunked
+//! body fails the request body: the request path answers 400 and closes.
+//! A connection that sends no whole head (nothing, half a head, or half
+//! the h2 preface) within the head timeout is closed.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
@@ -27,9 +26,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 use tokio::io::AsyncWrite;
@@ -37,17 +36,13 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 
-use vigil_session::wire::{self, DecodeError, Decoder, WriteQueue};
+use vigil_h1::{DecodeError, Decoder, Framing, HeadError, ResponseLine, WriteQueue};
 
 use crate::app::Shared;
 use crate::forward::{self, Peer, ProxyBody};
 
 /// Largest request head accepted; more is 431.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 128;
-/// How long a client may take to send a whole head (also the keep-alive
-/// idle limit), as hyper's `header_read_timeout` was set.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Response body bytes queued for one write.
 const MAX_QUEUED: usize = 64 * 1024;
 
@@ -71,6 +66,21 @@ impl Stop {
     pub(crate) fn enter(self: &Arc<Self>) -> Live {
         self.live.fetch_add(1, Ordering::SeqCst);
         Live(Arc::clone(self))
+    }
+
+    /// Runs `work` unless the server stops first (then `None`).
+    pub(crate) async fn unless_stopped<F: Future>(&self, work: F) -> Option<F::Output> {
+        let stopped = self.notify.notified();
+        let mut stopped = pin!(stopped);
+        stopped.as_mut().enable();
+        if self.stopping.load(Ordering::SeqCst) {
+            return None;
+        }
+        tokio::select! {
+            biased;
+            () = stopped => None,
+            out = work => Some(out),
+        }
     }
 
     pub(crate) fn live(&self) -> usize {
@@ -121,7 +131,7 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 impl ReadSide {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        wire::poll_fill(&mut self.io, &mut self.buf, cx)
+        vigil_h1::poll_fill(&mut self.io, &mut self.buf, cx)
     }
 }
 
@@ -136,14 +146,17 @@ pub(crate) async fn serve(stream: TcpStream, buf: BytesMut, peer: Peer, shared: 
     let stopped = stop.notify.notified();
     let mut stopped = pin!(stopped);
     stopped.as_mut().enable();
-    let timer = tokio::time::sleep(HEAD_TIMEOUT);
+    // How long a client may take to send a whole head; also the keep-alive
+    // idle limit (`client_header_timeout`).
+    let head_timeout = shared.config.load().client_header_timeout;
+    let timer = tokio::time::sleep(head_timeout);
     let mut timer = pin!(timer);
     let mut out = Writer::default();
     loop {
         if stop.stopping.load(Ordering::SeqCst) {
             return;
         }
-        timer.as_mut().reset(tokio::time::Instant::now() + HEAD_TIMEOUT);
+        timer.as_mut().reset(tokio::time::Instant::now() + head_timeout);
         let head = tokio::select! {
             biased;
             head = poll_fn(|cx| poll_head(&mut read.lock(), cx)) => head,
@@ -156,15 +169,18 @@ pub(crate) async fn serve(stream: TcpStream, buf: BytesMut, peer: Peer, shared: 
         let head = match head {
             Ok(Some(head)) => head,
             Ok(None) => return, // the client closed between requests
-            Err(refusal) => {
-                if refusal.framing {
+            Err(refused) => {
+                if matches!(refused, HeadError::Framing(_)) {
                     shared.metrics.framing_refused.fetch_add(1, Ordering::Relaxed);
                 }
-                let _ = refuse(&mut w, refusal.status).await;
+                tracing::debug!(reason = %refused, "request head refused");
+                let _ = refuse(&mut w, refused.status()).await;
                 return;
             }
         };
-        let Head { mut req, keep_alive, expect_continue, head_only, http10 } = head;
+        let Head { mut req, keep_alive, expect_continue } = head;
+        let head_only = req.method() == Method::HEAD;
+        let http10 = req.version() == Version::HTTP_10;
         if req.body().hint.exact() != Some(0) {
             req.body_mut().read = Some(Arc::clone(&read));
             if expect_continue {
@@ -217,27 +233,7 @@ async fn linger(read: &SharedRead) {
 }
 
 fn wants_close(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| wire::connection_has(v.as_bytes(), b"close"))
-}
-
-/// A refused head: the status, and whether it was ambiguous framing.
-struct Refusal {
-    status: StatusCode,
-    framing: bool,
-}
-
-impl Refusal {
-    fn bad() -> Self {
-        Self { status: StatusCode::BAD_REQUEST, framing: false }
-    }
-}
-
-/// How the request body is framed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    None,
-    Length(u64),
-    Chunked,
+    headers.get_all(header::CONNECTION).iter().any(|v| vigil_h1::connection_has(v.as_bytes(), b"close"))
 }
 
 struct Head {
@@ -246,108 +242,33 @@ struct Head {
     req: Request<RequestBody>,
     keep_alive: bool,
     expect_continue: bool,
-    head_only: bool,
-    http10: bool,
 }
 
 /// Reads until one request head is parsed; `None` when the client closed
-/// cleanly with nothing pending.
-fn poll_head(read: &mut ReadSide, cx: &mut Context<'_>) -> Poll<Result<Option<Head>, Refusal>> {
+/// cleanly with nothing pending (or the connection failed).
+fn poll_head(read: &mut ReadSide, cx: &mut Context<'_>) -> Poll<Result<Option<Head>, HeadError>> {
     loop {
-        if !read.buf.is_empty() {
-            // Tolerate the empty lines some clients send between requests (RFC 9112 2.2).
-            while read.buf.starts_with(b"\r\n") {
-                read.buf.advance(2);
-            }
-            if !read.buf.is_empty()
-                && let Some(head) = parse_head(read)?
-            {
-                return Poll::Ready(Ok(Some(head)));
-            }
+        if !read.buf.is_empty()
+            && let Some((head, rest)) = vigil_h1::parse_request(&mut read.buf, MAX_HEAD)?
+        {
+            read.buf.extend_from_slice(&rest);
+            read.body = Decoder::new(head.framing);
+            let (parts, ()) = head.request.into_parts();
+            let req = Request::from_parts(parts, RequestBody::unread(head.framing));
+            return Poll::Ready(Ok(Some(Head {
+                req,
+                keep_alive: head.keep_alive,
+                expect_continue: head.expect_continue,
+            })));
         }
         match ready!(read.poll_fill(cx)) {
             Ok(0) if read.buf.is_empty() => return Poll::Ready(Ok(None)),
-            Ok(0) => return Poll::Ready(Err(Refusal::bad())), // half a head, then EOF
+            // Half a head, then EOF.
+            Ok(0) => return Poll::Ready(Err(HeadError::Malformed("the connection closed mid-head"))),
             Ok(_) => {}
             Err(_) => return Poll::Ready(Ok(None)),
         }
     }
-}
-
-fn parse_head(read: &mut ReadSide) -> Result<Option<Head>, Refusal> {
-    let bytes = read.buf.split().freeze();
-    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut []);
-    let too_large = Refusal { status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, framing: false };
-    let len = match req.parse_with_uninit_headers(&bytes, &mut headers) {
-        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => return Err(too_large),
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if bytes.len() >= MAX_HEAD => return Err(too_large),
-        Ok(httparse::Status::Partial) => {
-            read.buf = BytesMut::from(bytes);
-            return Ok(None);
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err(too_large),
-        Err(_) => return Err(Refusal::bad()),
-    };
-    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes()).map_err(|_| Refusal::bad())?;
-    let path = req.path.unwrap_or("");
-    let uri = Uri::from_maybe_shared(bytes.slice_ref(path.as_bytes())).map_err(|_| Refusal::bad())?;
-    let http10 = req.version == Some(0);
-
-    let mut map = HeaderMap::with_capacity(req.headers.len() + 3);
-    let (mut te, mut chunked, mut cl, mut length) = (0u32, false, 0u32, None::<u64>);
-    let (mut close, mut keep_alive_token, mut expect_continue) = (false, false, false);
-    for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Refusal::bad())?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value)).map_err(|_| Refusal::bad())?;
-        if name == header::TRANSFER_ENCODING {
-            te += 1;
-            chunked = wire::last_coding_is_chunked(value.as_bytes());
-        } else if name == header::CONTENT_LENGTH {
-            cl += 1;
-            length = wire::parse_content_length(value.as_bytes());
-        } else if name == header::CONNECTION {
-            close |= wire::connection_has(value.as_bytes(), b"close");
-            keep_alive_token |= wire::connection_has(value.as_bytes(), b"keep-alive");
-        } else if name == header::EXPECT {
-            expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
-        }
-        map.append(name, value);
-    }
-    if (te > 0 && cl > 0) || cl > 1 {
-        return Err(Refusal { status: StatusCode::BAD_REQUEST, framing: true });
-    }
-    let framing = if te > 0 {
-        // RFC 9112 6.3: a request whose last coding is not chunked has no
-        // knowable length.
-        if !chunked {
-            return Err(Refusal::bad());
-        }
-        Framing::Chunked
-    } else if cl > 0 {
-        match length {
-            None => return Err(Refusal::bad()),
-            Some(0) => Framing::None,
-            Some(n) => Framing::Length(n),
-        }
-    } else {
-        Framing::None
-    };
-    read.buf.extend_from_slice(&bytes[len..]);
-    read.body = match framing {
-        Framing::None => Decoder::Done,
-        Framing::Length(n) => Decoder::Length(n),
-        Framing::Chunked => Decoder::chunked(),
-    };
-    let mut r = Request::new(RequestBody::unread(framing));
-    *r.method_mut() = method;
-    *r.uri_mut() = uri;
-    *r.version_mut() = if http10 { Version::HTTP_10 } else { Version::HTTP_11 };
-    *r.headers_mut() = map;
-    let head_only = r.method() == Method::HEAD;
-    let keep_alive = !close && (!http10 || keep_alive_token);
-    Ok(Some(Head { req: r, keep_alive, expect_continue: expect_continue && !http10, head_only, http10 }))
 }
 
 async fn refuse(w: &mut OwnedWriteHalf, status: StatusCode) -> io::Result<()> {
@@ -390,7 +311,7 @@ impl RequestBody {
         let hint = match framing {
             Framing::None => SizeHint::with_exact(0),
             Framing::Length(n) => SizeHint::with_exact(n),
-            Framing::Chunked => SizeHint::default(),
+            Framing::Chunked | Framing::UntilClose => SizeHint::default(),
         };
         Self { read: None, hint }
     }
@@ -459,15 +380,6 @@ fn poll_continue(r: &mut ReadSide, cx: &mut Context<'_>) -> Poll<io::Result<()>>
     Poll::Ready(Ok(()))
 }
 
-/// How the response body is framed to the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Out {
-    None,
-    Length,
-    Chunked,
-    Close,
-}
-
 /// The write side's queue, kept per connection so its allocations (and
 /// its buffer for heads) are reused.
 #[derive(Default)]
@@ -486,62 +398,12 @@ impl Writer {
         http10: bool,
     ) -> io::Result<bool> {
         let (parts, mut body) = resp.into_parts();
-        let status = parts.status;
-        let no_body = head_only || status.is_informational() || matches!(status.as_u16(), 204 | 304);
-        let mut keep = keep;
-        let framing = if no_body {
-            Out::None
-        } else if body.size_hint().exact().is_some() {
-            Out::Length
-        } else if !http10 {
-            Out::Chunked
-        } else {
-            keep = false;
-            Out::Close
-        };
-        let head = self.q.head_mut();
-        head.reserve(256);
-        head.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
-        head.extend_from_slice(status.as_str().as_bytes());
-        head.extend_from_slice(b" ");
-        head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        head.extend_from_slice(b"\r\n");
-        let mut has_date = false;
-        for (name, value) in &parts.headers {
-            if name == header::CONTENT_LENGTH && framing != Out::None {
-                continue; // ours below, from the body itself
-            }
-            if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
-                continue;
-            }
-            has_date |= name == header::DATE;
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
-        if !has_date {
-            head.extend_from_slice(b"date: ");
-            head.extend_from_slice(&date());
-            head.extend_from_slice(b"\r\n");
-        }
-        match framing {
-            Out::Length => {
-                let n = body.size_hint().exact().unwrap_or(0);
-                head.extend_from_slice(b"content-length: ");
-                head.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-                head.extend_from_slice(b"\r\n");
-            }
-            Out::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-            Out::None | Out::Close => {}
-        }
-        if !keep {
-            head.extend_from_slice(b"connection: close\r\n");
-        } else if http10 {
-            head.extend_from_slice(b"connection: keep-alive\r\n");
-        }
-        head.extend_from_slice(b"\r\n");
-        if framing == Out::None {
+        let method = if head_only { &Method::HEAD } else { &Method::GET };
+        let framing = Framing::for_response(method, parts.status, body.size_hint().exact(), http10);
+        let keep = keep && framing != Framing::UntilClose;
+        let line = ResponseLine { status: parts.status, framing, http10, keep_alive: keep };
+        vigil_h1::encode_response_head(self.q.head_mut(), line, &parts.headers, date);
+        if framing == Framing::None {
             drop(body);
             self.flush(w).await?;
             return Ok(keep);
@@ -574,7 +436,7 @@ impl Writer {
                             // copied in behind the head by the queue: one
                             // buffer, one `send`.
                             progressed = true;
-                            if framing == Out::Chunked {
+                            if framing == Framing::Chunked {
                                 self.q.push_chunk(data);
                             } else {
                                 self.q.push(data);
@@ -595,7 +457,7 @@ impl Writer {
                 let _ = self.flush(w).await;
                 return Ok(false);
             }
-            if ended && framing == Out::Chunked {
+            if ended && framing == Framing::Chunked {
                 self.q.push_last_chunk();
             }
             self.flush(w).await?;
@@ -692,7 +554,7 @@ pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub(crate) async fn sniff(stream: &mut TcpStream) -> io::Result<(BytesMut, bool)> {
     let mut buf = BytesMut::new();
     loop {
-        let n = poll_fn(|cx| wire::poll_fill(stream, &mut buf, cx)).await?;
+        let n = poll_fn(|cx| vigil_h1::poll_fill(stream, &mut buf, cx)).await?;
         let seen = &buf[..buf.len().min(H2_PREFACE.len())];
         if n == 0 || !H2_PREFACE.starts_with(seen) {
             return Ok((buf, false));

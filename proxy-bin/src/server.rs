@@ -134,9 +134,15 @@ fn serve(
             let peer = Peer::new(peer);
             let (builder, watcher) = (Arc::clone(builder), graceful.watcher());
             let live = h1_stop.enter();
+            let stop = Arc::clone(h1_stop);
+            let head_timeout = shared.config.load().client_header_timeout;
             tokio::spawn(async move {
                 let mut stream = stream;
-                let Ok((first, h2)) = h1::sniff(&mut stream).await else { return };
+                // The first bytes tell HTTP/1.1 from h2c: within the head
+                // timeout, like any head, or the connection closes (a client
+                // that sends nothing, or half the preface, holds no descriptor).
+                let sniffed = stop.unless_stopped(tokio::time::timeout(head_timeout, h1::sniff(&mut stream)));
+                let Some(Ok(Ok((first, h2)))) = sniffed.await else { return };
                 if !h2 {
                     h1::serve(stream, first, peer, shared, live).await;
                     return;

@@ -18,11 +18,13 @@ pub enum ErrorKind {
     Connect,
     /// The connection was reset or closed before the response head arrived.
     ClosedBeforeHead,
-    /// The server sent something that is not HTTP (garbage, bad framing).
+    /// The server sent something that is not HTTP (garbage, bad framing,
+    /// a malformed chunked body).
     Protocol,
     /// The response head exceeded the configured limit.
     ResponseTooLarge,
-    /// Reading or writing a body failed after the response head.
+    /// Reading or writing a body failed after the response head (the
+    /// server went away mid-body, or the request body's source failed).
     Body,
     /// No response head within the caller's response timeout.
     ResponseTimeout,
@@ -47,7 +49,10 @@ impl ErrorKind {
 /// A failed connect, send or receive, with what a caller needs to decide on
 /// a retry: whether the request left (only safe requests are retried after
 /// sending) and whether the session was reused (a reused session may have
-/// died idle: one retry on a fresh connection is then in order).
+/// died idle: one retry on a fresh connection is then in order). What
+/// counts against the server and what may be retried is decided in one
+/// place, the `outcome` module: [`SessionError::is_l4_failure`],
+/// [`SessionError::may_retry_on_fresh`], [`SessionError::may_retry_elsewhere`].
 #[derive(Debug)]
 pub struct SessionError {
     kind: ErrorKind,
@@ -97,25 +102,15 @@ impl SessionError {
         self.reused
     }
 
+    /// The [`SessionError`] inside a [`PooledBody`](crate::PooledBody)'s
+    /// error, if it is one (a body's errors are boxed).
+    pub fn of_body(e: &BoxError) -> Option<&SessionError> {
+        e.downcast_ref::<SessionError>()
+    }
+
     /// Whether this failed while connecting.
     pub fn is_connect(&self) -> bool {
         matches!(self.kind, ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout | ErrorKind::Connect)
-    }
-
-    /// Whether the failure says something about the server at L4 (connect
-    /// failures, and resets or EOF before the response head): what HostDB's
-    /// fail function counts.
-    pub fn is_l4_failure(&self) -> bool {
-        self.is_connect() || self.kind == ErrorKind::ClosedBeforeHead
-    }
-
-    /// Whether one retry on a fresh connection is warranted whatever the
-    /// method: the session was reused and the request never left, or the
-    /// reused session was found closed before any response (the classic
-    /// keep-alive race; pingora's `RetryType::ReusedOnly`). A caller retries
-    /// a sent request only if it is safe to repeat.
-    pub fn is_retryable_on_fresh(&self) -> bool {
-        self.reused && (!self.sent || self.kind == ErrorKind::ClosedBeforeHead)
     }
 }
 
@@ -135,22 +130,5 @@ impl fmt::Display for SessionError {
 impl std::error::Error for SessionError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.source.as_deref().map(|e| e as _)
-    }
-}
-
-/// Maps hyper's error to a kind through its predicates (its text and
-/// `source()` chain are not stable).
-pub(crate) fn classify(err: &hyper::Error) -> ErrorKind {
-    if err.is_parse_too_large() {
-        ErrorKind::ResponseTooLarge
-    } else if err.is_parse() || err.is_parse_status() || err.is_user() {
-        ErrorKind::Protocol
-    } else if err.is_incomplete_message() || err.is_canceled() || err.is_closed() {
-        ErrorKind::ClosedBeforeHead
-    } else if err.is_body_write_aborted() {
-        ErrorKind::Body
-    } else {
-        // I/O errors (reset, broken pipe) surface without a predicate of their own.
-        ErrorKind::ClosedBeforeHead
     }
 }

@@ -2,27 +2,33 @@
 //!
 //! Keep-alive sessions to origin servers, shared by proxied requests and L7
 //! health checks: a check warms a session a user request then reuses, and
-//! the other way round. HTTP/1.1 is a client of our own, driven inline on
-//! the caller's task (no connection task, no channels: see the `h1`
-//! module's notes); h2c is hyper 1.x's conn-level client (`client::conn::http2`).
-//! The pooling is ours.
+//! the other way round. The pool keeps the books; the rest has a module
+//! each:
 //!
-//! - **HTTP/1.1**: one request at a time per session (unique reservation),
-//!   idle sessions reused last-in first-out, at most `max_idle_per_server`
-//!   kept, closed after `idle_timeout`. A session returns to the pool only
-//!   when its response was read to the end and it is still open
-//!   ([`PooledBody`] sees to it); one whose peer closed or sent stray bytes
-//!   while idle is found closed and dropped. Response framing is strict
-//!   (RFC 9112 section 6: `Transfer-Encoding` with `Content-Length` is a
-//!   protocol error), and the request body is written while the response
-//!   is read, so an origin that answers early cannot stall a request.
-//! - **h2c** (prior knowledge): connections shared by concurrent requests,
-//!   streams counted against the server's `max_concurrent_streams` (and our
-//!   cap); a second connection only when the first is full; one connect in
-//!   flight per server.
-//! - [`SessionError`] says what happened, whether the request was sent and
-//!   whether the session was reused.
-//! - [`Observer`] hears connect outcomes and I/O errors on established
+//! - **Transport** ([`Connect`]): the pool never opens a socket itself. A
+//!   connector turns a [`Target`] into a byte stream ([`TcpConnect`]: plain
+//!   TCP); the protocol drivers speak over whatever it returns.
+//! - **HTTP/1.1**: a client of our own, driven inline on the caller's task
+//!   (no connection task, no channels) over `vigil-h1`'s strict codec; one
+//!   request at a time per session (a unique reservation), idle sessions
+//!   reused last-in first-out, at most `max_idle_per_server` kept, closed
+//!   after `idle_timeout`. A session returns to the pool only when its
+//!   response was read to the end and it is still open ([`PooledBody`]
+//!   sees to it); one whose peer closed or sent stray bytes while idle is
+//!   found closed and dropped. The request body is written while the
+//!   response is read, so an origin that answers early cannot stall a
+//!   request.
+//! - **HTTP/2** (h2c, prior knowledge): hyper's conn-level client; a
+//!   connection is shared by concurrent requests (a stream slot each),
+//!   streams are counted against the server's `max_concurrent_streams` (and
+//!   our cap), a second connection opens only when the first is full, one
+//!   connect in flight per server.
+//! - **Outcomes** ([`SessionError`], [`RetryPolicy`]): what happened,
+//!   whether the request was sent, whether the session was reused, and the
+//!   one place that decides whether a failure counts against the server
+//!   ([`SessionError::is_l4_failure`]) and may be retried on a fresh session
+//!   or another server.
+//! - [`Observer`] hears connect outcomes and L4 failures of established
 //!   sessions, so a binary can wire in a health database. This crate knows
 //!   nothing of health policy.
 //!
@@ -43,10 +49,14 @@
 
 #![warn(missing_docs)]
 
+mod connect;
 mod error;
 mod h1;
+mod h2;
+mod outcome;
 mod pool;
-pub mod wire;
+mod retry;
+mod session;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,8 +65,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 
+pub use connect::{Connect, ConnectFuture, Connection, Io, TcpConnect};
 pub use error::{BoxError, ErrorKind, SessionError};
-pub use pool::{Freshness, Pool, PoolCounts, PooledBody, Session};
+pub use outcome::RetryPolicy;
+pub use pool::{Freshness, Pool, PoolCounts};
+pub use retry::Fetched;
+pub use session::{PooledBody, Session};
 
 /// The request body every session takes: any body, boxed.
 pub type RequestBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
@@ -76,28 +90,55 @@ pub fn full_body(bytes: impl Into<Bytes>) -> RequestBody {
 pub enum Protocol {
     /// HTTP/1.1 with keep-alive.
     Http1,
-    /// HTTP/2 over cleartext TCP with prior knowledge.
+    /// HTTP/2 with prior knowledge.
     H2c,
 }
 
-/// What makes two sessions interchangeable: the server and the protocol.
+/// Everything a connection to a server depends on, so that only sessions
+/// that are interchangeable share a key: the server's address, the
+/// protocol, and the connector's profile for it.
+///
+/// A profile is the [`Connect`]'s own business: what it presents and
+/// checks beyond the address (a TLS server name, the roots a certificate
+/// must chain to, a client certificate). The pool only keys sessions by it,
+/// so a session opened under one profile is never handed out under
+/// another. [`Profile::PLAIN`] (plain TCP) unless a connector says
+/// otherwise. A small copyable handle, not the settings themselves: the
+/// key is hashed and moved on every request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Target {
     /// The server.
     pub addr: SocketAddr,
     /// The protocol.
     pub protocol: Protocol,
+    /// The connector's profile for this server.
+    pub profile: Profile,
+}
+
+/// A connector's handle for what a connection presents beyond the address
+/// (see [`Target`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct Profile(pub u32);
+
+impl Profile {
+    /// No profile: a plain connection to the address.
+    pub const PLAIN: Self = Self(0);
 }
 
 impl Target {
     /// HTTP/1.1 to `addr`.
     pub fn http1(addr: SocketAddr) -> Self {
-        Self { addr, protocol: Protocol::Http1 }
+        Self::new(addr, Protocol::Http1)
     }
 
     /// h2c to `addr`.
     pub fn h2c(addr: SocketAddr) -> Self {
-        Self { addr, protocol: Protocol::H2c }
+        Self::new(addr, Protocol::H2c)
+    }
+
+    /// `protocol` to `addr`, plain.
+    pub fn new(addr: SocketAddr, protocol: Protocol) -> Self {
+        Self { addr, protocol, profile: Profile::PLAIN }
     }
 }
 
@@ -142,7 +183,8 @@ impl PoolConfig {
 pub trait Observer: Send + Sync {
     /// A TCP connect finished.
     fn on_connect(&self, addr: SocketAddr, result: Result<(), &SessionError>);
-    /// An established session failed before a response head (reset, EOF).
+    /// An established session failed at L4 ([`SessionError::is_l4_failure`]:
+    /// a reset or EOF before the response head, a garbage answer).
     fn on_io_error(&self, addr: SocketAddr, error: &SessionError);
 }
 
@@ -165,11 +207,11 @@ pub struct PoolMetrics {
 }
 
 impl PoolMetrics {
-    /// Successful TCP connects.
+    /// Successful connects.
     pub fn connects_ok(&self) -> u64 {
         self.connects_ok.load(Ordering::Relaxed)
     }
-    /// Failed TCP connects.
+    /// Failed connects.
     pub fn connects_failed(&self) -> u64 {
         self.connects_failed.load(Ordering::Relaxed)
     }

@@ -162,6 +162,16 @@ async fn garbage_fails_and_refused_connections_fail_as_l4() {
     let out = run(&pool(), &check(""), garbage, false).await;
     assert!(!out.result.passed);
     assert_eq!(&*out.result.detail, "protocol error");
+    assert!(out.l4_failure, "SPEC: a garbage answer is an L4 failure, for a check as for a request");
+    let smuggler =
+        raw_origin(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n")
+            .await;
+    let out = run(&pool(), &check(""), smuggler, false).await;
+    assert_eq!((&*out.result.detail, out.result.passed, out.l4_failure), ("protocol error", false, true));
+    let bad_chunk =
+        raw_origin(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\nOK\r\n0\r\n\r\n").await;
+    let out = run(&pool(), &check(""), bad_chunk, false).await;
+    assert_eq!((&*out.result.detail, out.l4_failure), ("protocol error", true), "a malformed body too");
 
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let out = run(&pool(), &check(""), closed, false).await;

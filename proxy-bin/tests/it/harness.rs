@@ -407,3 +407,21 @@ pub(crate) fn server_list(origins: &[Origin]) -> String {
     let list: Vec<String> = origins.iter().map(|o| format!("\"{}\"", o.addr)).collect();
     format!("[{}]", list.join(", "))
 }
+
+/// A `[[remap]]` of `host` to `origin` and the origin's `servers`, plus `extra` keys.
+pub(crate) fn remap(host: &str, origin: &str, servers: &str, extra: &str) -> String {
+    format!(
+        "[[remap]]\nfrom = \"{host}\"\nto = \"http://{origin}\"\n\n[origins.\"{origin}\"]\nservers = {servers}\n{extra}\n"
+    )
+}
+
+/// Sends raw bytes; returns everything read until the server closes.
+pub(crate) async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the connection was not closed: {}", String::from_utf8_lossy(&out));
+    String::from_utf8_lossy(&out).into_owned()
+}

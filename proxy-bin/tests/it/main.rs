@@ -6,4 +6,5 @@
 mod check_config;
 mod cluster;
 mod harness;
+mod hostile;
 mod proxy;

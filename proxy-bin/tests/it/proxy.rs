@@ -11,12 +11,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::*;
 
-fn remap(host: &str, origin: &str, servers: &str, extra: &str) -> String {
-    format!(
-        "[[remap]]\nfrom = \"{host}\"\nto = \"http://{origin}\"\n\n[origins.\"{origin}\"]\nservers = {servers}\n{extra}\n"
-    )
-}
-
 /// Fast enough for tests, with room for a loaded CI machine: one slow
 /// check does not flip a server.
 const FAST_CHECKS: &str = r#"[defaults]
@@ -251,16 +245,6 @@ async fn every_error_status() {
     let mut out = String::new();
     c.read_to_string(&mut out).await.unwrap();
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
-}
-
-/// Sends raw bytes; returns everything read until the server closes.
-async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
-    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-    c.write_all(bytes).await.unwrap();
-    let mut out = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out)).await;
-    assert!(read.is_ok(), "the connection was not closed: {}", String::from_utf8_lossy(&out));
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

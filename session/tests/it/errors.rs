@@ -50,7 +50,9 @@ async fn a_reset_before_the_head_is_typed_sent_and_observed() {
     let err = s.send(get("/")).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ClosedBeforeHead, "{err}");
     assert!(err.is_sent() && !err.is_reused() && err.is_l4_failure());
-    assert!(!err.is_retryable_on_fresh(), "a fresh session's failure is the server's");
+    let get_policy = vigil_session::RetryPolicy::request(&http::Method::GET);
+    assert!(!err.may_retry_on_fresh(get_policy), "a fresh session's failure is the server's");
+    assert!(err.may_retry_elsewhere(get_policy), "a GET may go to another server");
     assert_eq!(*rec.io_errors.lock(), [(origin.addr, ErrorKind::ClosedBeforeHead)]);
     assert_eq!(pool.counts(origin.addr), vigil_session::PoolCounts::default());
 }
@@ -73,7 +75,7 @@ async fn garbage_from_the_origin_is_a_protocol_error_and_the_session_is_discarde
     let pool = Pool::new(PoolConfig::default(), Arc::new(Recorder::default()));
     let err = pool.request(Target::http1(origin.addr), Freshness::IdlePreferred, get("/")).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
-    assert!(err.is_sent() && !err.is_l4_failure());
+    assert!(err.is_sent() && err.is_l4_failure(), "SPEC: a garbage answer is an L4 failure");
     assert_eq!(pool.counts(origin.addr), vigil_session::PoolCounts::default());
 }
 

@@ -1,0 +1,210 @@
+//! Sending with the one retry a reused session deserves, for proxied
+//! requests ([`Pool::try_request`]) and for small whole exchanges such as
+//! health checks ([`Pool::fetch`]). What may be retried is `outcome`'s call.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
+
+use crate::error::{ErrorKind, SessionError};
+use crate::outcome::RetryPolicy;
+use crate::pool::{Freshness, Pool};
+use crate::session::PooledBody;
+use crate::{Protocol, RequestBody, Target};
+
+/// A response read into memory: its head, and its body up to a limit.
+#[derive(Debug)]
+pub struct Fetched {
+    /// Status, version and header fields.
+    pub head: http::response::Parts,
+    /// The body's first bytes, up to the limit asked for.
+    pub body: Bytes,
+    /// More body followed the limit (it was not read; the session closed).
+    pub truncated: bool,
+}
+
+/// The request handed back with a failure, when it can be sent again.
+type Failed = (SessionError, Option<http::Request<RequestBody>>);
+
+impl Pool {
+    /// Checks out a session and sends `req` on it, with the one retry a
+    /// reused session deserves (see [`SessionError::may_retry_on_fresh`]):
+    /// the retry's outcome is what the caller sees.
+    ///
+    /// # Errors
+    /// As [`Pool::checkout`] and [`Session::send`](crate::Session::send).
+    pub async fn request(
+        &self,
+        target: Target,
+        freshness: Freshness,
+        req: http::Request<RequestBody>,
+    ) -> Result<http::Response<PooledBody>, SessionError> {
+        self.try_request(target, freshness, req, None).await.map_err(|(e, _)| e)
+    }
+
+    /// [`Pool::request`] for a proxy: `response_timeout` bounds each send
+    /// (request written, response head read; the connect has its own
+    /// bound), and a failure hands the request back whenever it can be sent
+    /// again: it never left (a failed connect, a session found closed), or
+    /// its body was empty (a copy of its head is kept). The caller decides
+    /// with [`SessionError::may_retry_elsewhere`] whether to resend it, on
+    /// another server.
+    ///
+    /// # Errors
+    /// As [`Pool::request`], plus [`ErrorKind::ResponseTimeout`]; with the
+    /// request when it can be sent again.
+    // Not an `async fn`: that keeps every argument twice in the future (the
+    // argument and the local it is moved into), and a proxy carries this
+    // future inside its own, each `.await` copying it whole.
+    #[allow(clippy::manual_async_fn, reason = "an async fn keeps each argument twice in its future")]
+    pub fn try_request(
+        &self,
+        target: Target,
+        freshness: Freshness,
+        req: http::Request<RequestBody>,
+        response_timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<http::Response<PooledBody>, Failed>> + Send + '_ {
+        async move {
+            let mut req = req;
+            let replay = h2_replay(target, &req);
+            let session = match self.checkout(target, freshness).await {
+                Ok(session) => session,
+                Err(e) => return Err((e, Some(req))),
+            };
+            match session.send_keeping(&mut req, response_timeout).await {
+                Ok(resp) => Ok(resp),
+                Err((e, replayable)) => {
+                    let back = if replayable { Some(req) } else { replay.map(|r| *r) };
+                    match back {
+                        Some(req) if e.may_retry_on_fresh(RetryPolicy::request(req.method())) => {
+                            // Not reported to the observer: only the retry's outcome counts.
+                            tracing::debug!(server = %target.addr, error = %e, "reused session failed; retrying on a fresh one");
+                            // Boxed: the rare path must not grow the common one's future.
+                            Box::pin(self.retry_fresh(target, req, response_timeout)).await
+                        }
+                        back => Err((self.inner.report(e), back)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The second try of [`Pool::try_request`], on a fresh connection.
+    async fn retry_fresh(
+        &self,
+        target: Target,
+        mut req: http::Request<RequestBody>,
+        response_timeout: Option<Duration>,
+    ) -> Result<http::Response<PooledBody>, Failed> {
+        // The fresh send may fail too.
+        let backup = h2_replay(target, &req);
+        match self.checkout(target, Freshness::Fresh).await {
+            Ok(session) => match session.send_keeping(&mut req, response_timeout).await {
+                Ok(resp) => Ok(resp),
+                Err((e, replayable)) => {
+                    Err((self.inner.report(e), if replayable { Some(req) } else { backup.map(|r| *r) }))
+                }
+            },
+            Err(e) => Err((e, Some(req))),
+        }
+    }
+
+    /// Sends a request without a body and reads the answer into memory:
+    /// its head and at most `max_body` bytes of its body, all within
+    /// `timeout` (connect included). A failure the `policy` allows to be
+    /// retried on a fresh session (see [`SessionError::may_retry_on_fresh`];
+    /// [`RetryPolicy::CHECK`]: any failure on a reused one) is tried once
+    /// more, with what is left of the time (at least half of it).
+    ///
+    /// # Errors
+    /// A [`SessionError`]; [`ErrorKind::ResponseTimeout`] when the whole
+    /// exchange took longer than `timeout`.
+    pub async fn fetch(
+        &self,
+        target: Target,
+        freshness: Freshness,
+        req: http::Request<RequestBody>,
+        timeout: Duration,
+        max_body: usize,
+        policy: RetryPolicy,
+    ) -> Result<Fetched, SessionError> {
+        let start = tokio::time::Instant::now();
+        let mut req = req;
+        let e = match self.fetch_once(target, freshness, &mut req, timeout, max_body).await {
+            Ok(fetched) => return Ok(fetched),
+            Err(e) => e,
+        };
+        if !e.may_retry_on_fresh(policy) || !req.body().is_end_stream() {
+            return Err(self.inner.report(e));
+        }
+        tracing::debug!(server = %target.addr, error = %e, "reused session failed; retrying on a fresh one");
+        let left = timeout.saturating_sub(start.elapsed()).max(timeout / 2);
+        self.fetch_once(target, Freshness::Fresh, &mut req, left, max_body)
+            .await
+            .map_err(|e| self.inner.report(e))
+    }
+
+    async fn fetch_once(
+        &self,
+        target: Target,
+        freshness: Freshness,
+        req: &mut http::Request<RequestBody>,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<Fetched, SessionError> {
+        let addr = target.addr;
+        let mut reused = false;
+        let exchange = async {
+            let session = self.checkout(target, freshness).await?;
+            reused = session.is_reused();
+            let resp = session.send_keeping(req, None).await.map_err(|(e, _)| e)?;
+            let (head, mut body) = resp.into_parts();
+            let mut seen = BytesMut::new();
+            let mut truncated = false;
+            // Read to the end (so the session can be reused) or to the limit.
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| match e.downcast::<SessionError>() {
+                    Ok(e) => *e,
+                    Err(e) => SessionError::new(ErrorKind::Body, addr).sent(true).with_source(e),
+                })?;
+                let Ok(data) = frame.into_data() else { continue };
+                let room = max_body - seen.len();
+                seen.extend_from_slice(&data[..data.len().min(room)]);
+                if data.len() > room {
+                    truncated = true;
+                    break;
+                }
+            }
+            Ok(Fetched { head, body: seen.freeze(), truncated })
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(SessionError::new(ErrorKind::ResponseTimeout, addr).sent(true).reused(reused)),
+        }
+    }
+}
+
+/// For h2, a copy of a body-less request to send it again: HTTP/1.1 keeps
+/// the request whole until the answer, hyper's h2 client does not hand it
+/// back once it left. Boxed: the future holding it is on every request's path.
+#[inline]
+fn h2_replay(target: Target, req: &http::Request<RequestBody>) -> Option<Box<http::Request<RequestBody>>> {
+    if target.protocol != Protocol::H2c {
+        return None;
+    }
+    req.body().is_end_stream().then(|| Box::new(copy_head(req)))
+}
+
+/// A copy of a body-less request's head, to send it again.
+#[cold]
+fn copy_head(req: &http::Request<RequestBody>) -> http::Request<RequestBody> {
+    let mut copy = http::Request::new(crate::empty_body());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
