@@ -52,6 +52,7 @@
 
 #![warn(missing_docs)]
 
+pub mod conf;
 mod db;
 mod dns;
 pub mod docs;

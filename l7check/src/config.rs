@@ -6,50 +6,13 @@
 //! each kept with its span so an error names `file:line:column`.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::ops::Range;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+use vigil_hostdb::conf::{FileError, error_at, parse_duration};
 use vigil_hostdb::{L7Policy, OriginKey};
-
-/// A config error: where, and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The file name given to the parser.
-    pub file: String,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column (in characters).
-    pub column: usize,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// Turns a byte span of `text` into a [`ConfigError`] at its line and
-/// column (in characters): shared by every config file of the project.
-pub fn error_at(
-    file: &str,
-    text: &str,
-    span: Option<Range<usize>>,
-    message: impl Into<String>,
-) -> ConfigError {
-    let offset = span.map_or(0, |s| s.start).min(text.len());
-    let boundary = (0..=offset).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
-    let before = &text[..boundary];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    ConfigError { file: file.to_owned(), line, column, message: message.into() }
-}
 
 /// Timing and hysteresis of a check (`[defaults]`, overridable per check).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -197,7 +160,7 @@ impl HealthChecks {
     ///
     /// # Errors
     /// The first problem found, at its `file:line:column`.
-    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+    pub fn parse(text: &str, file: &str) -> Result<Self, FileError> {
         let raw: RawFile =
             toml::from_str(text).map_err(|e| error_at(file, text, e.span(), e.message().trim()))?;
         let err = |span: Range<usize>, msg: String| error_at(file, text, Some(span), msg);
@@ -280,34 +243,10 @@ struct RawCheck {
     fresh_connect_every: Option<Spanned<i64>>,
 }
 
-type ErrFn<'a> = dyn Fn(Range<usize>, String) -> ConfigError + 'a;
-
-/// `2s`, `500ms`, `1m`, `5m`, `1h`, `1.5s`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || {
-        format!(
-            "invalid duration {s:?}: expected a number and a unit (ms, s, m, h), like \"2s\" or \"500ms\""
-        )
-    };
-    let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(bad()),
-    };
-    if !secs.is_finite() || secs > 86_400.0 * 365.0 {
-        return Err(format!("invalid duration {s:?}: more than a year"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
+type ErrFn<'a> = dyn Fn(Range<usize>, String) -> FileError + 'a;
 
 impl RawSettings {
-    fn resolve(&self, base: &Settings, err: &ErrFn<'_>) -> Result<Settings, ConfigError> {
+    fn resolve(&self, base: &Settings, err: &ErrFn<'_>) -> Result<Settings, FileError> {
         resolve_settings(
             base,
             [&self.interval, &self.unhealthy_interval, &self.timeout, &self.idle_after],
@@ -327,15 +266,15 @@ fn resolve_settings(
     [healthy_t, unhealthy_t, fresh]: Ints<'_>,
     jitter: &Option<Spanned<String>>,
     err: &ErrFn<'_>,
-) -> Result<Settings, ConfigError> {
+) -> Result<Settings, FileError> {
     let dur =
-        |v: &Option<Spanned<String>>, default: Duration| -> Result<(Duration, Range<usize>), ConfigError> {
+        |v: &Option<Spanned<String>>, default: Duration| -> Result<(Duration, Range<usize>), FileError> {
             match v {
                 Some(s) => parse_duration(s.get_ref()).map(|d| (d, s.span())).map_err(|m| err(s.span(), m)),
                 None => Ok((default, 0..0)),
             }
         };
-    let int = |v: &Option<Spanned<i64>>, default: u32, min: i64, name: &str| -> Result<u32, ConfigError> {
+    let int = |v: &Option<Spanned<i64>>, default: u32, min: i64, name: &str| -> Result<u32, FileError> {
         match v {
             Some(s) if *s.get_ref() < min || *s.get_ref() > 1_000_000 => {
                 Err(err(s.span(), format!("{name} must be between {min} and 1000000, not {}", s.get_ref())))
@@ -401,7 +340,7 @@ fn resolve_settings(
 }
 
 impl RawCheck {
-    fn resolve(self, defaults: &Settings, err: &ErrFn<'_>) -> Result<Check, ConfigError> {
+    fn resolve(self, defaults: &Settings, err: &ErrFn<'_>) -> Result<Check, FileError> {
         let origin = OriginPattern::parse(self.origin.get_ref()).map_err(|m| err(self.origin.span(), m))?;
         let method = match &self.method {
             None => http::Method::GET,
@@ -486,7 +425,7 @@ impl RawCheck {
     }
 }
 
-fn parse_status(entry: &Spanned<StatusEntry>, err: &ErrFn<'_>) -> Result<StatusRange, ConfigError> {
+fn parse_status(entry: &Spanned<StatusEntry>, err: &ErrFn<'_>) -> Result<StatusRange, FileError> {
     let bad = |what: String| {
         err(
             entry.span(),

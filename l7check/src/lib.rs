@@ -26,9 +26,6 @@ mod config;
 mod probe;
 mod scheduler;
 
-pub use config::{
-    Check, ConfigError, HealthChecks, OriginPattern, Settings, StatusRange, error_at as config_error_at,
-    parse_duration,
-};
+pub use config::{Check, HealthChecks, OriginPattern, Settings, StatusRange};
 pub use probe::{HttpProbe, MAX_BODY, Probe, ProbeFuture, ProbeOutcome, ProbeRequest};
 pub use scheduler::{CheckFilter, Checker, CheckerMetrics, CheckerOptions, ResultHook};

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+use vigil_hostdb::conf::{FileError, error_at, parse_duration};
 use vigil_hostdb::{L4Policy, LbPolicy, OriginKey};
-use vigil_l7check::{ConfigError, parse_duration};
 use vigil_session::PoolConfig;
 
 /// The whole main config, validated.
@@ -149,17 +149,17 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
-        vigil_l7check::config_error_at(self.file, self.text, Some(span), message)
+    fn err(&self, span: Range<usize>, message: impl Into<String>) -> FileError {
+        error_at(self.file, self.text, Some(span), message)
     }
 
-    fn addr(&self, v: &Spanned<String>, what: &str) -> Result<SocketAddr, ConfigError> {
+    fn addr(&self, v: &Spanned<String>, what: &str) -> Result<SocketAddr, FileError> {
         v.get_ref()
             .parse()
             .map_err(|_| self.err(v.span(), format!("{what} {:?} is not an ip:port address", v.get_ref())))
     }
 
-    fn dur(&self, v: &Option<Spanned<String>>, default: Duration) -> Result<Duration, ConfigError> {
+    fn dur(&self, v: &Option<Spanned<String>>, default: Duration) -> Result<Duration, FileError> {
         match v {
             None => Ok(default),
             Some(s) => match parse_duration(s.get_ref()) {
@@ -177,7 +177,7 @@ impl Ctx<'_> {
         min: i64,
         max: i64,
         name: &str,
-    ) -> Result<i64, ConfigError> {
+    ) -> Result<i64, FileError> {
         match v {
             None => Ok(default),
             Some(n) if (min..=max).contains(n.get_ref()) => Ok(*n.get_ref()),
@@ -192,11 +192,11 @@ impl Ctx<'_> {
 impl Config {
     /// Parses `text`, the contents of `path` (relative paths inside it are
     /// resolved against the file's folder).
-    pub(crate) fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn parse(text: &str, path: &Path) -> Result<Self, FileError> {
         let file = path.display().to_string();
         let cx = Ctx { file: &file, text };
-        let raw: Raw = toml::from_str(text)
-            .map_err(|e| vigil_l7check::config_error_at(&file, text, e.span(), e.message().trim()))?;
+        let raw: Raw =
+            toml::from_str(text).map_err(|e| error_at(&file, text, e.span(), e.message().trim()))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut warnings = Vec::new();
 
