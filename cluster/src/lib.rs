@@ -16,6 +16,10 @@
 //!   publishing and adopting records. It reads and writes health only
 //!   through `vigil-hostdb` (`Server::l7`, `Server::set_l7`,
 //!   `Origin::is_checking`). See `ARCHITECTURE.md`.
+//!
+//! `examples/two_nodes.rs` starts two members in one process on loopback
+//! UDP and shows a result recorded on one adopted by the other
+//! (`cargo run -p vigil-cluster --example two_nodes`).
 
 #![warn(missing_docs)]
 

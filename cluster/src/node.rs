@@ -145,17 +145,56 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-/// The node could not join.
+/// Why a node could not join the cluster.
 #[derive(Debug, thiserror::Error)]
-#[error("cluster: {0:#}")]
-pub struct ClusterError(anyhow::Error);
+#[non_exhaustive]
+pub enum ClusterError {
+    /// The gossip socket could not be bound: the address is taken, or it
+    /// is not one of this host's.
+    #[error("cluster: cannot bind the gossip socket {listen}/udp: {error}")]
+    Bind {
+        /// The gossip address tried ([`ClusterConfig::listen`]).
+        listen: SocketAddr,
+        /// What the system said.
+        error: std::io::Error,
+    },
+    /// chitchat would not start gossip for another reason (its error is
+    /// kept as text: chitchat reports `anyhow` errors, which stay out of
+    /// this crate's API).
+    #[error("cluster: gossip did not start on {listen}: {reason}")]
+    Start {
+        /// The gossip address tried ([`ClusterConfig::listen`]).
+        listen: SocketAddr,
+        /// chitchat's error and its causes.
+        reason: String,
+    },
+}
+
+impl ClusterError {
+    /// The gossip address the node tried.
+    pub fn listen(&self) -> SocketAddr {
+        match self {
+            Self::Bind { listen, .. } | Self::Start { listen, .. } => *listen,
+        }
+    }
+
+    /// chitchat's error, sorted: the bind failure our transport reports
+    /// (with its context) is the one chitchat's start can have today.
+    fn of_chitchat(listen: SocketAddr, error: anyhow::Error) -> Self {
+        match error.downcast::<std::io::Error>() {
+            Ok(error) => Self::Bind { listen, error },
+            Err(other) => Self::Start { listen, reason: format!("{other:#}") },
+        }
+    }
+}
 
 impl Cluster {
     /// Binds the gossip socket, joins through the seeds and starts syncing
     /// `db` with the cluster. Must run inside a tokio runtime.
     ///
     /// # Errors
-    /// When the gossip socket cannot be bound.
+    /// [`ClusterError::Bind`] when the gossip socket cannot be bound,
+    /// [`ClusterError::Start`] when chitchat fails otherwise.
     pub async fn start(config: ClusterConfig, db: HostDb) -> Result<Self, ClusterError> {
         let metrics = ClusterMetrics::default();
         let transport = SealedTransport::new(&config.key, &config.cluster_id, Arc::clone(&metrics.transport));
@@ -175,8 +214,9 @@ impl Cluster {
             catchup_callback: None,
             extra_liveness_predicate: None,
         };
-        let handle =
-            chitchat::spawn_chitchat(chitchat_config, Vec::new(), &transport).await.map_err(ClusterError)?;
+        let handle = chitchat::spawn_chitchat(chitchat_config, Vec::new(), &transport)
+            .await
+            .map_err(|e| ClusterError::of_chitchat(config.listen, e))?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let wake = Arc::new(tokio::sync::Notify::new());
         let listeners = {
@@ -595,5 +635,28 @@ mod tests {
             newest(&live).map(|id| (id.node_id.to_string(), id.generation_id)).collect();
         got.sort();
         assert_eq!(got, [("edge-1".to_owned(), 9), ("edge-2".to_owned(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn a_taken_gossip_address_is_a_bind_error_with_the_system_s_reason() {
+        let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let listen = taken.local_addr().unwrap();
+        let config = ClusterConfig {
+            node_id: "edge-1".into(),
+            listen,
+            seeds: Vec::new(),
+            cluster_id: "vigil-test".into(),
+            gossip_interval: Duration::from_millis(100),
+            key: crate::ClusterKey::from_bytes(&[7; 32]).unwrap(),
+        };
+        let Err(err) = Cluster::start(config, HostDb::new()).await else { panic!("bound a taken address") };
+        assert_eq!(err.listen(), listen);
+        match &err {
+            ClusterError::Bind { error, .. } => assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse),
+            other => panic!("not a bind error: {other}"),
+        }
+        assert!(
+            err.to_string().starts_with(&format!("cluster: cannot bind the gossip socket {listen}/udp: "))
+        );
     }
 }

@@ -48,6 +48,9 @@
 //! assert!(out.chunk().starts_with(b"HTTP/1.1 200 OK\r\n") && out.chunk().ends_with(b"\r\n\r\nhello"));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! `examples/parse.rs` feeds a request and its response to the codec in
+//! small pieces, as a socket would: `cargo run -p vigil-h1 --example parse`.
 
 #![warn(missing_docs)]
 

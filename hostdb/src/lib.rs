@@ -49,6 +49,10 @@
 //! Time: every time-dependent call takes `now: std::time::Instant`. Pass
 //! `tokio::time::Instant::now().into_std()` to honour tokio's paused clock in
 //! tests. The clock epoch is taken from tokio's clock when the HostDb is built.
+//!
+//! `examples/failover.rs` walks a request path through a failure: a server
+//! taken down, skipped, then probed once its down time is over
+//! (`cargo run -p vigil-hostdb --example failover`).
 
 #![warn(missing_docs)]
 

@@ -19,6 +19,10 @@
 //! It changes health only through `vigil-hostdb`: `Origin::record_check`
 //! (the hysteresis and the one log line per flip are HostDB's) and
 //! `Server::report_l4_failure` for connect failures. See `ARCHITECTURE.md`.
+//!
+//! `examples/check.rs` runs the checker against two servers on loopback,
+//! one healthy and one refusing connections
+//! (`cargo run -p vigil-l7check --example check`).
 
 #![warn(missing_docs)]
 
