@@ -18,6 +18,21 @@ fn rules() -> Vec<(&'static str, Vec<&'static str>, &'static str)> {
     let mut hostdb_bans = HTTP_CRATES.to_vec();
     hostdb_bans.extend(["vigil-session", "vigil-l7check", "vigil-cluster", "vigil-proxy"]);
     vec![
+        (
+            "vigil-h1",
+            vec![
+                "vigil-hostdb",
+                "vigil-session",
+                "vigil-l7check",
+                "vigil-cluster",
+                "vigil-proxy",
+                "hyper",
+                "hyper-util",
+                "h2",
+                "tower",
+            ],
+            "h1 is the codec at the bottom: no other HTTP stack, nothing of Vigil above it",
+        ),
         ("vigil-hostdb", hostdb_bans, "hostdb knows nothing of HTTP, the session pool or its users"),
         (
             "vigil-session",
@@ -35,9 +50,20 @@ fn rules() -> Vec<(&'static str, Vec<&'static str>, &'static str)> {
 }
 
 /// Library crate folders whose sources must not touch files, env or argv.
-const LIBRARY_DIRS: &[&str] = &["hostdb/src", "session/src", "l7check/src", "cluster/src"];
+const LIBRARY_DIRS: &[&str] = &["h1/src", "hostdb/src", "session/src", "l7check/src", "cluster/src"];
 const IO_PATTERNS: &[&str] =
     &["std::env::", "env::var(", "env::args(", "std::fs::", "tokio::fs::", "File::open"];
+/// The codec's sources: no sockets and no clock (it is driven, it does not drive).
+const CODEC_DIR: &str = "h1/src";
+const SOCKET_OR_CLOCK_PATTERNS: &[&str] = &[
+    "tokio::net",
+    "std::net::Tcp",
+    "std::net::Udp",
+    "TcpStream",
+    "Instant::now",
+    "SystemTime",
+    "tokio::time",
+];
 
 pub(crate) fn check(root: &Path) -> Result<()> {
     let meta: Value = serde_json::from_str(&crate::cargo_output(&["metadata", "--format-version", "1"])?)
@@ -45,12 +71,27 @@ pub(crate) fn check(root: &Path) -> Result<()> {
     let graph = normal_dependency_graph(&meta)?;
     let mut errors = violations(&graph);
     for dir in LIBRARY_DIRS {
-        scan_sources(&root.join(dir), &mut errors)?;
+        scan_sources(
+            &root.join(dir),
+            IO_PATTERNS,
+            "only proxy-bin reads files, env and the command line",
+            &mut errors,
+        )?;
     }
+    scan_sources(
+        &root.join(CODEC_DIR),
+        SOCKET_OR_CLOCK_PATTERNS,
+        "the HTTP/1.1 codec opens no socket and reads no clock",
+        &mut errors,
+    )?;
     if !errors.is_empty() {
         bail!("layering violations:\n  {}", errors.join("\n  "));
     }
-    println!("layering: {} crate rules and {} library folders hold", rules().len(), LIBRARY_DIRS.len());
+    println!(
+        "layering: {} crate rules, {} library folders and the I/O-free codec hold",
+        rules().len(),
+        LIBRARY_DIRS.len()
+    );
     Ok(())
 }
 
@@ -113,21 +154,19 @@ fn closure<'a>(graph: &'a HashMap<String, Vec<String>>, root: &str) -> Option<BT
     Some(seen)
 }
 
-fn scan_sources(dir: &Path, errors: &mut Vec<String>) -> Result<()> {
+/// Every line of code (comments aside) under `dir` that contains one of
+/// `patterns` is an error, explained by `why`.
+fn scan_sources(dir: &Path, patterns: &[&str], why: &str, errors: &mut Vec<String>) -> Result<()> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
         if path.is_dir() {
-            scan_sources(&path, errors)?;
+            scan_sources(&path, patterns, why, errors)?;
         } else if path.extension().is_some_and(|e| e == "rs") {
             let text = std::fs::read_to_string(&path)?;
             for (i, line) in text.lines().enumerate() {
                 let code = line.split("//").next().unwrap_or("");
-                if let Some(p) = IO_PATTERNS.iter().find(|p| code.contains(*p)) {
-                    errors.push(format!(
-                        "{}:{}: `{p}` in a library crate: only proxy-bin reads files, env and the command line",
-                        path.display(),
-                        i + 1
-                    ));
+                if let Some(p) = patterns.iter().find(|p| code.contains(*p)) {
+                    errors.push(format!("{}:{}: `{p}`: {why}", path.display(), i + 1));
                 }
             }
         }
@@ -144,8 +183,9 @@ mod tests {
     }
 
     const CLEAN: &[(&str, &[&str])] = &[
+        ("vigil-h1", &["http", "tokio"]),
         ("vigil-hostdb", &["tokio"]),
-        ("vigil-session", &["hyper"]),
+        ("vigil-session", &["hyper", "vigil-h1"]),
         ("vigil-l7check", &["vigil-hostdb", "vigil-session"]),
         ("vigil-cluster", &["vigil-hostdb"]),
         ("vigil-benches", &["vigil-hostdb"]),
@@ -167,6 +207,15 @@ mod tests {
         let v = violations(&g);
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].starts_with("vigil-hostdb depends on http"), "{v:?}");
+    }
+
+    #[test]
+    fn the_codec_on_another_http_stack_is_caught() {
+        let mut g = graph(CLEAN);
+        g.insert("vigil-h1".into(), vec!["hyper".into()]);
+        let v = violations(&g);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].starts_with("vigil-h1 depends on hyper"), "{v:?}");
     }
 
     #[test]

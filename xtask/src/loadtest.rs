@@ -59,7 +59,7 @@ impl Drop for Proxy {
 
 /// Options: `--rounds N` (default 3), `--seconds S` per round (default 8),
 /// `--connections C` (default 50), `--origin-cpu 0|1` (default 0).
-pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
+pub(crate) fn run(args: &[String]) -> Result<()> {
     let opt = |name: &str, default: u64| -> Result<u64> {
         match args.iter().position(|a| a == name) {
             Some(i) => args
@@ -98,7 +98,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     )?;
     let dir = std::env::temp_dir().join(format!("vigil-loadtest-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let release = root.join("target/release");
+    let release = crate::target_dir()?.join("release");
 
     let _origin = Proxy {
         name: "origin",

@@ -1,17 +1,24 @@
 //! `cargo xtask`: the project's automation. `cargo xtask ci` is the one gate.
 //!
 //! ```text
-//! cargo xtask ci            fmt, clippy, tests, docs, layering, perf (in that order; stops at the first failure)
-//! cargo xtask fmt|clippy|test|doc|layering|perf   one step
+//! cargo xtask ci            fmt, clippy, tests, a fuzz smoke run, docs, packaging, layering, perf
+//!                           (in that order; stops at the first failure)
+//! cargo xtask fmt|clippy|test|fuzz-smoke|doc|package|layering|perf   one step
 //! cargo xtask perf --bless  re-measure and write benches/perf-baseline.json
+//! cargo xtask fuzz [--seconds N]
+//!                           the HTTP/1.1 codec's fuzz targets, N s each (default 60; not a gate)
 //! cargo xtask bench [ARGS]  the criterion suite (wall-clock figures; not a gate)
 //! cargo xtask loadtest [--rounds N] [--seconds S] [--connections C]
 //!                           vigil vs nginx vs HAProxy under wrk, syscalls per request (not a gate)
 //! ```
+//!
+//! Cargo's target directory is asked of cargo (`CARGO_TARGET_DIR` and
+//! config files are honoured).
 
 // A command-line tool: printing is its job, and it times real steps on the wall clock.
 #![allow(clippy::print_stdout, clippy::disallowed_methods)]
 
+mod fuzz;
 mod layering;
 mod loadtest;
 mod perf;
@@ -40,7 +47,16 @@ fn main() -> Result<()> {
             Ok(())
         }
         "perf" => perf::run(&root, rest.iter().any(|a| a == "--bless")),
-        "loadtest" => loadtest::run(&root, rest),
+        "fuzz" => {
+            let seconds = match rest.iter().position(|a| a == "--seconds") {
+                Some(i) => {
+                    rest.get(i + 1).and_then(|v| v.parse().ok()).context("--seconds takes a number")?
+                }
+                None => 60,
+            };
+            fuzz::run(&root, seconds)
+        }
+        "loadtest" => loadtest::run(rest),
         "bench" => {
             let mut args = vec!["bench", "-p", "vigil-benches"];
             args.extend(rest.iter().map(String::as_str));
@@ -57,7 +73,7 @@ fn main() -> Result<()> {
     }
 }
 
-const HELP: &str = "usage: cargo xtask <ci | fmt | clippy | test | doc | layering | perf [--bless] | bench [ARGS] | loadtest [--rounds N] [--seconds S] [--connections C]>";
+const HELP: &str = "usage: cargo xtask <ci | fmt | clippy | test | fuzz-smoke | doc | package | layering | perf [--bless] | fuzz [--seconds N] | bench [ARGS] | loadtest [--rounds N] [--seconds S] [--connections C]>";
 
 type Step = fn(&Path) -> Result<()>;
 
@@ -65,7 +81,11 @@ const STEPS: &[(&str, Step)] = &[
     ("fmt", |_| cargo(&["fmt", "--all", "--", "--check"], &[])),
     ("clippy", |_| cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])),
     ("test", |_| run_tests()),
+    ("fuzz-smoke", |root| fuzz::run(root, fuzz::SMOKE_SECONDS)),
     ("doc", |_| cargo(&["doc", "--workspace", "--no-deps"], &[("RUSTDOCFLAGS", "-D warnings")])),
+    // Every crate packages and builds from what it would publish (the
+    // library crates are meant to be taken one by one).
+    ("package", |_| cargo(&["package", "--workspace", "--locked", "--allow-dirty"], &[])),
     ("layering", layering::check),
     ("perf", |root| perf::run(root, false)),
 ];
@@ -137,6 +157,20 @@ pub(crate) fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
         bail!("`cargo {}` failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+/// Where cargo puts what it builds: `target/` unless `CARGO_TARGET_DIR`, a
+/// config file or the environment says otherwise, so it is asked (once).
+pub(crate) fn target_dir() -> Result<&'static Path> {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(dir) = DIR.get() {
+        return Ok(dir);
+    }
+    let meta: serde_json::Value =
+        serde_json::from_str(&cargo_output(&["metadata", "--format-version", "1", "--no-deps"])?)
+            .context("parsing cargo metadata")?;
+    let dir = meta["target_directory"].as_str().context("cargo metadata names no target_directory")?;
+    Ok(DIR.get_or_init(|| PathBuf::from(dir)))
 }
 
 /// Output of a cargo command that must succeed.

@@ -42,7 +42,8 @@ pub(crate) fn run(root: &Path, bless: bool) -> Result<()> {
         ],
         &[],
     )?;
-    let bin = root.join("target/release/vigil-perf");
+    let release = crate::target_dir()?.join("release");
+    let bin = release.join("vigil-perf");
     let list = Command::new(&bin).arg("list").output().context("listing scenarios")?;
     let list = String::from_utf8(list.stdout)?;
     let tmp = std::env::temp_dir().join(format!("vigil-perf-{}", std::process::id()));
@@ -70,7 +71,7 @@ pub(crate) fn run(root: &Path, bless: bool) -> Result<()> {
             .with_context(|| format!("no totals in {}", out.display()))?;
         measured.insert(name.to_string(), (total as f64 / iters * 10.0).round() / 10.0);
     }
-    let proxied = proxy_request(root, &tmp);
+    let proxied = proxy_request(&release, &tmp);
     let _ = std::fs::remove_dir_all(&tmp);
     measured.insert("proxy_request".to_string(), (proxied? * 10.0).round() / 10.0);
 
@@ -126,7 +127,7 @@ const PROXY_REQUESTS: u32 = 2000;
 /// sequential GETs. Counting is zeroed after a warm-up (pool filled, caches
 /// hot) and dumped after exactly `PROXY_REQUESTS`; returns user-space
 /// instructions per proxied request (the kernel is outside callgrind).
-fn proxy_request(root: &Path, tmp: &Path) -> Result<f64> {
+fn proxy_request(release: &Path, tmp: &Path) -> Result<f64> {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::process::{Child, Stdio};
 
@@ -149,7 +150,6 @@ fn proxy_request(root: &Path, tmp: &Path) -> Result<f64> {
         ),
     )?;
     std::fs::write(tmp.join("healthchecks.toml"), "")?;
-    let release = root.join("target/release");
     let _origin = Kill(
         Command::new(release.join("load-origin"))
             .arg(format!("127.0.0.1:{origin}"))
