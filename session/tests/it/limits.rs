@@ -34,8 +34,27 @@ async fn idle_sessions_expire_and_leave_no_empty_entry() {
     assert_eq!(pool.metrics().evicted(), 1);
 }
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+/// This process's descriptors that are TCP sockets with `port` at either
+/// end: this test's own, whatever other tests of the binary open meanwhile.
+fn fds_on_port(port: u16) -> usize {
+    let port = format!(":{port:04X}");
+    let mut inodes = std::collections::HashSet::new();
+    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 9 && (cols[1].ends_with(&port) || cols[2].ends_with(&port)) {
+                inodes.insert(format!("socket:[{}]", cols[9]));
+            }
+        }
+    }
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter(|target| inodes.contains(target.to_string_lossy().as_ref()))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,7 +63,7 @@ async fn ten_thousand_checkouts_hold_no_more_descriptors_than_the_limits_allow()
     let config = PoolConfig { max_idle_per_server: 4, ..Default::default() };
     let pool = Pool::new(config, Arc::new(NoopObserver));
     let t = Target::http1(origin.addr);
-    let before = open_fds();
+    let before = fds_on_port(origin.addr.port());
     let workers: Vec<_> = (0..4)
         .map(|_| {
             let pool = pool.clone();
@@ -59,7 +78,7 @@ async fn ten_thousand_checkouts_hold_no_more_descriptors_than_the_limits_allow()
     for w in workers {
         w.await.unwrap();
     }
-    let grown = open_fds().saturating_sub(before);
+    let grown = fds_on_port(origin.addr.port()).saturating_sub(before);
     // At most 4 pooled client sockets, and the in-process origin's 4 ends.
     assert!(grown <= 8, "{grown} descriptors more after 10 000 checkouts");
     assert!(origin.conns() <= 8, "{} connections for 4 workers", origin.conns());
