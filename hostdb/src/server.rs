@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::Mutex;
 
 use crate::OriginKey;
@@ -47,6 +47,9 @@ pub struct Server {
     in_flight: AtomicU32,
     l7: ArcSwap<L7Status>,
     l7_writer: Mutex<()>,
+    /// Why the last L4 failure happened (`connect refused`, `tls:
+    /// certificate expired`), until a success; for operators, not policy.
+    l4_error: ArcSwapOption<String>,
 }
 
 impl fmt::Debug for Server {
@@ -84,6 +87,7 @@ impl Server {
             in_flight: AtomicU32::new(0),
             l7: ArcSwap::from_pointee(L7Status::initial(checked)),
             l7_writer: Mutex::new(()),
+            l4_error: ArcSwapOption::empty(),
         }
     }
 
@@ -220,14 +224,31 @@ impl Server {
         }
     }
 
-    /// Records an L4 success (a response head was read). Clears failures and
-    /// any down mark. Costs one load and no store when already clean, so it
-    /// can run on every request.
+    /// [`Server::report_l4_failure`], keeping `reason` (a few words:
+    /// `connect refused`, `tls: certificate expired`) for the admin view
+    /// until the next success.
+    pub fn report_l4_failure_because(&self, now: Instant, reason: &str) -> L4State {
+        if self.l4_error.load().as_deref().map(String::as_str) != Some(reason) {
+            self.l4_error.store(Some(Arc::new(reason.to_owned())));
+        }
+        self.report_l4_failure(now)
+    }
+
+    /// Why the last L4 failure happened, if it was reported with a reason
+    /// and no success came since.
+    pub fn l4_error(&self) -> Option<Arc<String>> {
+        self.l4_error.load_full()
+    }
+
+    /// Records an L4 success (a response head was read). Clears failures,
+    /// any down mark and the last failure's reason. Costs one load and no
+    /// store when already clean, so it can run on every request.
     pub fn report_l4_success(&self, now: Instant) {
         let cur = self.l4_word();
         if cur == L4Word::UP {
             return;
         }
+        self.l4_error.store(None);
         let prev = L4Word(self.l4.swap(cur.on_success().0, Ordering::AcqRel));
         if prev.is_down() {
             let now_ms = self.hub.epoch.ms(now);

@@ -81,6 +81,10 @@ pub struct L4View {
     pub consecutive_failures: u32,
     /// Milliseconds of down time left (0 unless `down`).
     pub down_for_ms: u64,
+    /// Why the last L4 failure happened (`connect refused`, `tls:
+    /// certificate expired`), until a success; absent when none was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// L7 part of a [`ServerView`].
@@ -163,6 +167,7 @@ fn origin_view(o: &Origin, now: Instant) -> OriginView {
                     state: s.l4_state(now),
                     consecutive_failures: s.l4_failures(),
                     down_for_ms: s.l4_down_for(now).map_or(0, ms),
+                    last_error: s.l4_error().map(|e| e.to_string()),
                 },
                 l7: L7View {
                     state: l7.state,

@@ -31,5 +31,5 @@ mod probe;
 mod scheduler;
 
 pub use config::{Check, HealthChecks, OriginPattern, Settings, StatusRange};
-pub use probe::{HttpProbe, MAX_BODY, Probe, ProbeFuture, ProbeOutcome, ProbeRequest};
+pub use probe::{HttpProbe, MAX_BODY, OriginUpstream, Probe, ProbeFuture, ProbeOutcome, ProbeRequest};
 pub use scheduler::{CheckFilter, Checker, CheckerMetrics, CheckerOptions, ResultHook};

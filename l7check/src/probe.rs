@@ -7,9 +7,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use vigil_hostdb::{CheckResult, OriginKey};
-use vigil_session::{
-    ErrorKind, Fetched, Freshness, Pool, Protocol, RetryPolicy, SessionError, Target, empty_body,
-};
+use vigil_session::{Fetched, Freshness, Pool, Protocol, RetryPolicy, SessionError, Upstream, empty_body};
 
 use crate::Check;
 
@@ -23,12 +21,30 @@ pub struct ProbeRequest<'a> {
     pub origin: &'a OriginKey,
     /// The server.
     pub server: SocketAddr,
-    /// The protocol the origin speaks.
-    pub protocol: Protocol,
+    /// How the origin's servers are reached.
+    pub upstream: OriginUpstream,
     /// The check.
     pub check: &'a Check,
     /// Open a fresh connection instead of reusing an idle session.
     pub fresh: bool,
+}
+
+/// How an origin's servers are reached: the session pool's [`Upstream`]
+/// (protocol and connector profile) and whether it is TLS (the URI scheme
+/// an h2 request names, the default port left out of `Host`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OriginUpstream {
+    /// Protocol and connector profile.
+    pub upstream: Upstream,
+    /// `https`: TLS to the servers.
+    pub https: bool,
+}
+
+impl Default for OriginUpstream {
+    /// Plain HTTP/1.1.
+    fn default() -> Self {
+        Self { upstream: Upstream::plain(Protocol::Http1), https: false }
+    }
 }
 
 /// What a probe saw.
@@ -78,7 +94,7 @@ impl Probe for HttpProbe {
         Box::pin(async move {
             let start = tokio::time::Instant::now();
             let freshness = if req.fresh { Freshness::Fresh } else { Freshness::IdlePreferred };
-            let target = Target::new(req.server, req.protocol);
+            let target = req.upstream.upstream.target(req.server);
             let fetched = match build_request(&req) {
                 Ok(request) => {
                     let timeout = req.check.settings.timeout;
@@ -112,37 +128,35 @@ fn judge(check: &Check, fetched: Result<Fetched, Failure>, latency: Duration) ->
                 (true, status.to_string(), false)
             }
         }
-        Err(Failure::Session(e)) => {
-            let detail = match e.kind() {
-                ErrorKind::ResponseTimeout => "timeout".to_owned(),
-                ErrorKind::Body => "body error".to_owned(),
-                kind => kind.as_str().replace('_', " "),
-            };
-            (false, detail, e.is_l4_failure())
-        }
+        Err(Failure::Session(e)) => (false, e.detail(), e.is_l4_failure()),
         Err(Failure::Request(e)) => (false, format!("invalid check request: {e}"), false),
     };
     ProbeOutcome { result: CheckResult { passed, detail: detail.into(), latency }, l4_failure }
 }
 
-/// The Host header value for `origin`: host, plus the port unless 80.
-pub(crate) fn default_host(origin: &OriginKey) -> String {
+/// The Host header value for `origin`: host, plus the port unless it is
+/// the scheme's default (80, or 443 with `https`).
+pub(crate) fn default_host(origin: &OriginKey, https: bool) -> String {
     let host = origin.host();
     let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
-    if origin.port() == 80 { host } else { format!("{host}:{}", origin.port()) }
+    let default = if https { 443 } else { 80 };
+    if origin.port() == default { host } else { format!("{host}:{}", origin.port()) }
 }
 
 fn build_request(req: &ProbeRequest<'_>) -> Result<http::Request<vigil_session::RequestBody>, http::Error> {
-    let host = req.check.host.clone().unwrap_or_else(|| default_host(req.origin));
-    // HTTP/1.1 takes the origin form plus Host; h2 wants the authority in the URI.
-    let uri = match req.protocol {
-        Protocol::Http1 => req.check.path.clone(),
-        Protocol::H2c => format!("http://{host}{}", req.check.path),
+    let https = req.upstream.https;
+    let host = req.check.host.clone().unwrap_or_else(|| default_host(req.origin, https));
+    // HTTP/1.1 takes the origin form plus Host; h2 wants the authority in
+    // the URI; a protocol settled by ALPN gets the absolute form and no
+    // Host, which either protocol's client turns into what it needs.
+    let mut builder = http::Request::builder().method(req.check.method.clone());
+    builder = match req.upstream.upstream.protocol {
+        Protocol::Http1 => builder.uri(req.check.path.as_str()).header(http::header::HOST, &host),
+        Protocol::H2 | Protocol::Auto => {
+            let scheme = if https { "https" } else { "http" };
+            builder.uri(format!("{scheme}://{host}{}", req.check.path))
+        }
     };
-    let mut builder = http::Request::builder().method(req.check.method.clone()).uri(uri);
-    if req.protocol == Protocol::Http1 {
-        builder = builder.header(http::header::HOST, &host);
-    }
     for (name, value) in &req.check.headers {
         builder = builder.header(name, value);
     }

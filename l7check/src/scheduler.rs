@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use crate::probe::OriginUpstream;
 use parking_lot::RwLock;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use vigil_hostdb::{CheckResult, HostDb, L7State, Origin, OriginKey};
-use vigil_session::Protocol;
 
 use crate::probe::{Probe, ProbeRequest};
 use crate::{Check, HealthChecks};
@@ -86,7 +86,7 @@ struct Inner {
     db: HostDb,
     probe: Arc<dyn Probe>,
     config: RwLock<Arc<HealthChecks>>,
-    protocols: RwLock<Arc<HashMap<OriginKey, Protocol>>>,
+    upstreams: RwLock<Arc<HashMap<OriginKey, OriginUpstream>>>,
     limit: Arc<Semaphore>,
     metrics: CheckerMetrics,
     hook: RwLock<Option<ResultHook>>,
@@ -119,7 +119,7 @@ impl Checker {
                 db,
                 probe,
                 config: RwLock::new(Arc::new(config)),
-                protocols: RwLock::default(),
+                upstreams: RwLock::default(),
                 limit: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
                 metrics: CheckerMetrics::default(),
                 hook: RwLock::new(None),
@@ -134,9 +134,12 @@ impl Checker {
         *self.inner.config.write() = Arc::new(config);
     }
 
-    /// Sets which origins speak h2c (the rest: HTTP/1.1).
-    pub fn set_protocols(&self, protocols: HashMap<OriginKey, Protocol>) {
-        *self.inner.protocols.write() = Arc::new(protocols);
+    /// Sets how each origin's servers are reached (the protocol, the
+    /// connector profile, TLS or not); an origin not in the map: plain
+    /// HTTP/1.1. A check follows its origin's scheme: the health-check file
+    /// needs no key for TLS.
+    pub fn set_upstreams(&self, upstreams: HashMap<OriginKey, OriginUpstream>) {
+        *self.inner.upstreams.write() = Arc::new(upstreams);
     }
 
     /// Calls `hook` with every result.
@@ -351,7 +354,7 @@ async fn run_origin(inner: Weak<Inner>, origin: Arc<Origin>) {
                 return;
             }
         };
-        let protocol = inner.protocols.read().get(origin.key()).copied().unwrap_or(Protocol::Http1);
+        let upstream = inner.upstreams.read().get(origin.key()).copied().unwrap_or_default();
         schedule.sync(&origin.servers(), now, offset, settings.interval);
         let every = settings.fresh_connect_every as u64;
         let filter = inner.filter.read().clone();
@@ -364,7 +367,7 @@ async fn run_origin(inner: Weak<Inner>, origin: Arc<Origin>) {
                 continue;
             }
             let fresh = every > 0 && count.is_multiple_of(every);
-            spawn_check(&inner, &origin, server, Arc::clone(&check), protocol, fresh, done_tx.clone());
+            spawn_check(&inner, &origin, server, Arc::clone(&check), upstream, fresh, done_tx.clone());
         }
         let wake = schedule.next().unwrap_or(now + idle_in).min(now + idle_in);
         drop(inner);
@@ -393,7 +396,7 @@ fn spawn_check(
     origin: &Arc<Origin>,
     server: Arc<vigil_hostdb::Server>,
     check: Arc<Check>,
-    protocol: Protocol,
+    upstream: OriginUpstream,
     fresh: bool,
     done: tokio::sync::mpsc::UnboundedSender<Done>,
 ) {
@@ -403,12 +406,12 @@ fn spawn_check(
         let Ok(_permit) = Arc::clone(&inner.limit).acquire_owned().await else { return };
         inner.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         let req =
-            ProbeRequest { origin: origin.key(), server: server.addr(), protocol, check: &check, fresh };
+            ProbeRequest { origin: origin.key(), server: server.addr(), upstream, check: &check, fresh };
         let outcome = inner.probe.probe(req).await;
         inner.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
         let now = Instant::now().into_std();
         if outcome.l4_failure {
-            server.report_l4_failure(now);
+            server.report_l4_failure_because(now, &outcome.result.detail);
         }
         origin.record_check(&server, &outcome.result, now);
         let unhealthy = server.l7_state() == L7State::Unhealthy;

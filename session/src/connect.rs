@@ -87,8 +87,8 @@ pub type ConnectFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Connection>>
 /// Opens connections for the pool (hyper-util's `Connect`, pingora's
 /// connectors). The pool bounds each call by its `connect_timeout` and
 /// sorts the error: `ConnectionRefused` is [`ErrorKind::ConnectRefused`],
-/// `TimedOut` is [`ErrorKind::ConnectTimeout`], anything else
-/// [`ErrorKind::Connect`] (a TLS handshake's failure included).
+/// `TimedOut` is [`ErrorKind::ConnectTimeout`], a rustls error inside an
+/// I/O error is [`ErrorKind::Tls`], anything else [`ErrorKind::Connect`].
 pub trait Connect: Send + Sync + 'static {
     /// A new connection to `target`.
     fn connect<'a>(&'a self, target: &'a Target) -> ConnectFuture<'a>;
@@ -121,6 +121,7 @@ pub(crate) async fn open(
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => {
             let kind = match e.kind() {
+                _ if crate::tls::HandshakeFailure::of_io(&e).is_some() => ErrorKind::Tls,
                 io::ErrorKind::ConnectionRefused => ErrorKind::ConnectRefused,
                 io::ErrorKind::TimedOut => ErrorKind::ConnectTimeout,
                 _ => ErrorKind::Connect,

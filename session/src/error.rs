@@ -16,6 +16,10 @@ pub enum ErrorKind {
     ConnectTimeout,
     /// Connecting failed otherwise (unreachable, no route, out of descriptors).
     Connect,
+    /// The TLS handshake failed (a bad or expired certificate, a wrong
+    /// name, no protocol version in common); [`SessionError::detail`] says
+    /// which.
+    Tls,
     /// The connection was reset or closed before the response head arrived.
     ClosedBeforeHead,
     /// The server sent something that is not HTTP (garbage, bad framing,
@@ -37,6 +41,7 @@ impl ErrorKind {
             Self::ConnectRefused => "connect_refused",
             Self::ConnectTimeout => "connect_timeout",
             Self::Connect => "connect_error",
+            Self::Tls => "tls_error",
             Self::ClosedBeforeHead => "closed_before_head",
             Self::Protocol => "protocol_error",
             Self::ResponseTooLarge => "response_too_large",
@@ -108,9 +113,31 @@ impl SessionError {
         e.downcast_ref::<SessionError>()
     }
 
-    /// Whether this failed while connecting.
+    /// Whether this failed while connecting (a TLS handshake included).
     pub fn is_connect(&self) -> bool {
-        matches!(self.kind, ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout | ErrorKind::Connect)
+        matches!(
+            self.kind,
+            ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout | ErrorKind::Connect | ErrorKind::Tls
+        )
+    }
+
+    /// Why, in a few words for `/hosts`, a check's detail and logs:
+    /// `connect refused`, `tls: certificate expired`, `timeout`, ...
+    pub fn detail(&self) -> String {
+        match self.kind {
+            ErrorKind::Tls => {
+                let why = self
+                    .source
+                    .as_deref()
+                    .and_then(|s| s.downcast_ref::<std::io::Error>())
+                    .and_then(crate::tls::HandshakeFailure::of_io)
+                    .map_or("handshake failed", crate::tls::HandshakeFailure::as_str);
+                format!("tls: {why}")
+            }
+            ErrorKind::ResponseTimeout => "timeout".to_owned(),
+            ErrorKind::Body => "body error".to_owned(),
+            kind => kind.as_str().replace('_', " "),
+        }
     }
 }
 

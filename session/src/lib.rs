@@ -7,7 +7,9 @@
 //!
 //! - **Transport** ([`Connect`]): the pool never opens a socket itself. A
 //!   connector turns a [`Target`] into a byte stream ([`TcpConnect`]: plain
-//!   TCP); the protocol drivers speak over whatever it returns.
+//!   TCP; [`TlsConnect`]: TLS over it, one rustls configuration and session
+//!   cache per [`Profile`]); the protocol drivers speak over whatever it
+//!   returns, and [`Protocol::Auto`] speaks what TLS's ALPN settled on.
 //! - **HTTP/1.1**: a client of our own, driven inline on the caller's task
 //!   (no connection task, no channels) over `vigil-h1`'s strict codec; one
 //!   request at a time per session (a unique reservation), idle sessions
@@ -57,6 +59,7 @@ mod outcome;
 mod pool;
 mod retry;
 mod session;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +74,7 @@ pub use outcome::RetryPolicy;
 pub use pool::{Freshness, Pool, PoolCounts};
 pub use retry::Fetched;
 pub use session::{PooledBody, Session};
+pub use tls::TlsConnect;
 
 /// The request body every session takes: any body, boxed.
 pub type RequestBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
@@ -90,8 +94,14 @@ pub fn full_body(bytes: impl Into<Bytes>) -> RequestBody {
 pub enum Protocol {
     /// HTTP/1.1 with keep-alive.
     Http1,
-    /// HTTP/2 with prior knowledge.
-    H2c,
+    /// HTTP/2: with prior knowledge over plain TCP (h2c), or forced by TLS's
+    /// ALPN.
+    H2,
+    /// Whatever the transport negotiates (TLS's ALPN offering h2 and
+    /// http/1.1): the first connection to a server tells the pool which
+    /// books its sessions go in. Over a transport that negotiates nothing,
+    /// HTTP/1.1.
+    Auto,
 }
 
 /// Everything a connection to a server depends on, so that only sessions
@@ -133,12 +143,39 @@ impl Target {
 
     /// h2c to `addr`.
     pub fn h2c(addr: SocketAddr) -> Self {
-        Self::new(addr, Protocol::H2c)
+        Self::new(addr, Protocol::H2)
     }
 
     /// `protocol` to `addr`, plain.
     pub fn new(addr: SocketAddr, protocol: Protocol) -> Self {
         Self { addr, protocol, profile: Profile::PLAIN }
+    }
+
+    /// This target under a connector's `profile`.
+    pub fn with_profile(self, profile: Profile) -> Self {
+        Self { profile, ..self }
+    }
+}
+
+/// How to reach the servers of one origin: the protocol and the
+/// connector's profile. A [`Target`] once a server is picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Upstream {
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The connector's profile ([`Profile::PLAIN`] for plain TCP).
+    pub profile: Profile,
+}
+
+impl Upstream {
+    /// Plain TCP speaking `protocol`.
+    pub fn plain(protocol: Protocol) -> Self {
+        Self { protocol, profile: Profile::PLAIN }
+    }
+
+    /// The target for server `addr`.
+    pub fn target(self, addr: SocketAddr) -> Target {
+        Target { addr, protocol: self.protocol, profile: self.profile }
     }
 }
 

@@ -58,6 +58,9 @@ struct Host {
     h2: Vec<H2Conn>,
     /// Set while one task connects h2 for this target; others wait on it.
     h2_connecting: Option<Arc<Notify>>,
+    /// For a [`Protocol::Auto`] target: what the last new connection
+    /// settled on, so the next checkout looks in the right books.
+    negotiated: Option<Protocol>,
 }
 
 impl Host {
@@ -133,14 +136,17 @@ impl Pool {
         &self.inner.metrics
     }
 
-    /// Idle and in-use sessions to `addr` over plain TCP, all protocols.
+    /// Idle and in-use sessions to `addr` over plain TCP, HTTP/1.1 and h2c.
     pub fn counts(&self, addr: SocketAddr) -> PoolCounts {
+        self.counts_of(&[Target::http1(addr), Target::h2c(addr)])
+    }
+
+    /// Idle and in-use sessions of these targets together (the admin view
+    /// asks once per server: the keys are looked up, the map never scanned).
+    pub fn counts_of(&self, targets: &[Target]) -> PoolCounts {
         let hosts = self.inner.hosts.lock();
         let mut c = PoolCounts::default();
-        // A server has at most two such keys: look them up, never scan the
-        // map (the admin view asks once per server).
-        let keys = [Target::http1(addr), Target::h2c(addr)];
-        for h in keys.iter().filter_map(|t| hosts.get(t)) {
+        for h in targets.iter().filter_map(|t| hosts.get(t)) {
             c.idle += h.idle.len() as u32;
             c.in_use += h.in_use as u32;
             for conn in &h.h2 {
@@ -185,7 +191,8 @@ impl Pool {
                 Some(session) => Ok(session),
                 None => Box::pin(self.connect_h1(target)).await,
             },
-            Protocol::H2c => Box::pin(self.checkout_h2(target, freshness)).await,
+            Protocol::H2 => Box::pin(self.checkout_h2(target, freshness)).await,
+            Protocol::Auto => Box::pin(self.checkout_auto(target, freshness)).await,
         }
     }
 
@@ -212,12 +219,34 @@ impl Pool {
         None
     }
 
-    /// A new HTTP/1.1 session to `target`.
+    /// A session to a [`Protocol::Auto`] target, in the books of the
+    /// protocol its last new connection settled on (HTTP/1.1 until one has).
+    async fn checkout_auto(&self, target: Target, freshness: Freshness) -> Result<Session, SessionError> {
+        let learned = self.inner.hosts.lock().get(&target).and_then(|h| h.negotiated);
+        if learned == Some(Protocol::H2) {
+            return self.checkout_h2(target, freshness).await;
+        }
+        match self.idle_h1(target, freshness) {
+            Some(session) => Ok(session),
+            None => self.connect_h1(target).await,
+        }
+    }
+
+    /// A new HTTP/1.1 session to `target`; for a [`Protocol::Auto`] target,
+    /// an h2 one if that is what the connection settled on.
     async fn connect_h1(&self, target: Target) -> Result<Session, SessionError> {
         let conn = self.connect(target).await?;
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        if target.protocol == Protocol::Auto {
+            let speaks = conn.negotiated.unwrap_or(Protocol::Http1);
+            self.inner.hosts.lock().entry(target).or_default().negotiated = Some(speaks);
+            if speaks == Protocol::H2 {
+                // Nobody waits on this one (no connect-in-flight state).
+                return self.start_h2(target, conn, id, false).await;
+            }
+        }
         self.inner.hosts.lock().entry(target).or_default().in_use += 1;
-        let conn = h1::Conn::new(conn.io, NEXT_ID.fetch_add(1, Ordering::Relaxed));
-        Ok(Session::h1(&self.inner, target, conn, false))
+        Ok(Session::h1(&self.inner, target, h1::Conn::new(conn.io, id), false))
     }
 
     async fn checkout_h2(&self, target: Target, freshness: Freshness) -> Result<Session, SessionError> {
@@ -257,33 +286,76 @@ impl Pool {
         }
     }
 
+    /// A new h2 connection to `target`, made by the one task that holds the
+    /// target's connect-in-flight state; waiters are let go when it settles
+    /// or fails.
     async fn connect_h2(&self, target: Target) -> Result<Session, SessionError> {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let result = async {
-            let conn = self.connect(target).await?;
-            let max = self.inner.config.h2_max_concurrent_streams;
-            H2Conn::handshake(conn.io, id, max, |kind| SessionError::new(kind, target.addr)).await
-        }
-        .await;
-        let mut hosts = self.inner.hosts.lock();
-        let host = hosts.entry(target).or_default();
-        let conn = match result {
+        let conn = match self.connect(target).await {
             Ok(conn) => conn,
             Err(e) => {
-                if let Some(n) = host.h2_connecting.take() {
-                    n.notify_waiters();
-                }
-                if host.is_empty() {
-                    hosts.remove(&target);
+                self.h2_connect_failed(target);
+                return Err(e);
+            }
+        };
+        if target.protocol == Protocol::Auto && conn.negotiated != Some(Protocol::H2) {
+            // The server no longer offers h2: HTTP/1.1 from now on.
+            self.h2_connect_failed(target);
+            let mut hosts = self.inner.hosts.lock();
+            let host = hosts.entry(target).or_default();
+            host.negotiated = Some(Protocol::Http1);
+            host.in_use += 1;
+            drop(hosts);
+            return Ok(Session::h1(&self.inner, target, h1::Conn::new(conn.io, id), false));
+        }
+        self.start_h2(target, conn, id, true).await
+    }
+
+    /// Ends the connect-in-flight state of `target` after a failed connect.
+    fn h2_connect_failed(&self, target: Target) {
+        let mut hosts = self.inner.hosts.lock();
+        let Some(host) = hosts.get_mut(&target) else { return };
+        if let Some(n) = host.h2_connecting.take() {
+            n.notify_waiters();
+        }
+        if host.is_empty() {
+            hosts.remove(&target);
+        }
+    }
+
+    /// Speaks h2 over a new connection: the handshake, then the connection
+    /// joins the books with the first stream taken. `waited_on`: this task
+    /// holds the target's connect-in-flight state, to be ended when the
+    /// connection settles.
+    async fn start_h2(
+        &self,
+        target: Target,
+        conn: Connection,
+        id: u64,
+        waited_on: bool,
+    ) -> Result<Session, SessionError> {
+        let max = self.inner.config.h2_max_concurrent_streams;
+        let handshake =
+            H2Conn::handshake(conn.io, id, max, |kind| SessionError::new(kind, target.addr)).await;
+        let conn = match handshake {
+            Ok(conn) => conn,
+            Err(e) => {
+                if waited_on {
+                    self.h2_connect_failed(target);
                 }
                 return Err(e);
             }
         };
+        let mut hosts = self.inner.hosts.lock();
+        let host = hosts.entry(target).or_default();
         let (tx, stream) = (conn.tx.clone(), conn.first_stream());
         host.h2.push(conn);
         // Others keep waiting until this connection has settled (see
         // `Settle`), and at most SETTLE_WAIT: a slow first response must not
         // hold every other request back.
+        if !waited_on {
+            return Ok(Session::h2(&self.inner, target, tx, id, stream, false, None));
+        }
         if let Some(n) = host.h2_connecting.clone() {
             let pool = Arc::downgrade(&self.inner);
             tokio::spawn(async move {

@@ -192,7 +192,7 @@ impl Pool {
 /// back once it left. Boxed: the future holding it is on every request's path.
 #[inline]
 fn h2_replay(target: Target, req: &http::Request<RequestBody>) -> Option<Box<http::Request<RequestBody>>> {
-    if target.protocol != Protocol::H2c {
+    if target.protocol != Protocol::H2 {
         return None;
     }
     req.body().is_end_stream().then(|| Box::new(copy_head(req)))

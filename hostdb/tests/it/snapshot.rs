@@ -60,3 +60,28 @@ async fn hosts_json_carries_every_spec_field() {
     assert_eq!(b["l7"]["state"], "unknown");
     assert_eq!(b["l7"]["last_result"], Value::Null);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_reason_of_the_last_l4_failure_shows_until_a_success() {
+    let s = addrs(1, 8080);
+    let db = vigil_hostdb::HostDb::new();
+    db.apply(&vigil_hostdb::HostDbConfig {
+        origins: vec![crate::spec("app:8080", s.clone(), LbPolicy::RoundRobin)],
+        l4: L4Policy::default(),
+    })
+    .unwrap();
+    let server = db.origin("app:8080").unwrap().server(s[0]).unwrap();
+    let l4 = |db: &vigil_hostdb::HostDb| {
+        serde_json::to_value(db.snapshot(now())).unwrap()["origins"][0]["servers"][0]["l4"].clone()
+    };
+    server.report_l4_failure_because(now(), "tls: certificate expired");
+    assert_eq!(l4(&db)["last_error"], "tls: certificate expired");
+    assert_eq!(server.l4_error().as_deref().map(String::as_str), Some("tls: certificate expired"));
+    server.report_l4_failure_because(now(), "connect refused");
+    assert_eq!(l4(&db)["last_error"], "connect refused", "the last one shows");
+    server.report_l4_success(now());
+    assert_eq!(l4(&db).get("last_error"), None, "a success clears it");
+    // A failure without a reason leaves none behind.
+    server.report_l4_failure(now());
+    assert_eq!(l4(&db).get("last_error"), None);
+}

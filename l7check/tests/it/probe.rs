@@ -12,8 +12,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vigil_hostdb::OriginKey;
-use vigil_l7check::{HealthChecks, HttpProbe, Probe, ProbeOutcome, ProbeRequest};
-use vigil_session::{NoopObserver, Pool, PoolConfig, Protocol};
+use vigil_l7check::{HealthChecks, HttpProbe, OriginUpstream, Probe, ProbeOutcome, ProbeRequest};
+use vigil_session::{NoopObserver, Pool, PoolConfig};
 
 /// A real origin: `/healthz` answers `status` with body "OK <host>"; `/hang`
 /// never answers. Counts connections and requests.
@@ -92,7 +92,9 @@ async fn run(pool: &Pool, hc: &HealthChecks, server: SocketAddr, fresh: bool) ->
     let key: OriginKey = "app:8080".parse().unwrap();
     let c = hc.matching(&key).unwrap();
     let probe = HttpProbe::new(pool.clone());
-    probe.probe(ProbeRequest { origin: &key, server, protocol: Protocol::Http1, check: c, fresh }).await
+    probe
+        .probe(ProbeRequest { origin: &key, server, upstream: OriginUpstream::default(), check: c, fresh })
+        .await
 }
 
 fn pool() -> Pool {

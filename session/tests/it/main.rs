@@ -7,6 +7,7 @@ mod errors;
 mod h1;
 mod h2;
 mod limits;
+mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -44,7 +45,7 @@ type OriginBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 /// Paths: `/` answers `ok`; `/slow` waits 200 ms first; `/big` sends 256 KiB;
 /// `/echo` streams the request body back as it arrives (chunked: its length
 /// is unknown to hyper), so a client must read while it writes.
-async fn handle(
+pub(crate) async fn handle(
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<OriginBody>, Infallible> {
     let body = match req.uri().path() {
