@@ -73,8 +73,9 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<B
 pub(crate) fn hosts(shared: &Shared) -> serde_json::Value {
     let mut view = shared.db.snapshot(tokio::time::Instant::now().into_std());
     view.node = shared.node.clone();
-    view.fill_pool(|_, addr| {
-        let c = shared.pool.counts(addr);
+    let routes = shared.routes.load();
+    view.fill_pool(|origin, addr| {
+        let c = shared.pool.counts_of(&[routes.upstream(origin).upstream.target(addr)]);
         PoolView { idle: c.idle, in_use: c.in_use }
     });
     serde_json::to_value(&view).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}))

@@ -2,19 +2,25 @@
 //! the routing table and the metrics, built from the config files and
 //! rebuilt on reload.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use vigil_cluster::{Cluster, ClusterConfig, ClusterKey};
-use vigil_hostdb::{HickoryResolver, HostDb, HostDbConfig};
-use vigil_l7check::{Checker, CheckerOptions, HealthChecks, HttpProbe};
-use vigil_session::{Pool, PoolConfig};
+use vigil_hostdb::conf::FileError;
+use vigil_hostdb::{HickoryResolver, HostDb, HostDbConfig, OriginKey};
+use vigil_l7check::{Checker, CheckerOptions, HealthChecks, HttpProbe, OriginUpstream};
+use vigil_session::tls::{Alpn, ClientAuth, Roots, TlsConnect, TlsSettings};
+use vigil_session::{Pool, PoolConfig, Protocol, Upstream};
 
-use crate::config::Config;
+use crate::config::{Config, Located, OriginProtocol};
+use crate::listener::{Certificates, TlsListener};
 use crate::metrics::{ConnectObserver, Metrics};
-use crate::routes::{Routes, hostdb_config, protocols};
+use crate::routes::{Routes, hostdb_config};
 
 /// Both files, parsed and validated, and the HostDB input built from them.
 #[derive(Debug)]
@@ -24,11 +30,18 @@ pub(crate) struct Loaded {
     pub(crate) hostdb: HostDbConfig,
     /// The `[cluster]` key, read and checked once.
     pub(crate) cluster_key: Option<ClusterKey>,
+    /// How each origin's servers are reached (TLS profiles made in the
+    /// connector given to [`load`]).
+    pub(crate) upstreams: HashMap<OriginKey, OriginUpstream>,
+    /// The TLS listener's certificates, read and checked (`[[tls]]`).
+    pub(crate) certificates: Option<Certificates>,
 }
 
-/// Reads and validates `vigil.toml` and the health-check file it names.
-/// Errors name `file:line:column` (or the file that cannot be read).
-pub(crate) fn load(path: &Path) -> Result<Loaded, String> {
+/// Reads and validates `vigil.toml` and the health-check file it names,
+/// and every file they name (certificates, keys, the cluster key); TLS
+/// profiles for the https origins are made in `tls`. Errors name
+/// `file:line:column` (or the file that cannot be read).
+pub(crate) fn load(path: &Path, tls: &TlsConnect) -> Result<Loaded, String> {
     let config = Config::parse(&read(path)?, path).map_err(|e| e.to_string())?;
     let checks =
         HealthChecks::parse(&read(&config.health_checks)?, &config.health_checks.display().to_string())
@@ -47,7 +60,94 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, String> {
     // Built here, once: it is also what HostDB would refuse (a DNS origin
     // without a resolver is checked at apply).
     let hostdb = hostdb_config(&config, &checks)?;
-    Ok(Loaded { config, checks, hostdb, cluster_key })
+    let upstreams = upstreams(&config, &hostdb, tls).map_err(|e| e.to_string())?;
+    let certificates = if config.certificates.is_empty() {
+        None
+    } else {
+        Some(Certificates::load(&config.certificates).map_err(|e| e.to_string())?)
+    };
+    Ok(Loaded { config, checks, hostdb, cluster_key, upstreams, certificates })
+}
+
+/// How every origin is reached: plain ones by their protocol, https ones
+/// by a TLS profile of `tls`, made from their settings and the files they
+/// name.
+fn upstreams(
+    config: &Config,
+    hostdb: &HostDbConfig,
+    tls: &TlsConnect,
+) -> Result<HashMap<OriginKey, OriginUpstream>, FileError> {
+    let mut out = HashMap::new();
+    for origin in &hostdb.origins {
+        let key = &origin.key;
+        let settings = config.origins.get(key.as_str());
+        let protocol = settings.map(|s| s.protocol);
+        let https = config.remaps.iter().any(|r| &r.to == key && r.https);
+        let upstream = if !https {
+            let protocol = if protocol == Some(OriginProtocol::H2) { Protocol::H2 } else { Protocol::Http1 };
+            OriginUpstream { upstream: Upstream::plain(protocol), https: false }
+        } else {
+            let t = settings.map(|s| s.tls.clone()).unwrap_or_default();
+            let alpn = match protocol.unwrap_or(OriginProtocol::Auto) {
+                OriginProtocol::Auto => Alpn::Auto,
+                OriginProtocol::H2 => Alpn::H2,
+                OriginProtocol::Http1 => Alpn::Http1,
+            };
+            let roots = match &t.ca_file {
+                None => Roots::System,
+                Some(f) => Roots::Certificates(read_certs(f, "ca_file")?),
+            };
+            let client_auth = match (&t.client_cert, &t.client_key) {
+                (Some(c), Some(k)) => {
+                    Some(ClientAuth { chain: read_certs(c, "client_cert")?, key: read_key(k)? })
+                }
+                _ => None,
+            };
+            let tls_settings = TlsSettings {
+                server_name: t.sni.as_ref().map_or_else(|| key.host().to_owned(), |s| s.value.clone()),
+                roots,
+                client_auth,
+                insecure_skip_verify: t.insecure_skip_verify,
+                alpn,
+            };
+            let profile = tls.profile(tls_settings).map_err(|e| {
+                let message = format!("origin {key}: {e}");
+                match (&t.client_key, &t.sni, &t.ca_file) {
+                    (Some(at), _, _) => at.error(message),
+                    (_, Some(at), _) => at.error(message),
+                    (_, _, Some(at)) => at.error(message),
+                    _ => FileError { file: String::new(), line: 0, column: 0, message },
+                }
+            })?;
+            OriginUpstream { upstream: Upstream { protocol: alpn.protocol(), profile }, https: true }
+        };
+        out.insert(key.clone(), upstream);
+    }
+    Ok(out)
+}
+
+/// The PEM certificates of `file` (`what` names the key for errors).
+pub(crate) fn read_certs(
+    file: &Located<PathBuf>,
+    what: &str,
+) -> Result<Vec<CertificateDer<'static>>, FileError> {
+    let pem = std::fs::read(&file.value)
+        .map_err(|e| file.error(format!("{what} {}: cannot read: {e}", file.value.display())))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file.error(format!("{what} {}: not PEM certificates: {e}", file.value.display())))?;
+    if certs.is_empty() {
+        return Err(file.error(format!("{what} {}: holds no certificate", file.value.display())));
+    }
+    Ok(certs)
+}
+
+/// The PEM private key of `file`.
+pub(crate) fn read_key(file: &Located<PathBuf>) -> Result<PrivateKeyDer<'static>, FileError> {
+    let pem = std::fs::read(&file.value)
+        .map_err(|e| file.error(format!("key {}: cannot read: {e}", file.value.display())))?;
+    PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| file.error(format!("key {}: no PEM private key: {e}", file.value.display())))
 }
 
 /// Joins the cluster and makes the checker leave the servers another node
@@ -89,14 +189,27 @@ pub(crate) struct Shared {
     /// The running config (for the admin token and reload comparisons).
     pub(crate) config: ArcSwap<Config>,
     pub(crate) node: String,
+    /// TCP and TLS to origins; its profiles outlive reloads.
+    pub(crate) tls: Arc<TlsConnect>,
+    /// The TLS listener (`listen_tls`), whose certificates reload swaps.
+    pub(crate) listener: Option<Arc<TlsListener>>,
     config_path: PathBuf,
     reload_lock: Mutex<()>,
 }
 
 impl Shared {
-    /// Builds everything from `loaded`. Must run inside the runtime.
-    pub(crate) async fn start(loaded: Loaded, config_path: PathBuf) -> Result<Arc<Self>, String> {
-        let Loaded { config, checks, hostdb, cluster_key } = loaded;
+    /// Builds everything from `loaded` (made with `tls`). Must run inside
+    /// the runtime.
+    pub(crate) async fn start(
+        loaded: Loaded,
+        config_path: PathBuf,
+        tls: Arc<TlsConnect>,
+    ) -> Result<Arc<Self>, String> {
+        let Loaded { config, checks, hostdb, cluster_key, upstreams, certificates } = loaded;
+        let listener = match (config.listen_tls, certificates) {
+            (Some(_), Some(certs)) => Some(Arc::new(TlsListener::new(certs)?)),
+            _ => None,
+        };
         let mut builder = HostDb::builder();
         let needs_dns = hostdb.origins.iter().any(|o| matches!(o.servers, vigil_hostdb::ServerSource::Dns));
         if needs_dns {
@@ -110,7 +223,7 @@ impl Shared {
 
         let metrics = Arc::new(Metrics::default());
         let observer = Arc::new(ConnectObserver { metrics: Arc::clone(&metrics), db: db.clone() });
-        let pool = Pool::new(
+        let pool = Pool::with_connector(
             PoolConfig {
                 max_idle_per_server: config.max_idle_per_server,
                 idle_timeout: config.idle_timeout,
@@ -118,6 +231,7 @@ impl Shared {
                 ..PoolConfig::default()
             },
             observer,
+            Arc::clone(&tls) as _,
         );
         let checker = Checker::new(
             db.clone(),
@@ -125,7 +239,7 @@ impl Shared {
             checks,
             CheckerOptions::default(),
         );
-        checker.set_protocols(protocols(&config, &hostdb));
+        checker.set_upstreams(upstreams.clone());
         let m = Arc::clone(&metrics);
         checker.on_result(Arc::new(move |origin, server, result| m.check(origin, server, result.passed)));
         let m = Arc::clone(&metrics);
@@ -134,12 +248,14 @@ impl Shared {
             (Some(c), Some(key)) => Some(join_cluster(c, key, &db, &checker).await?),
             _ => None,
         };
-        metrics.register(db.clone(), pool.clone(), cluster.clone());
+        metrics.register(db.clone(), pool.clone(), cluster.clone(), Arc::clone(&tls), listener.clone());
 
         let node = config.cluster.as_ref().map_or_else(|| "vigil".to_owned(), |c| c.node_id.clone());
         Ok(Arc::new(Self {
-            routes: ArcSwap::from_pointee(Routes::new(&config)),
+            routes: ArcSwap::from_pointee(Routes::new(&config, &upstreams)),
             config: ArcSwap::from_pointee(config),
+            tls,
+            listener,
             db,
             pool,
             checker,
@@ -166,16 +282,21 @@ impl Shared {
     }
 
     fn reload_locked(&self) -> Result<String, String> {
-        let Loaded { config, checks, hostdb, .. } = load(&self.config_path)?;
+        let Loaded { config, checks, hostdb, upstreams, certificates, .. } =
+            load(&self.config_path, &self.tls)?;
         let report = self.db.apply(&hostdb).map_err(|e| e.to_string())?;
-        self.checker.set_protocols(protocols(&config, &hostdb));
+        self.checker.set_upstreams(upstreams.clone());
         self.checker.set_config(checks);
-        self.routes.store(Arc::new(Routes::new(&config)));
+        self.routes.store(Arc::new(Routes::new(&config, &upstreams)));
+        if let (Some(listener), Some(certs)) = (&self.listener, certificates) {
+            listener.set_certificates(certs);
+        }
         self.metrics.forget_owners();
         let old = self.config.load();
         let mut restart = Vec::new();
         for (changed, what) in [
             (old.listen != config.listen, "proxy.listen"),
+            (old.listen_tls != config.listen_tls, "proxy.listen_tls"),
             (old.admin != config.admin, "proxy.admin"),
             (old.threads != config.threads, "proxy.threads"),
             (old.connect_timeout != config.connect_timeout, "l4.connect_timeout"),

@@ -16,6 +16,10 @@ use vigil_session::PoolConfig;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Config {
     pub(crate) listen: SocketAddr,
+    /// The TLS listener (`listen_tls`), serving the `[[tls]]` certificates.
+    pub(crate) listen_tls: Option<SocketAddr>,
+    /// `[[tls]]`: the listener's certificates, the default one first.
+    pub(crate) certificates: Vec<ListenerCert>,
     pub(crate) threads: usize,
     pub(crate) admin: SocketAddr,
     pub(crate) health_checks: PathBuf,
@@ -35,12 +39,38 @@ pub(crate) struct Config {
     pub(crate) warnings: Vec<String>,
 }
 
+/// A value and where the config said it, for errors found after parsing
+/// (a file it names that cannot be read) to name `file:line:column` too.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Located<T> {
+    pub(crate) value: T,
+    at: FileError,
+}
+
+impl<T> Located<T> {
+    /// An error about this value, at its place in the config.
+    pub(crate) fn error(&self, message: impl Into<String>) -> FileError {
+        FileError { message: message.into(), ..self.at.clone() }
+    }
+}
+
+/// One `[[tls]]`: a certificate of the TLS listener.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ListenerCert {
+    /// PEM chain, leaf first.
+    pub(crate) cert: Located<PathBuf>,
+    /// PEM private key.
+    pub(crate) key: Located<PathBuf>,
+}
+
 /// One `[[remap]]`.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Remap {
     /// Exact host, or `.suffix` for `*.suffix`.
     pub(crate) from: HostMatch,
     pub(crate) to: OriginKey,
+    /// `to = "https://..."`.
+    pub(crate) https: bool,
     pub(crate) preserve_host: bool,
 }
 
@@ -57,7 +87,35 @@ pub(crate) struct OriginSettings {
     /// `None`: resolve through DNS.
     pub(crate) servers: Option<Vec<SocketAddr>>,
     pub(crate) lb: LbPolicy,
-    pub h2c: bool,
+    /// `protocol`: `http1`, `h2c`, and for https also `h2` and `auto`.
+    pub(crate) protocol: OriginProtocol,
+    /// The TLS keys (only an https origin may have them).
+    pub(crate) tls: OriginTls,
+}
+
+/// What an origin is spoken to with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OriginProtocol {
+    /// `http1` (the default over plain TCP).
+    Http1,
+    /// `h2c` (plain) or `h2` (TLS): HTTP/2 with prior knowledge or by ALPN.
+    H2,
+    /// `auto` (the default over TLS): ALPN offers both and the server picks.
+    Auto,
+}
+
+/// An https origin's TLS settings (`[origins."host:port"]`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct OriginTls {
+    /// `sni`: the name sent and checked (default: the origin's host).
+    pub(crate) sni: Option<Located<String>>,
+    /// `ca_file`: PEM roots instead of the system's.
+    pub(crate) ca_file: Option<Located<PathBuf>>,
+    /// `client_cert` and `client_key`: mutual TLS.
+    pub(crate) client_cert: Option<Located<PathBuf>>,
+    pub(crate) client_key: Option<Located<PathBuf>>,
+    /// `insecure_skip_verify`: accept any certificate.
+    pub(crate) insecure_skip_verify: bool,
 }
 
 /// `[cluster]`.
@@ -84,12 +142,24 @@ struct Raw {
     #[serde(default)]
     origins: BTreeMap<Spanned<String>, Spanned<RawOrigin>>,
     cluster: Option<Spanned<RawCluster>>,
+    #[serde(default)]
+    tls: Vec<Spanned<RawTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+    #[serde(default)]
+    default: bool,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProxy {
     listen: Spanned<String>,
+    listen_tls: Option<Spanned<String>>,
     threads: Option<Spanned<i64>>,
     admin: Option<Spanned<String>>,
     health_checks: Option<Spanned<String>>,
@@ -129,6 +199,11 @@ struct RawOrigin {
     servers: Option<Vec<Spanned<String>>>,
     lb: Option<Spanned<String>>,
     protocol: Option<Spanned<String>>,
+    sni: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    client_cert: Option<Spanned<String>>,
+    client_key: Option<Spanned<String>>,
+    insecure_skip_verify: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +226,18 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn err(&self, span: Range<usize>, message: impl Into<String>) -> FileError {
         error_at(self.file, self.text, Some(span), message)
+    }
+
+    fn located<T>(&self, span: Range<usize>, value: T) -> Located<T> {
+        Located { value, at: self.err(span, "") }
+    }
+
+    /// A path relative to the config file's folder, with its place.
+    fn path(&self, dir: &Path, v: &Spanned<String>) -> Result<Located<PathBuf>, FileError> {
+        if v.get_ref().trim().is_empty() {
+            return Err(self.err(v.span(), "a file name must not be empty"));
+        }
+        Ok(self.located(v.span(), dir.join(v.get_ref())))
     }
 
     fn addr(&self, v: &Spanned<String>, what: &str) -> Result<SocketAddr, FileError> {
@@ -189,6 +276,19 @@ impl Ctx<'_> {
     }
 }
 
+/// `host[:port]`, with `default_port` when it names none.
+fn origin_key(text: &str, default_port: u16) -> Result<OriginKey, vigil_hostdb::AddrError> {
+    let has_port = match text.strip_prefix('[') {
+        Some(v6) => v6.split_once("]:").is_some(),
+        None => text.rsplit_once(':').is_some_and(|(h, p)| !h.contains(':') && !p.is_empty()),
+    };
+    if has_port {
+        text.parse()
+    } else {
+        text.parse::<OriginKey>().and_then(|k| OriginKey::new(k.host(), default_port))
+    }
+}
+
 impl Config {
     /// Parses `text`, the contents of `path` (relative paths inside it are
     /// resolved against the file's folder).
@@ -202,6 +302,28 @@ impl Config {
 
         let p = raw.proxy.get_ref();
         let listen = cx.addr(&p.listen, "listen")?;
+        let listen_tls = p.listen_tls.as_ref().map(|l| cx.addr(l, "listen_tls")).transpose()?;
+        let mut certificates = Vec::new();
+        for t in &raw.tls {
+            let cert =
+                ListenerCert { cert: cx.path(dir, &t.get_ref().cert)?, key: cx.path(dir, &t.get_ref().key)? };
+            if t.get_ref().default {
+                if raw.tls.iter().filter(|t| t.get_ref().default).count() > 1 {
+                    return Err(cx.err(t.span(), "only one [[tls]] certificate can be the default"));
+                }
+                certificates.insert(0, cert);
+            } else {
+                certificates.push(cert);
+            }
+        }
+        match (&p.listen_tls, certificates.is_empty()) {
+            (Some(l), true) => {
+                return Err(cx.err(l.span(), "listen_tls needs at least one [[tls]] certificate"));
+            }
+            (None, false) => warnings
+                .push(format!("{file}: [[tls]] certificates are configured but no listen_tls serves them")),
+            _ => {}
+        }
         let admin = match &p.admin {
             Some(a) => cx.addr(a, "admin")?,
             None => SocketAddr::from(([127, 0, 0, 1], 9090)),
@@ -232,22 +354,30 @@ impl Config {
                 cx.err(r.from.span(), format!("remap from {:?}: {}", r.from.get_ref(), e.reason()))
             })?;
             let to_text = r.to.get_ref();
-            let Some(rest) = to_text.strip_prefix("http://") else {
-                let why = if to_text.starts_with("https://") {
-                    "https origins are not supported yet"
-                } else {
-                    "expected http://host[:port]"
-                };
-                return Err(cx.err(r.to.span(), format!("remap to {to_text:?}: {why}")));
+            let (https, rest) = match (to_text.strip_prefix("http://"), to_text.strip_prefix("https://")) {
+                (Some(rest), _) => (false, rest),
+                (_, Some(rest)) => (true, rest),
+                _ => {
+                    let why = "expected http://host[:port] or https://host[:port]";
+                    return Err(cx.err(r.to.span(), format!("remap to {to_text:?}: {why}")));
+                }
             };
-            let to: OriginKey =
-                rest.trim_end_matches('/').parse().map_err(|e: vigil_hostdb::AddrError| {
+            let to = origin_key(rest.trim_end_matches('/'), if https { 443 } else { 80 }).map_err(
+                |e: vigil_hostdb::AddrError| {
                     cx.err(r.to.span(), format!("remap to {to_text:?}: {}", e.reason()))
-                })?;
+                },
+            )?;
             if remaps.iter().any(|x: &Remap| x.from == from) {
                 return Err(cx.err(r.from.span(), format!("remap from {:?} appears twice", r.from.get_ref())));
             }
-            remaps.push(Remap { from, to, preserve_host: r.preserve_host });
+            if let Some(other) = remaps.iter().find(|x: &&Remap| x.to == to && x.https != https) {
+                let (this, that) = if https { ("https", "http") } else { ("http", "https") };
+                return Err(cx.err(
+                    r.to.span(),
+                    format!("origin {to} is reached over {this} here and over {that} by another remap ({:?}): one origin, one scheme", other.from),
+                ));
+            }
+            remaps.push(Remap { from, to, https, preserve_host: r.preserve_host });
         }
 
         let mut origins = BTreeMap::new();
@@ -269,17 +399,65 @@ impl Config {
                 None => LbPolicy::RoundRobin,
                 Some(l) => l.get_ref().parse().map_err(|m: String| cx.err(l.span(), m))?,
             };
-            let h2c = match o.protocol.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
-                None | Some(("http1", _)) => false,
-                Some(("h2c", _)) => true,
-                Some((other, span)) => {
-                    return Err(cx.err(span, format!("protocol must be http1 or h2c, not {other:?}")));
+            let https = remaps.iter().any(|r| r.to == k && r.https);
+            let protocol = match (o.protocol.as_ref().map(|p| (p.get_ref().as_str(), p.span())), https) {
+                (None, false) | (Some(("http1", _)), _) => OriginProtocol::Http1,
+                (None, true) | (Some(("auto", _)), true) => OriginProtocol::Auto,
+                (Some(("h2c", _)), false) | (Some(("h2", _)), true) => OriginProtocol::H2,
+                (Some((other, span)), false) => {
+                    return Err(cx.err(
+                        span,
+                        format!("protocol of an http origin must be http1 or h2c, not {other:?}"),
+                    ));
+                }
+                (Some((other, span)), true) => {
+                    return Err(cx.err(
+                        span,
+                        format!("protocol of an https origin must be auto, h2 or http1, not {other:?}"),
+                    ));
                 }
             };
+            let tls = OriginTls {
+                sni: o.sni.as_ref().map(|v| cx.located(v.span(), v.get_ref().clone())),
+                ca_file: o.ca_file.as_ref().map(|v| cx.path(dir, v)).transpose()?,
+                client_cert: o.client_cert.as_ref().map(|v| cx.path(dir, v)).transpose()?,
+                client_key: o.client_key.as_ref().map(|v| cx.path(dir, v)).transpose()?,
+                insecure_skip_verify: o.insecure_skip_verify.as_ref().is_some_and(|v| *v.get_ref()),
+            };
+            let tls_keys = [
+                ("sni", o.sni.as_ref().map(Spanned::span)),
+                ("ca_file", o.ca_file.as_ref().map(Spanned::span)),
+                ("client_cert", o.client_cert.as_ref().map(Spanned::span)),
+                ("client_key", o.client_key.as_ref().map(Spanned::span)),
+                ("insecure_skip_verify", o.insecure_skip_verify.as_ref().map(Spanned::span)),
+            ];
+            if let Some((name, Some(span))) = tls_keys.iter().find(|(_, span)| span.is_some()).cloned()
+                && !https
+                && remaps.iter().any(|r| r.to == k)
+            {
+                return Err(
+                    cx.err(span, format!("{name} applies to https origins only; {k} is reached over http"))
+                );
+            }
+            match (&o.client_cert, &o.client_key) {
+                (Some(c), None) => return Err(cx.err(c.span(), "client_cert needs client_key")),
+                (None, Some(k)) => return Err(cx.err(k.span(), "client_key needs client_cert")),
+                _ => {}
+            }
+            if tls.insecure_skip_verify && tls.ca_file.is_some() {
+                let span = o.ca_file.as_ref().map(Spanned::span).unwrap_or_default();
+                return Err(cx.err(span, "ca_file means nothing with insecure_skip_verify = true"));
+            }
+            if tls.insecure_skip_verify {
+                warnings.push(format!(
+                    "{file}: origin {k}: insecure_skip_verify = true: its certificates are not verified, anyone on the path can impersonate it"
+                ));
+            }
             if !remaps.iter().any(|r| r.to == k) {
                 warnings.push(format!("{file}: origin {k} has settings but no remap sends traffic to it"));
             }
-            if origins.insert(k.as_str().to_owned(), OriginSettings { servers, lb, h2c }).is_some() {
+            if origins.insert(k.as_str().to_owned(), OriginSettings { servers, lb, protocol, tls }).is_some()
+            {
                 return Err(cx.err(key.span(), format!("origin {k} is configured twice")));
             }
         }
@@ -317,6 +495,8 @@ impl Config {
         let (pool_defaults, l4_defaults) = (PoolConfig::default(), L4Policy::default());
         Ok(Self {
             listen,
+            listen_tls,
+            certificates,
             threads: cx.int(&p.threads, 0, 0, 1024, "threads")? as usize,
             admin,
             health_checks,

@@ -143,9 +143,10 @@ async fn show(length: Duration) -> Result<(), String> {
     let path = dir.join("vigil.toml");
     std::fs::write(&path, main).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("healthchecks.toml"), checks).map_err(|e| e.to_string())?;
-    let loaded = app::load(&path);
+    let tls = Arc::new(vigil_session::TlsConnect::new());
+    let loaded = app::load(&path, &tls);
     let _ = std::fs::remove_dir_all(&dir);
-    let shared = app::Shared::start(loaded?, path).await?;
+    let shared = app::Shared::start(loaded?, path, tls).await?;
     let (listen, admin) =
         ("127.0.0.1:0".parse().map_err(|_| "addr")?, "127.0.0.1:0".parse().map_err(|_| "addr")?);
     let srv = server::start(Arc::clone(&shared), listen, admin).await.map_err(|e| e.to_string())?;

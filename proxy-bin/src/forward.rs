@@ -28,7 +28,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use vigil_hostdb::{Attempt, LbPolicy, Pick, SelectError};
 use vigil_session::{
-    BoxError, ErrorKind, Freshness, PooledBody, Protocol, RequestBody, RetryPolicy, SessionError, Target,
+    BoxError, ErrorKind, Freshness, PooledBody, Protocol, RequestBody, RetryPolicy, SessionError,
 };
 
 use crate::app::Shared;
@@ -234,7 +234,7 @@ fn forward<'a, B: ClientRequestBody>(
                 }
                 Err(_) => return all_failed(),
             };
-            let target = Target::new(pick.addr(), route.protocol);
+            let target = route.upstream.upstream.target(pick.addr());
             let sent =
                 shared.pool.try_request(target, Freshness::IdlePreferred, next, Some(origin_timeout)).await;
             let (e, back) = match sent {
@@ -254,7 +254,7 @@ fn forward<'a, B: ClientRequestBody>(
             // An attempt can take up to a connect timeout: read the clock again.
             now = clock();
             if e.is_l4_failure() {
-                pick.server().report_l4_failure(now);
+                pick.server().report_l4_failure_because(now, &e.detail());
             }
             tracing::debug!(server = %pick.addr(), error = %e, "attempt failed");
             failures += 1;
@@ -320,16 +320,7 @@ fn upstream_request<B: ClientRequestBody>(
     // The path moves as it is (a clone shares its bytes); both forms come
     // from a URI the listener accepted, so they are valid.
     let path = |uri: &Uri| uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-    match route.protocol {
-        // h2 carries the host in :authority, not in a Host header.
-        Protocol::H2c => {
-            let uri = Uri::builder()
-                .scheme("http")
-                .authority(host.as_bytes())
-                .path_and_query(path(req.uri()))
-                .build();
-            *req.uri_mut() = uri.unwrap_or_else(|_| Uri::from_static("/"));
-        }
+    match route.upstream.upstream.protocol {
         Protocol::Http1 => {
             req.headers_mut().insert(header::HOST, host);
             // The common origin-form URI stays as it is; an absolute one is
@@ -337,6 +328,18 @@ fn upstream_request<B: ClientRequestBody>(
             if req.uri().authority().is_some() {
                 *req.uri_mut() = Uri::from(path(req.uri()));
             }
+        }
+        // h2 carries the host in :authority, not in a Host header; a
+        // protocol ALPN settles gets the same, which HTTP/1.1 turns back
+        // into a Host header.
+        Protocol::H2 | Protocol::Auto => {
+            req.headers_mut().remove(header::HOST);
+            let uri = Uri::builder()
+                .scheme(if route.upstream.https { "https" } else { "http" })
+                .authority(host.as_bytes())
+                .path_and_query(path(req.uri()))
+                .build();
+            *req.uri_mut() = uri.unwrap_or_else(|_| Uri::from_static("/"));
         }
     }
     *req.version_mut() = Version::HTTP_11;

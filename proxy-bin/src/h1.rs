@@ -31,9 +31,10 @@ use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
+use tokio::io::AsyncRead;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::Notify;
 
 use vigil_h1::{DecodeError, Decoder, Framing, HeadError, ResponseLine, WriteQueue};
@@ -113,10 +114,31 @@ impl Drop for Live {
     }
 }
 
+/// The reading half of a client connection. It can also write the few
+/// bytes of an interim `100 Continue`: the request body asks for it when
+/// first read, while the connection's task is in the request path and
+/// writes nothing else.
+pub(crate) trait ConnRead: AsyncRead + Unpin + Send + 'static {
+    /// Writes what it can of `bytes`.
+    fn poll_write_interim(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>>;
+}
+
+impl ConnRead for OwnedReadHalf {
+    fn poll_write_interim(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        let stream: &TcpStream = self.as_ref();
+        loop {
+            match stream.try_write(bytes) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(stream.poll_write_ready(cx))?,
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+}
+
 /// The reading side of a connection: shared by the connection loop (heads)
 /// and the request body (the body reads while the request path runs).
-struct ReadSide {
-    io: OwnedReadHalf,
+struct ReadSide<R> {
+    io: R,
     buf: BytesMut,
     body: Decoder,
     /// `Expect: 100-continue` not yet answered: how much of the interim
@@ -129,19 +151,32 @@ struct ReadSide {
 /// The interim answer to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-impl ReadSide {
+impl<R: ConnRead> ReadSide<R> {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         vigil_h1::poll_fill(&mut self.io, &mut self.buf, cx)
     }
 }
 
-type SharedRead = Arc<Mutex<ReadSide>>;
+type SharedRead<R> = Arc<Mutex<ReadSide<R>>>;
 
-/// Serves one HTTP/1.1 connection; `buf` holds what was read already.
+/// Serves one HTTP/1.1 connection over plain TCP; `buf` holds what was read
+/// already.
 pub(crate) async fn serve(stream: TcpStream, buf: BytesMut, peer: Peer, shared: Arc<Shared>, live: Live) {
+    let (r, w) = stream.into_split();
+    serve_halves(r, w, buf, peer, shared, live).await;
+}
+
+/// Serves one HTTP/1.1 connection given as its two halves.
+pub(crate) async fn serve_halves<R: ConnRead, W: AsyncWrite + Unpin + Send>(
+    r: R,
+    mut w: W,
+    buf: BytesMut,
+    peer: Peer,
+    shared: Arc<Shared>,
+    live: Live,
+) {
     let stop = Arc::clone(&live.0);
-    let (r, mut w) = stream.into_split();
-    let read: SharedRead =
+    let read: SharedRead<R> =
         Arc::new(Mutex::new(ReadSide { io: r, buf, body: Decoder::Done, continue_at: None }));
     let stopped = stop.notify.notified();
     let mut stopped = pin!(stopped);
@@ -218,7 +253,7 @@ pub(crate) async fn serve(stream: TcpStream, buf: BytesMut, peer: Peer, shared: 
 }
 
 /// Reads and drops what a client still sends, for at most a second.
-async fn linger(read: &SharedRead) {
+async fn linger<R: ConnRead>(read: &SharedRead<R>) {
     let drain = poll_fn(|cx| {
         let mut r = read.lock();
         loop {
@@ -236,17 +271,20 @@ fn wants_close(headers: &HeaderMap) -> bool {
     headers.get_all(header::CONNECTION).iter().any(|v| vigil_h1::connection_has(v.as_bytes(), b"close"))
 }
 
-struct Head {
+struct Head<R> {
     /// Its body reads nothing yet: the connection's read side is set in
     /// when it has one.
-    req: Request<RequestBody>,
+    req: Request<RequestBody<R>>,
     keep_alive: bool,
     expect_continue: bool,
 }
 
 /// Reads until one request head is parsed; `None` when the client closed
 /// cleanly with nothing pending (or the connection failed).
-fn poll_head(read: &mut ReadSide, cx: &mut Context<'_>) -> Poll<Result<Option<Head>, HeadError>> {
+fn poll_head<R: ConnRead>(
+    read: &mut ReadSide<R>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Option<Head<R>>, HeadError>> {
     loop {
         if !read.buf.is_empty()
             && let Some((head, rest)) = vigil_h1::parse_request(&mut read.buf, MAX_HEAD)?
@@ -271,7 +309,7 @@ fn poll_head(read: &mut ReadSide, cx: &mut Context<'_>) -> Poll<Result<Option<He
     }
 }
 
-async fn refuse(w: &mut OwnedWriteHalf, status: StatusCode) -> io::Result<()> {
+async fn refuse<W: AsyncWrite + Unpin>(w: &mut W, status: StatusCode) -> io::Result<()> {
     let text = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
         status.as_str(),
@@ -281,7 +319,7 @@ async fn refuse(w: &mut OwnedWriteHalf, status: StatusCode) -> io::Result<()> {
     poll_fn(|cx| Pin::new(&mut *w).poll_shutdown(cx)).await
 }
 
-async fn write_all(w: &mut OwnedWriteHalf, mut data: &[u8]) -> io::Result<()> {
+async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         let n = poll_fn(|cx| Pin::new(&mut *w).poll_write(cx, data)).await?;
         if n == 0 {
@@ -294,18 +332,18 @@ async fn write_all(w: &mut OwnedWriteHalf, mut data: &[u8]) -> io::Result<()> {
 
 /// The request body the request path sees: read from the connection as it
 /// is polled.
-pub(crate) struct RequestBody {
-    read: Option<SharedRead>,
+pub(crate) struct RequestBody<R> {
+    read: Option<SharedRead<R>>,
     hint: SizeHint,
 }
 
-impl std::fmt::Debug for RequestBody {
+impl<R> std::fmt::Debug for RequestBody<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequestBody").field("done", &self.read.is_none()).finish()
     }
 }
 
-impl RequestBody {
+impl<R> RequestBody<R> {
     /// A body of `framing`, its reader yet to be set (none: no body).
     fn unread(framing: Framing) -> Self {
         let hint = match framing {
@@ -317,7 +355,7 @@ impl RequestBody {
     }
 }
 
-impl Body for RequestBody {
+impl<R: ConnRead> Body for RequestBody<R> {
     type Data = Bytes;
     type Error = DecodeError;
 
@@ -363,18 +401,15 @@ impl Body for RequestBody {
 /// Writes what is still to be written of the `100 Continue` the client
 /// waits for, straight to the socket (the connection's task is in the
 /// request path meanwhile and writes nothing).
-fn poll_continue(r: &mut ReadSide, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+fn poll_continue<R: ConnRead>(r: &mut ReadSide<R>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
     while let Some(at) = r.continue_at {
         if at >= CONTINUE.len() {
             r.continue_at = None;
             break;
         }
-        let stream: &TcpStream = r.io.as_ref();
-        match stream.try_write(&CONTINUE[at..]) {
-            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-            Ok(n) => r.continue_at = Some(at + n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(stream.poll_write_ready(cx))?,
-            Err(e) => return Poll::Ready(Err(e)),
+        match ready!(r.io.poll_write_interim(cx, &CONTINUE[at..]))? {
+            0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            n => r.continue_at = Some(at + n),
         }
     }
     Poll::Ready(Ok(()))
@@ -391,7 +426,7 @@ impl Writer {
     /// Writes `resp`; returns whether the connection may carry another request.
     async fn respond(
         &mut self,
-        w: &mut OwnedWriteHalf,
+        w: &mut (impl AsyncWrite + Unpin),
         resp: Response<ProxyBody>,
         keep: bool,
         head_only: bool,
@@ -468,7 +503,7 @@ impl Writer {
         Ok(keep)
     }
 
-    async fn flush(&mut self, w: &mut OwnedWriteHalf) -> io::Result<()> {
+    async fn flush(&mut self, w: &mut (impl AsyncWrite + Unpin)) -> io::Result<()> {
         poll_fn(|cx| self.q.poll_flush(w, cx)).await
     }
 }

@@ -16,6 +16,7 @@ mod config;
 mod demo;
 mod forward;
 mod h1;
+mod listener;
 mod metrics;
 mod routes;
 mod server;
@@ -130,7 +131,8 @@ fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 
 /// `vigil run`: serve until SIGTERM or SIGINT; SIGHUP reloads.
 fn run(path: &Path) -> ExitCode {
-    let loaded = match app::load(path) {
+    let tls = Arc::new(vigil_session::TlsConnect::new());
+    let loaded = match app::load(path, &tls) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("{e}");
@@ -150,7 +152,7 @@ fn run(path: &Path) -> ExitCode {
     };
     let code = rt.block_on(async {
         let (listen, admin) = (loaded.config.listen, loaded.config.admin);
-        let shared = match app::Shared::start(loaded, path.to_owned()).await {
+        let shared = match app::Shared::start(loaded, path.to_owned(), tls).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("{}: {e}", path.display());
@@ -164,7 +166,8 @@ fn run(path: &Path) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        tracing::info!(proxy = %server.proxy, admin = %server.admin, version = env!("CARGO_PKG_VERSION"), "vigil is serving");
+        let tls = server.tls.map_or_else(|| "-".to_owned(), |a| a.to_string());
+        tracing::info!(proxy = %server.proxy, tls = %tls, admin = %server.admin, version = env!("CARGO_PKG_VERSION"), "vigil is serving");
         if let Err(e) = wait_for_signals(&shared).await {
             eprintln!("cannot install signal handlers: {e}");
             return ExitCode::from(1);
@@ -208,7 +211,8 @@ async fn wait_for_signals(shared: &Arc<app::Shared>) -> std::io::Result<()> {
 /// Validates `vigil.toml` and the health-check file it names; warnings go
 /// to stderr, the summary is returned.
 fn check_config(path: &Path) -> Result<String, String> {
-    let app::Loaded { config, checks, .. } = app::load(path)?;
+    // Profiles made here are thrown away: the point is that they can be made.
+    let app::Loaded { config, checks, .. } = app::load(path, &vigil_session::TlsConnect::new())?;
     for w in &config.warnings {
         eprintln!("warning: {w}");
     }

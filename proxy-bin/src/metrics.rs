@@ -21,7 +21,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use vigil_hostdb::{Event, HostDb, OriginKey};
-use vigil_session::{Observer, Pool, SessionError};
+use vigil_session::tls::HandshakeFailure;
+use vigil_session::{Observer, Pool, SessionError, TlsConnect};
+
+use crate::listener::TlsListener;
 
 /// A server address as a label value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -184,6 +187,8 @@ impl Metrics {
         db: HostDb,
         pool: Pool,
         cluster: Option<vigil_cluster::Cluster>,
+        tls: Arc<TlsConnect>,
+        listener: Option<Arc<TlsListener>>,
     ) {
         let mut r = Registry::default();
         r.register(
@@ -209,6 +214,8 @@ impl Metrics {
             pool,
             cluster,
             framing_refused: Arc::clone(&self.framing_refused),
+            tls,
+            listener,
         }));
         *self.registry.lock() = Some(r);
     }
@@ -258,6 +265,90 @@ struct Live {
     pool: Pool,
     cluster: Option<vigil_cluster::Cluster>,
     framing_refused: Arc<AtomicU64>,
+    tls: Arc<TlsConnect>,
+    listener: Option<Arc<TlsListener>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HandshakeLabels {
+    /// `origin`: ours to a server; `client`: a client's to our listener.
+    side: &'static str,
+    resumed: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HandshakeFailureLabels {
+    side: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CertLabels {
+    cert: String,
+}
+
+impl Live {
+    /// TLS handshakes both ways, failures by reason, and the listener's
+    /// certificates' time to expiry.
+    fn encode_tls(&self, encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::MetricType;
+        let origin = self.tls.metrics();
+        let mut done: Vec<(HandshakeLabels, u64)> = vec![
+            (HandshakeLabels { side: "origin", resumed: "false" }, origin.full_handshakes()),
+            (HandshakeLabels { side: "origin", resumed: "true" }, origin.resumed_handshakes()),
+        ];
+        let mut failed: Vec<(HandshakeFailureLabels, u64)> = HandshakeFailure::ALL
+            .iter()
+            .map(|k| (HandshakeFailureLabels { side: "origin", reason: k.as_str() }, origin.failures(*k)))
+            .collect();
+        if let Some(l) = &self.listener {
+            let m = &l.metrics;
+            done.push((HandshakeLabels { side: "client", resumed: "false" }, m.full.load(Ordering::Relaxed)));
+            done.push((
+                HandshakeLabels { side: "client", resumed: "true" },
+                m.resumed.load(Ordering::Relaxed),
+            ));
+            failed.extend(
+                HandshakeFailure::ALL
+                    .iter()
+                    .map(|k| (HandshakeFailureLabels { side: "client", reason: k.as_str() }, m.failures(*k))),
+            );
+            failed.push((
+                HandshakeFailureLabels { side: "client", reason: "timeout" },
+                m.timeouts.load(Ordering::Relaxed),
+            ));
+        }
+        let mut family = encoder.encode_descriptor(
+            "vigil_tls_handshakes",
+            "TLS handshakes completed, to origins and from clients, full or resumed",
+            None,
+            MetricType::Counter,
+        )?;
+        for (labels, v) in done {
+            ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "vigil_tls_handshake_failures",
+            "TLS handshakes that failed, to origins and from clients, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (labels, v) in failed {
+            ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
+        }
+        if let Some(l) = &self.listener {
+            let mut family = encoder.encode_descriptor(
+                "vigil_tls_certificate_expiry_seconds",
+                "Seconds until each listener certificate expires (negative: expired)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (cert, secs) in l.certificates().expiry() {
+                ConstGauge::new(secs).encode(family.encode_family(&CertLabels { cert })?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Collector for Live {
@@ -308,6 +399,7 @@ impl Collector for Live {
             let c = ConstCounter::new(v);
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
         }
+        self.encode_tls(&mut encoder)?;
         let now = tokio::time::Instant::now().into_std();
         let origins = self.db.origins();
         type Read = fn(&vigil_hostdb::Server, std::time::Instant) -> i64;

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use vigil_hostdb::{HostDbConfig, L4Policy, LbPolicy, OriginKey, OriginSpec, ServerSource};
-use vigil_l7check::HealthChecks;
-use vigil_session::Protocol;
+use vigil_l7check::{HealthChecks, OriginUpstream};
 
 use crate::config::{Config, HostMatch};
 
@@ -20,9 +19,10 @@ type Map<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
 pub(crate) struct Route {
     pub(crate) origin: OriginKey,
     pub(crate) preserve_host: bool,
-    pub(crate) protocol: Protocol,
+    /// How the origin's servers are reached (protocol, TLS profile).
+    pub(crate) upstream: OriginUpstream,
     /// `Host` sent upstream unless `preserve_host`: the origin's host, with
-    /// its port unless 80.
+    /// its port unless the scheme's default.
     pub(crate) host_header: HeaderValue,
     /// The origin, as metric label.
     pub(crate) label: Arc<str>,
@@ -38,23 +38,28 @@ pub(crate) struct Routes {
     suffix: Map<Arc<Route>>,
     pub(crate) origin_timeout: Duration,
     pub(crate) connect_attempts: u32,
+    /// How each origin is reached (the admin view's pool counts ask).
+    upstreams: HashMap<OriginKey, OriginUpstream>,
 }
 
 impl Routes {
-    pub(crate) fn new(config: &Config) -> Self {
+    /// The table for `config`, each origin reached as `upstreams` says
+    /// (plain HTTP/1.1 for one it does not name).
+    pub(crate) fn new(config: &Config, upstreams: &HashMap<OriginKey, OriginUpstream>) -> Self {
         let mut routes = Self {
             exact: Map::default(),
             suffix: Map::default(),
             origin_timeout: config.origin_timeout,
             connect_attempts: config.connect_attempts,
+            upstreams: upstreams.clone(),
         };
         for remap in &config.remaps {
-            let protocol = protocol_of(config, &remap.to);
+            let upstream = upstreams.get(&remap.to).copied().unwrap_or_default();
             let route = Arc::new(Route {
                 origin: remap.to.clone(),
                 preserve_host: remap.preserve_host,
-                protocol,
-                host_header: host_header(&remap.to),
+                upstream,
+                host_header: host_header(&remap.to, upstream.https),
                 label: Arc::from(remap.to.as_str()),
                 counters: Default::default(),
             });
@@ -66,6 +71,11 @@ impl Routes {
             map.entry(key.as_str().into()).or_insert(route);
         }
         routes
+    }
+
+    /// How `origin` is reached (plain HTTP/1.1 when nothing says otherwise).
+    pub(crate) fn upstream(&self, origin: &OriginKey) -> OriginUpstream {
+        self.upstreams.get(origin).copied().unwrap_or_default()
     }
 
     /// The route for a client's `Host` (any case, port ignored): an exact
@@ -102,18 +112,13 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-fn protocol_of(config: &Config, origin: &OriginKey) -> Protocol {
-    match config.origins.get(origin.as_str()) {
-        Some(o) if o.h2c => Protocol::H2c,
-        _ => Protocol::Http1,
-    }
-}
-
-/// The `Host` header for an origin: host, plus the port unless 80.
-pub(crate) fn host_header(origin: &OriginKey) -> HeaderValue {
+/// The `Host` header for an origin: host, plus the port unless it is the
+/// scheme's default (80, or 443 with `https`).
+pub(crate) fn host_header(origin: &OriginKey, https: bool) -> HeaderValue {
     let host = origin.host();
     let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
-    let value = if origin.port() == 80 { host } else { format!("{host}:{}", origin.port()) };
+    let default = if https { 443 } else { 80 };
+    let value = if origin.port() == default { host } else { format!("{host}:{}", origin.port()) };
     // An OriginKey is a validated host name or address: always a valid value.
     HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
@@ -146,17 +151,6 @@ pub(crate) fn hostdb_config(config: &Config, hc: &HealthChecks) -> Result<HostDb
     })
 }
 
-/// The protocol of every origin that is not plain HTTP/1.1 (for the
-/// checker, which assumes HTTP/1.1 for the rest).
-pub(crate) fn protocols(config: &Config, hostdb: &HostDbConfig) -> HashMap<OriginKey, Protocol> {
-    hostdb
-        .origins
-        .iter()
-        .map(|o| (o.key.clone(), protocol_of(config, &o.key)))
-        .filter(|(_, p)| *p != Protocol::Http1)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -165,7 +159,7 @@ mod tests {
 
     fn routes(remaps: &str) -> Routes {
         let text = format!("[proxy]\nlisten = \"127.0.0.1:8080\"\n{remaps}");
-        Routes::new(&Config::parse(&text, Path::new("v.toml")).unwrap())
+        Routes::new(&Config::parse(&text, Path::new("v.toml")).unwrap(), &HashMap::new())
     }
 
     #[test]

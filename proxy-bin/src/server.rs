@@ -1,6 +1,7 @@
 //! Listeners: the proxy (HTTP/1.1 on our own server in `h1`, with strict
-//! framing; h2c prior knowledge on hyper) and the admin API (hyper), with
-//! graceful shutdown.
+//! framing; h2c prior knowledge on hyper), the same over TLS (`listen_tls`:
+//! ALPN picks HTTP/1.1 or h2), and the admin API (hyper), with graceful
+//! shutdown.
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,9 +16,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use bytes::BytesMut;
+
 use crate::app::Shared;
 use crate::forward::Peer;
 use crate::h1::{self, Stop};
+use crate::listener::Halves;
 use crate::{admin, forward};
 
 /// The running listeners.
@@ -27,6 +31,8 @@ pub(crate) struct Server {
     pub(crate) proxy: SocketAddr,
     /// Where the admin API listens.
     pub(crate) admin: SocketAddr,
+    /// Where the TLS listener listens, if there is one.
+    pub(crate) tls: Option<SocketAddr>,
     stop: watch::Sender<Option<Duration>>,
     loops: Vec<JoinHandle<()>>,
 }
@@ -35,13 +41,21 @@ pub(crate) struct Server {
 pub(crate) async fn start(shared: Arc<Shared>, listen: SocketAddr, admin: SocketAddr) -> io::Result<Server> {
     let proxy_l = bind(listen, "proxy.listen").await?;
     let admin_l = bind(admin, "proxy.admin").await?;
+    let tls_l = match (shared.config.load().listen_tls, &shared.listener) {
+        (Some(addr), Some(_)) => Some(bind(addr, "proxy.listen_tls").await?),
+        _ => None,
+    };
     let (proxy, admin) = (proxy_l.local_addr()?, admin_l.local_addr()?);
+    let tls = tls_l.as_ref().map(TcpListener::local_addr).transpose()?;
     let (stop, rx) = watch::channel(None);
-    let loops = vec![
+    let mut loops = vec![
         tokio::spawn(accept_loop(proxy_l, Kind::Proxy, Arc::clone(&shared), rx.clone())),
-        tokio::spawn(accept_loop(admin_l, Kind::Admin, shared, rx)),
+        tokio::spawn(accept_loop(admin_l, Kind::Admin, Arc::clone(&shared), rx.clone())),
     ];
-    Ok(Server { proxy, admin, stop, loops })
+    if let Some(l) = tls_l {
+        loops.push(tokio::spawn(accept_loop(l, Kind::ProxyTls, shared, rx)));
+    }
+    Ok(Server { proxy, admin, tls, stop, loops })
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
@@ -64,6 +78,7 @@ impl Server {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Proxy,
+    ProxyTls,
     Admin,
 }
 
@@ -73,7 +88,7 @@ fn builder(kind: Kind) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
         .max_buf_size(h1::MAX_HEAD + 8192);
-    b.http2().timer(TokioTimer::new()).max_concurrent_streams(if kind == Kind::Proxy { 256 } else { 16 });
+    b.http2().timer(TokioTimer::new()).max_concurrent_streams(if kind == Kind::Admin { 16 } else { 256 });
     b
 }
 
@@ -152,6 +167,30 @@ fn serve(
                 let svc = service_fn(move |req| forward::serve(Arc::clone(&shared), peer.clone(), req));
                 if let Err(e) = watcher.watch(builder.serve_connection(io, svc).into_owned()).await {
                     tracing::debug!(error = %e, "h2c client connection ended with an error");
+                }
+            });
+        }
+        Kind::ProxyTls => {
+            let peer = Peer::new(peer);
+            let (builder, watcher) = (Arc::clone(builder), graceful.watcher());
+            let live = h1_stop.enter();
+            let stop = Arc::clone(h1_stop);
+            let head_timeout = shared.config.load().client_header_timeout;
+            tokio::spawn(async move {
+                let Some(listener) = shared.listener.clone() else { return };
+                let Some(Some(tls)) = stop.unless_stopped(listener.accept(stream, head_timeout)).await else {
+                    return;
+                };
+                if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    let (r, w) = Halves::split(tls);
+                    h1::serve_halves(r, w, BytesMut::new(), peer, shared, live).await;
+                    return;
+                }
+                drop(live); // hyper's graceful watcher counts this one
+                let svc = service_fn(move |req| forward::serve(Arc::clone(&shared), peer.clone(), req));
+                let conn = builder.serve_connection(TokioIo::new(tls), svc).into_owned();
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(error = %e, "h2 client connection over TLS ended with an error");
                 }
             });
         }

@@ -98,6 +98,9 @@ pub(crate) fn render(hosts: &Value) -> String {
                 ),
                 source
             );
+            if let Some(err) = s["l4"]["last_error"].as_str() {
+                let _ = writeln!(out, "    last L4 failure: {err}");
+            }
         }
     }
     out
@@ -128,7 +131,7 @@ mod tests {
              "l7": {"state": "healthy", "last_check_ms_ago": 800, "last_result": "pass", "last_detail": "200",
                     "last_latency_ms": 1.25, "source": "local"}, "pool": {"idle": 3, "in_use": 1}},
             {"addr": "127.0.0.3:8080", "routable": false, "maintenance": true,
-             "l4": {"state": "down", "consecutive_failures": 1, "down_for_ms": 4200},
+             "l4": {"state": "down", "consecutive_failures": 1, "down_for_ms": 4200, "last_error": "tls: certificate expired"},
              "l7": {"state": "unhealthy", "source": "cluster:edge-2"}, "pool": {"idle": 0, "in_use": 0}}]}]});
         let t = render(&v);
         assert!(t.starts_with("node edge-1 · 1 origin(s)\n"), "{t}");
@@ -143,5 +146,6 @@ mod tests {
                 && lines[4].contains("down 4.2 s")
                 && lines[4].contains("[cluster:edge-2]")
         );
+        assert_eq!(lines[5], "    last L4 failure: tls: certificate expired");
     }
 }

@@ -76,9 +76,9 @@ fn a_bad_main_config_names_file_line_and_column() {
         ("[proxy]\nlisten = \"127.0.0.1:8080\"\norigin_timeout = \"soon\"\n", "3:18", "invalid duration"),
         ("[proxy]\nlisten = \"127.0.0.1:8080\"\n[l4]\nfail_threshold = 0\n", "4:18", "fail_threshold"),
         (
-            "[proxy]\nlisten = \"127.0.0.1:8080\"\n[[remap]]\nfrom = \"a\"\nto = \"https://b\"\n",
+            "[proxy]\nlisten = \"127.0.0.1:8080\"\n[[remap]]\nfrom = \"a\"\nto = \"ftp://b\"\n",
             "5:6",
-            "https",
+            "https://host",
         ),
         (
             "[proxy]\nlisten = \"127.0.0.1:8080\"\n[[remap]]\nfrom = \"a b\"\nto = \"http://b\"\n",

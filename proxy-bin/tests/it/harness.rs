@@ -121,7 +121,7 @@ async fn serve_origin(mut stream: TcpStream, me: SocketAddr, state: Arc<OriginSt
         .await;
 }
 
-async fn origin_handler(
+pub(crate) async fn origin_handler(
     me: SocketAddr,
     state: Arc<OriginState>,
     req: Request<Incoming>,
@@ -255,7 +255,22 @@ impl Vigil {
     /// everything after it) and `healthchecks.toml`, starts the binary and
     /// waits for its admin API.
     pub(crate) async fn start(name: &str, proxy_extra: &str, rest: &str, hc: &str) -> Vigil {
+        Self::start_with(name, &[], proxy_extra, rest, hc).await
+    }
+
+    /// [`Vigil::start`] with `files` (name, contents) written beside the
+    /// config first (certificates, keys).
+    pub(crate) async fn start_with(
+        name: &str,
+        files: &[(&str, &[u8])],
+        proxy_extra: &str,
+        rest: &str,
+        hc: &str,
+    ) -> Vigil {
         let dir = test_dir(name);
+        for (file, contents) in files {
+            std::fs::write(dir.join(file), contents).unwrap();
+        }
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port(&["127.0.0.1"])).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port(&["127.0.0.1"])).parse().unwrap();
         let main = format!(

@@ -8,3 +8,4 @@ mod cluster;
 mod harness;
 mod hostile;
 mod proxy;
+mod tls;
