@@ -29,14 +29,20 @@ pub async fn serve_h1(listener: tokio::net::TcpListener, body: &'static [u8], co
     while let Ok((stream, _)) = listener.accept().await {
         conns.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
-        tokio::spawn(async move {
-            let svc = service_fn(move |_req| async move {
-                Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(body))))
-            });
-            let _ =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-        });
+        tokio::spawn(serve_h1_conn(stream, body));
     }
+}
+
+/// Answers every request on one connection (any stream: TCP, TLS) with
+/// `body`, HTTP/1.1 keep-alive, until the client closes.
+pub async fn serve_h1_conn<S>(stream: S, body: &'static [u8])
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |_req| async move {
+        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(body))))
+    });
+    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
 }
 
 /// One GET through the pool, body read to the end.

@@ -17,8 +17,17 @@
 //! cannot move (the kernel's share, about 80 % of a proxy's CPU here, is
 //! outside it).
 //!
-//! Needs wrk and strace; nginx and haproxy are measured when installed.
-//! Everything listens on 127.0.0.0/8 and stops by itself.
+//! With `--tls`, everything is HTTPS: wrk to each proxy's TLS listener, and
+//! each proxy to a TLS origin (`load-origin --tls`), keep-alive both ways,
+//! with the same certificate (made by `openssl req` for the run). vigil also
+//! runs a health check every second: the origin counts its full and resumed
+//! handshakes, so the run reports full handshakes per health check in
+//! steady state. A last round per proxy sends `Connection: close` on every
+//! request: the rate of new TLS connections a proxy sustains.
+//!
+//! Needs wrk and strace (and openssl with `--tls`); nginx and haproxy are
+//! measured when installed. Everything listens on 127.0.0.0/8 and stops by
+//! itself.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -32,6 +41,8 @@ const VIGIL: &str = "127.0.0.1:18311";
 const VIGIL_ADMIN: &str = "127.0.0.1:18312";
 const NGINX: &str = "127.0.0.1:18321";
 const HAPROXY: &str = "127.0.0.1:18331";
+/// vigil's TLS listener (`--tls`); nginx and HAProxy take TLS on their own ports.
+const VIGIL_TLS: &str = "127.0.0.1:18313";
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Round {
@@ -46,8 +57,75 @@ struct Round {
 
 struct Proxy {
     name: &'static str,
+    /// Where the load goes.
     addr: &'static str,
+    /// `http` or `https`.
+    scheme: &'static str,
     child: Child,
+}
+
+impl Proxy {
+    fn url(&self) -> String {
+        format!("{}://{}/", self.scheme, self.addr)
+    }
+}
+
+/// The run's certificates (`--tls`): a CA, and an ECDSA P-256 leaf it
+/// signed for `load.test`, `localhost` and 127.0.0.1, used by the origin
+/// and by every proxy's listener; every proxy trusts the CA for the origin.
+struct Certs {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    /// Leaf and key in one file (HAProxy's `crt`).
+    both: PathBuf,
+    /// Where `load-origin` writes its handshake counts.
+    stats: PathBuf,
+}
+
+impl Certs {
+    fn make(dir: &Path) -> Result<Self> {
+        let f = |name: &str| dir.join(name);
+        let openssl = |build: &dyn Fn(&mut Command)| -> Result<()> {
+            let mut cmd = Command::new("openssl");
+            build(&mut cmd);
+            let ok = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().context("openssl")?;
+            if !ok.success() {
+                bail!("openssl failed making the run's certificates: {cmd:?}");
+            }
+            Ok(())
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        openssl(&|c| {
+            c.args(["req", "-x509"]).args(ec).args(["-days", "2", "-subj", "/CN=vigil loadtest ca"]);
+            c.arg("-keyout").arg(f("ca.key")).arg("-out").arg(f("ca.pem"));
+        })?;
+        std::fs::write(
+            f("leaf.ext"),
+            "subjectAltName=DNS:load.test,DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )?;
+        openssl(&|c| {
+            c.arg("req").args(ec).args(["-subj", "/CN=load.test"]);
+            c.arg("-keyout").arg(f("key.pem")).arg("-out").arg(f("leaf.csr"));
+        })?;
+        openssl(&|c| {
+            c.args(["x509", "-req", "-days", "2", "-CAcreateserial"]).arg("-in").arg(f("leaf.csr"));
+            c.arg("-CA").arg(f("ca.pem")).arg("-CAkey").arg(f("ca.key"));
+            c.arg("-extfile").arg(f("leaf.ext")).arg("-out").arg(f("cert.pem"));
+        })?;
+        let (cert, key, both) = (f("cert.pem"), f("key.pem"), f("both.pem"));
+        std::fs::write(&both, [std::fs::read(&cert)?, std::fs::read(&key)?].concat())?;
+        Ok(Self { ca: f("ca.pem"), cert, key, both, stats: f("origin-handshakes.txt") })
+    }
+
+    /// The origin's (full, resumed) handshakes so far; it writes them once a second.
+    fn handshakes(&self) -> (u64, u64) {
+        let text = std::fs::read_to_string(&self.stats).unwrap_or_default();
+        let read = |key: &str| {
+            text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+        };
+        (read("full "), read("resumed "))
+    }
 }
 
 impl Drop for Proxy {
@@ -58,7 +136,7 @@ impl Drop for Proxy {
 }
 
 /// Options: `--rounds N` (default 3), `--seconds S` per round (default 8),
-/// `--connections C` (default 50), `--origin-cpu 0|1` (default 0).
+/// `--connections C` (default 50), `--origin-cpu 0|1` (default 0), `--tls`.
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let opt = |name: &str, default: u64| -> Result<u64> {
         match args.iter().position(|a| a == name) {
@@ -76,9 +154,10 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         1 => "1",
         _ => bail!("--origin-cpu takes 0 or 1"),
     };
-    for tool in ["wrk", "strace", "taskset"] {
+    let tls_mode = args.iter().any(|a| a == "--tls");
+    for tool in ["wrk", "strace", "taskset"].into_iter().chain(tls_mode.then_some("openssl")) {
         if which(tool).is_none() {
-            bail!("{tool} is not installed (apt-get install wrk strace util-linux)");
+            bail!("{tool} is not installed (apt-get install wrk strace util-linux openssl)");
         }
     }
     crate::cargo(
@@ -99,31 +178,40 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("vigil-loadtest-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let release = crate::target_dir()?.join("release");
+    let certs = if tls_mode { Some(Certs::make(&dir)?) } else { None };
+    let certs = certs.as_ref();
 
-    let _origin = Proxy {
-        name: "origin",
-        addr: ORIGIN,
-        child: Command::new("taskset")
-            .args(["-c", origin_cpu])
-            .arg(release.join("load-origin"))
-            .arg(ORIGIN)
-            .spawn()?,
-    };
+    let mut origin = Command::new("taskset");
+    origin.args(["-c", origin_cpu]).arg(release.join("load-origin")).arg(ORIGIN);
+    if let Some(c) = certs {
+        origin.arg("--tls").arg(&c.cert).arg(&c.key).arg(&c.stats);
+    }
+    let _origin = Proxy { name: "origin", addr: ORIGIN, scheme: "http", child: origin.spawn()? };
     wait_port(ORIGIN)?;
 
-    let proxies = start_all(&release, &dir, &Wrap::Pinned)?;
+    let proxies = start_all(&release, &dir, &Wrap::Pinned, certs)?;
     for p in &proxies {
         wait_port(p.addr)?;
         // Warm up: connections to the origin opened, caches hot.
-        wrk(p.addr, 2, conns)?;
+        wrk(&p.url(), 2, conns, None)?;
     }
+    // With --tls: the origin's handshakes during each proxy's rounds, and
+    // vigil's checks meanwhile.
+    let mut handshakes = vec![(0u64, 0u64); proxies.len()];
+    let checks_before = vigil_checks();
 
     let mut results: Vec<Vec<Round>> = vec![Vec::new(); proxies.len()];
     for round in 0..rounds {
         for (i, p) in proxies.iter().enumerate() {
             let before = cpu_ticks(p.child.id());
             let origin_before = cpu_ticks(_origin.child.id());
-            let mut r = wrk(p.addr, seconds, conns)?;
+            let hs_before = certs.map(settled).unwrap_or_default();
+            let mut r = wrk(&p.url(), seconds, conns, None)?;
+            if let Some(c) = certs {
+                let after = settled(c);
+                handshakes[i].0 += after.0 - hs_before.0;
+                handshakes[i].1 += after.1 - hs_before.1;
+            }
             let per_request = 1e6 / clock_ticks_per_second() / r.requests.max(1) as f64;
             if let (Some(a), Some(b)) = (before, cpu_ticks(p.child.id())) {
                 r.cpu_us = (b.0 + b.1 - a.0 - a.1) as f64 * per_request;
@@ -153,6 +241,15 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         }
     }
 
+    let checks = vigil_checks() - checks_before;
+    // A new connection per request: what a proxy's TLS handshakes cost
+    // (plain TCP without --tls).
+    let mut fresh = Vec::new();
+    for p in &proxies {
+        let r = wrk(&p.url(), seconds.min(5), conns, Some("Connection: close"))?;
+        println!("new connection per request {:<8} {:>9.0} req/s", p.name, r.rps);
+        fresh.push(r.rps);
+    }
     let mut syscalls = Vec::new();
     for p in &proxies {
         syscalls.push(syscalls_per_request(p, &dir, conns)?);
@@ -167,7 +264,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     if which("valgrind").is_some() && which("callgrind_control").is_some() {
         let wrap = Wrap::Callgrind(dir.clone());
         for name in &names {
-            let p = start(name, &release, &dir, &wrap)?.context("proxy vanished")?;
+            let p = start(name, &release, &dir, &wrap, certs)?.context("proxy vanished")?;
             instructions.push(Some(instructions_per_request(&p, &dir)?));
         }
     } else {
@@ -203,11 +300,12 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\nloadtest: wrk -t1 -c{conns} -d{seconds}s, {rounds} interleaved rounds, best round shown; each proxy 1 worker on CPU 1, the origin on CPU {origin_cpu}"
+        "\nloadtest{}: wrk -t1 -c{conns} -d{seconds}s, {rounds} interleaved rounds, best round shown; each proxy 1 worker on CPU 1, the origin on CPU {origin_cpu}",
+        if tls_mode { " --tls (HTTPS client to proxy and proxy to origin, keep-alive)" } else { "" }
     );
     let _ = writeln!(
         out,
-        "{:<8} {:>10} {:>9} {:>10} {:>10} {:>10} {:>11} {:>8} {:>13} {:>14}",
+        "{:<8} {:>10} {:>9} {:>10} {:>10} {:>10} {:>11} {:>8} {:>13} {:>14} {:>12}",
         "proxy",
         "req/s",
         "p99 ms",
@@ -217,7 +315,8 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         "cpu us/req",
         "kernel",
         "syscalls/req",
-        "user instr/req"
+        "user instr/req",
+        "new conn/s"
     );
     for (i, name) in names.iter().enumerate() {
         let ratio =
@@ -225,7 +324,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         let instr = instructions[i].map_or_else(|| "-".to_owned(), |n: u64| n.to_string());
         let _ = writeln!(
             out,
-            "{:<8} {:>10.0} {:>9.2} {:>10} {:>10.0} {:>10} {:>11.1} {:>8.1} {:>13.2} {:>14}",
+            "{:<8} {:>10.0} {:>9.2} {:>10} {:>10.0} {:>10} {:>11.1} {:>8.1} {:>13.2} {:>14} {:>12.0}",
             name,
             best[i].rps,
             best[i].p99_ms,
@@ -235,7 +334,8 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             leanest[i].cpu_us,
             leanest[i].sys_us,
             syscalls[i],
-            instr
+            instr,
+            fresh[i]
         );
     }
     let _ = writeln!(
@@ -243,6 +343,23 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         "vigil origin connection reuse: {:.3} % of upstream requests on an existing session",
         reuse
     );
+    if tls_mode {
+        for (i, name) in names.iter().enumerate() {
+            let (full, resumed) = handshakes[i];
+            let _ = writeln!(
+                out,
+                "origin TLS handshakes during {name}'s rounds: {full} full, {resumed} resumed ({:.4} per 1 000 requests)",
+                (full + resumed) as f64 * 1000.0
+                    / results[i].iter().map(|r| r.requests).sum::<u64>().max(1) as f64
+            );
+        }
+        let vigil_full = names.iter().position(|n| *n == "vigil").map_or(0, |i| handshakes[i].0);
+        let _ = writeln!(
+            out,
+            "vigil health checks during the rounds: {checks} (every 1 s, over the pooled TLS sessions); full handshakes per check: {:.3}",
+            vigil_full as f64 / checks.max(1) as f64
+        );
+    }
     print!("{out}");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -296,17 +413,33 @@ fn wait_port_for(addr: &str, within: Duration) -> Result<()> {
     bail!("nothing listens on {addr} after {within:?}")
 }
 
-fn start_vigil(release: &Path, dir: &Path, wrap: &Wrap) -> Result<Proxy> {
+fn start_vigil(release: &Path, dir: &Path, wrap: &Wrap, certs: Option<&Certs>) -> Result<Proxy> {
     let host = VIGIL.split(':').next().unwrap_or("127.0.0.1");
-    std::fs::write(
-        dir.join("vigil.toml"),
-        format!(
+    let config = match certs {
+        None => format!(
             "[proxy]\nlisten = \"{VIGIL}\"\nadmin = \"{VIGIL_ADMIN}\"\nthreads = 1\n\n\
              [[remap]]\nfrom = \"{host}\"\nto = \"http://load.test:18301\"\n\n\
              [origins.\"load.test:18301\"]\nservers = [\"{ORIGIN}\"]\n"
         ),
-    )?;
-    std::fs::write(dir.join("healthchecks.toml"), "")?;
+        Some(c) => format!(
+            "[proxy]\nlisten = \"{VIGIL}\"\nlisten_tls = \"{VIGIL_TLS}\"\nadmin = \"{VIGIL_ADMIN}\"\nthreads = 1\n\n\
+             [[tls]]\ncert = \"{cert}\"\nkey = \"{key}\"\n\n\
+             [[remap]]\nfrom = \"{host}\"\nto = \"https://load.test:18301\"\n\n\
+             [origins.\"load.test:18301\"]\nservers = [\"{ORIGIN}\"]\nprotocol = \"http1\"\nca_file = \"{ca}\"\n",
+            cert = c.cert.display(),
+            key = c.key.display(),
+            ca = c.ca.display()
+        ),
+    };
+    std::fs::write(dir.join("vigil.toml"), config)?;
+    // With TLS, a check every second: its handshakes are counted at the origin.
+    let checks = if certs.is_some() {
+        "[defaults]\ninterval = \"1s\"\nunhealthy_interval = \"1s\"\ntimeout = \"500ms\"\n\n\
+         [[check]]\norigin = \"load.test\"\npath = \"/healthz\"\n"
+    } else {
+        ""
+    };
+    std::fs::write(dir.join("healthchecks.toml"), checks)?;
     let child = wrap
         .command("vigil")
         .arg(release.join("vigil"))
@@ -314,11 +447,27 @@ fn start_vigil(release: &Path, dir: &Path, wrap: &Wrap) -> Result<Proxy> {
         .arg(dir.join("vigil.toml"))
         .env("VIGIL_LOG", "warn")
         .spawn()?;
-    Ok(Proxy { name: "vigil", addr: VIGIL, child })
+    let (addr, scheme) = if certs.is_some() { (VIGIL_TLS, "https") } else { (VIGIL, "http") };
+    Ok(Proxy { name: "vigil", addr, scheme, child })
 }
 
-fn start_nginx(nginx: &Path, dir: &Path, wrap: &Wrap) -> Result<Proxy> {
+fn start_nginx(nginx: &Path, dir: &Path, wrap: &Wrap, certs: Option<&Certs>) -> Result<Proxy> {
     let d = dir.display();
+    let (listen, to) = match certs {
+        None => (format!("listen {NGINX};"), "proxy_pass http://origin;".to_owned()),
+        Some(c) => (
+            format!(
+                "listen {NGINX} ssl;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n    ssl_session_cache shared:tls:10m;",
+                cert = c.cert.display(),
+                key = c.key.display()
+            ),
+            format!(
+                "proxy_pass https://origin; proxy_ssl_session_reuse on; proxy_ssl_server_name on; proxy_ssl_name load.test;\n      \
+                 proxy_ssl_verify on; proxy_ssl_trusted_certificate {ca};",
+                ca = c.ca.display()
+            ),
+        ),
+    };
     std::fs::write(
         dir.join("nginx.conf"),
         format!(
@@ -327,8 +476,8 @@ fn start_nginx(nginx: &Path, dir: &Path, wrap: &Wrap) -> Result<Proxy> {
              http {{\n  access_log off;\n  client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft;\n\
                uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;\n\
                upstream origin {{ server {ORIGIN}; keepalive 64; keepalive_requests 1000000; }}\n\
-               server {{\n    listen {NGINX};\n    keepalive_requests 1000000;\n\
-                 location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n"
+               server {{\n    {listen}\n    keepalive_requests 1000000;\n\
+                 location / {{ {to} proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n"
         ),
     )?;
     let child = wrap
@@ -338,16 +487,26 @@ fn start_nginx(nginx: &Path, dir: &Path, wrap: &Wrap) -> Result<Proxy> {
         .arg(dir.join("nginx.conf"))
         .stderr(Stdio::null())
         .spawn()?;
-    Ok(Proxy { name: "nginx", addr: NGINX, child })
+    Ok(Proxy { name: "nginx", addr: NGINX, scheme: if certs.is_some() { "https" } else { "http" }, child })
 }
 
-fn start_haproxy(haproxy: &Path, dir: &Path, wrap: &Wrap) -> Result<Proxy> {
+fn start_haproxy(haproxy: &Path, dir: &Path, wrap: &Wrap, certs: Option<&Certs>) -> Result<Proxy> {
+    let (bind, server) = match certs {
+        None => (HAPROXY.to_owned(), ORIGIN.to_owned()),
+        Some(c) => (
+            format!("{HAPROXY} ssl crt {} alpn http/1.1", c.both.display()),
+            format!(
+                "{ORIGIN} ssl verify required ca-file {} sni str(load.test) alpn http/1.1",
+                c.ca.display()
+            ),
+        ),
+    };
     std::fs::write(
         dir.join("haproxy.cfg"),
         format!(
             "global\n  nbthread 1\n  maxconn 4096\n\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n\
-             timeout server 30s\n  http-reuse always\n\nfrontend f\n  bind {HAPROXY}\n  default_backend b\n\n\
-             backend b\n  server s1 {ORIGIN}\n"
+             timeout server 30s\n  http-reuse always\n\nfrontend f\n  bind {bind}\n  default_backend b\n\n\
+             backend b\n  server s1 {server}\n"
         ),
     )?;
     let child = wrap
@@ -358,7 +517,12 @@ fn start_haproxy(haproxy: &Path, dir: &Path, wrap: &Wrap) -> Result<Proxy> {
         .arg(dir.join("haproxy.cfg"))
         .stderr(Stdio::null())
         .spawn()?;
-    Ok(Proxy { name: "haproxy", addr: HAPROXY, child })
+    Ok(Proxy {
+        name: "haproxy",
+        addr: HAPROXY,
+        scheme: if certs.is_some() { "https" } else { "http" },
+        child,
+    })
 }
 
 /// How a proxy is started: pinned to CPU 1, or under callgrind.
@@ -385,10 +549,10 @@ impl Wrap {
     }
 }
 
-fn start_all(release: &Path, dir: &Path, wrap: &Wrap) -> Result<Vec<Proxy>> {
+fn start_all(release: &Path, dir: &Path, wrap: &Wrap, certs: Option<&Certs>) -> Result<Vec<Proxy>> {
     let mut proxies = Vec::new();
     for name in ["vigil", "nginx", "haproxy"] {
-        match start(name, release, dir, wrap)? {
+        match start(name, release, dir, wrap, certs)? {
             Some(p) => proxies.push(p),
             None => println!("{name} not installed: skipped"),
         }
@@ -397,26 +561,38 @@ fn start_all(release: &Path, dir: &Path, wrap: &Wrap) -> Result<Vec<Proxy>> {
 }
 
 /// Starts one proxy by name; `None` when it is not installed.
-fn start(name: &str, release: &Path, dir: &Path, wrap: &Wrap) -> Result<Option<Proxy>> {
+fn start(
+    name: &str,
+    release: &Path,
+    dir: &Path,
+    wrap: &Wrap,
+    certs: Option<&Certs>,
+) -> Result<Option<Proxy>> {
     match name {
-        "vigil" => start_vigil(release, dir, wrap).map(Some),
-        "nginx" => which("nginx").map(|bin| start_nginx(&bin, dir, wrap)).transpose(),
-        _ => which("haproxy").map(|bin| start_haproxy(&bin, dir, wrap)).transpose(),
+        "vigil" => start_vigil(release, dir, wrap, certs).map(Some),
+        "nginx" => which("nginx").map(|bin| start_nginx(&bin, dir, wrap, certs)).transpose(),
+        _ => which("haproxy").map(|bin| start_haproxy(&bin, dir, wrap, certs)).transpose(),
     }
+}
+
+/// The origin's handshake counts once they are written out (once a second).
+fn settled(c: &Certs) -> (u64, u64) {
+    std::thread::sleep(Duration::from_millis(1100));
+    c.handshakes()
 }
 
 /// Under callgrind: warm up 2 s, zero the counters, load 4 s with 10
 /// connections, dump; instructions / requests.
 fn instructions_per_request(p: &Proxy, dir: &Path) -> Result<u64> {
     wait_port_for(p.addr, Duration::from_secs(60))?;
-    wrk(p.addr, 2, 10)?;
+    wrk(&p.url(), 2, 10, None)?;
     let pid = p.child.id().to_string();
     Command::new("callgrind_control")
         .args(["-z", &pid])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()?;
-    let r = wrk(p.addr, 4, 10)?;
+    let r = wrk(&p.url(), 4, 10, None)?;
     Command::new("callgrind_control")
         .args(["-d", &pid])
         .stdout(Stdio::null())
@@ -441,14 +617,14 @@ fn instructions_per_request(p: &Proxy, dir: &Path) -> Result<u64> {
     Ok(per)
 }
 
-fn wrk(addr: &str, seconds: u64, conns: u64) -> Result<Round> {
-    let out = Command::new("taskset")
-        .args(["-c", "0", "wrk", "-t1", "--latency"])
-        .arg(format!("-c{conns}"))
-        .arg(format!("-d{seconds}s"))
-        .arg(format!("http://{addr}/"))
-        .output()
-        .context("wrk")?;
+/// wrk against `url`; `header`: one more request header (`Connection: close`).
+fn wrk(url: &str, seconds: u64, conns: u64, header: Option<&str>) -> Result<Round> {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0", "wrk", "-t1", "--latency"]).arg(format!("-c{conns}")).arg(format!("-d{seconds}s"));
+    if let Some(h) = header {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(url).output().context("wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
     parse_wrk(&text).with_context(|| format!("cannot read wrk's output:\n{text}"))
 }
@@ -492,7 +668,7 @@ fn syscalls_per_request(p: &Proxy, dir: &Path, conns: u64) -> Result<f64> {
         .arg(p.child.id().to_string())
         .spawn()?;
     std::thread::sleep(Duration::from_millis(500));
-    let r = wrk(p.addr, 4, conns)?;
+    let r = wrk(&p.url(), 4, conns, None)?;
     std::thread::sleep(Duration::from_millis(200));
     // SIGINT makes strace detach and write its table.
     Command::new("kill").args(["-INT", &strace.id().to_string()]).status()?;
@@ -508,13 +684,28 @@ fn syscalls_per_request(p: &Proxy, dir: &Path, conns: u64) -> Result<f64> {
     Ok(total / r.requests.max(1) as f64)
 }
 
-/// From vigil's `/metrics`: reused / (reused + new connections), in percent.
-fn vigil_reuse() -> Result<f64> {
+/// vigil's `/metrics` text.
+fn vigil_metrics() -> Result<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(VIGIL_ADMIN)?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// Health checks vigil has run so far.
+fn vigil_checks() -> u64 {
+    let text = vigil_metrics().unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("vigil_health_checks_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// From vigil's `/metrics`: reused / (reused + new connections), in percent.
+fn vigil_reuse() -> Result<f64> {
+    let text = vigil_metrics()?;
     let sum = |prefix: &str, needle: &str| -> f64 {
         text.lines()
             .filter(|l| l.starts_with(prefix) && l.contains(needle))
