@@ -243,11 +243,19 @@ impl Server {
     /// Records an L4 success (a response head was read). Clears failures,
     /// any down mark and the last failure's reason. Costs one load and no
     /// store when already clean, so it can run on every request.
+    #[inline]
     pub fn report_l4_success(&self, now: Instant) {
         let cur = self.l4_word();
-        if cur == L4Word::UP {
-            return;
+        if cur != L4Word::UP {
+            self.recover_l4(cur, now);
         }
+    }
+
+    /// The rare half of [`Server::report_l4_success`], out of line so the
+    /// clean check stays a load and a compare where it is called.
+    #[cold]
+    #[inline(never)]
+    fn recover_l4(&self, cur: L4Word, now: Instant) {
         self.l4_error.store(None);
         let prev = L4Word(self.l4.swap(cur.on_success().0, Ordering::AcqRel));
         if prev.is_down() {
