@@ -85,10 +85,41 @@ const STEPS: &[(&str, Step)] = &[
     ("doc", |_| cargo(&["doc", "--workspace", "--no-deps"], &[("RUSTDOCFLAGS", "-D warnings")])),
     // Every crate packages and builds from what it would publish (the
     // library crates are meant to be taken one by one).
-    ("package", |_| cargo(&["package", "--workspace", "--locked", "--allow-dirty"], &[])),
+    ("package", |_| {
+        forget_packaged_sources()?;
+        cargo(&["package", "--workspace", "--locked", "--allow-dirty"], &[])
+    }),
     ("layering", layering::check),
     ("perf", |root| perf::run(root, false)),
 ];
+
+/// Removes the sources of our own crates that an earlier `cargo package`
+/// unpacked from its temporary registry. Cargo unpacks each `name-version`
+/// once per registry path and reuses it after, so with the version
+/// unchanged a second run would build one crate against another's stale
+/// sources and fail on an API that changed since.
+fn forget_packaged_sources() -> Result<()> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let Ok(registries) = std::fs::read_dir(home.join("registry").join("src")) else { return Ok(()) };
+    for registry in registries.flatten() {
+        // Temporary registries have no name: their folders are `-<hash>`.
+        if !registry.file_name().to_string_lossy().starts_with('-') {
+            continue;
+        }
+        for krate in std::fs::read_dir(registry.path())?.flatten() {
+            let name = krate.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("vigil-") || name.starts_with("xtask-") {
+                std::fs::remove_dir_all(krate.path())
+                    .with_context(|| format!("removing {}", krate.path().display()))?;
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Passed and failed tests of the last `test` step, summed over every binary.
 // A std Mutex in a static needs no dependency here; xtask never contends it.
