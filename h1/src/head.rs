@@ -9,6 +9,25 @@ use crate::syntax::{self, CodingVerdict, Codings};
 /// Most header fields one head may carry (hyper's default is 100).
 pub const MAX_HEADERS: usize = 128;
 
+/// What a request head may be: the limits a server enforces while parsing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// The whole head, request line to the blank line (431 past it).
+    pub max_head: usize,
+    /// Header fields, at most [`MAX_HEADERS`] (431 past it).
+    pub max_headers: usize,
+    /// The request target (414 past it).
+    pub max_uri: usize,
+}
+
+impl RequestLimits {
+    /// A `max_head` bound alone: as many fields as the parser holds, a
+    /// target as long as the head.
+    pub const fn head(max_head: usize) -> Self {
+        Self { max_head, max_headers: MAX_HEADERS, max_uri: max_head }
+    }
+}
+
 /// How a message's body is delimited (RFC 9112 section 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Framing {
@@ -120,9 +139,12 @@ pub enum HeadError {
     /// The head is longer than the limit given (431 for a request).
     #[error("the head is larger than allowed")]
     TooLarge,
-    /// More than [`MAX_HEADERS`] header fields (431 for a request).
+    /// More header fields than allowed (431 for a request).
     #[error("the head has too many header fields")]
     TooManyHeaders,
+    /// The request target is longer than allowed (414).
+    #[error("the request target is longer than allowed")]
+    UriTooLong,
     /// Not HTTP/1.x, or a field or target the grammar forbids (400).
     #[error("malformed head: {0}")]
     Malformed(&'static str),
@@ -141,6 +163,7 @@ impl HeadError {
     pub fn status(self) -> StatusCode {
         match self {
             Self::TooLarge | Self::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::Malformed(_) | Self::Framing(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
         }
@@ -214,6 +237,32 @@ fn header_value(bytes: &Bytes, value: &[u8]) -> Result<HeaderValue, HeadError> {
 /// # Ok::<(), vigil_h1::HeadError>(())
 /// ```
 pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<(RequestHead, Bytes)>, HeadError> {
+    parse_request_limited(buf, RequestLimits::head(max_head))
+}
+
+/// [`parse_request`] with every limit a server sets: the head's size, its
+/// field count ([`HeadError::TooManyHeaders`]) and its target's length
+/// ([`HeadError::UriTooLong`], also when a request line alone fills
+/// `max_head`).
+///
+/// # Errors
+/// As [`parse_request`], and the limits above.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use vigil_h1::{RequestLimits, parse_request_limited};
+///
+/// let limits = RequestLimits { max_head: 1024, max_headers: 2, max_uri: 16 };
+/// let mut buf = BytesMut::from(&b"GET /a-very-long-path-indeed HTTP/1.1\r\nHost: a\r\n\r\n"[..]);
+/// assert_eq!(parse_request_limited(&mut buf, limits).unwrap_err().status(), 414);
+/// let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: a\r\nx: 1\r\ny: 2\r\n\r\n"[..]);
+/// assert_eq!(parse_request_limited(&mut buf, limits).unwrap_err().status(), 431);
+/// ```
+pub fn parse_request_limited(
+    buf: &mut BytesMut,
+    limits: RequestLimits,
+) -> Result<Option<(RequestHead, Bytes)>, HeadError> {
+    let max_head = limits.max_head;
     let skip = buf.chunks(2).take_while(|c| *c == b"\r\n").count() * 2;
     if skip > 0 {
         let _ = buf.split_to(skip);
@@ -227,7 +276,11 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<(Requ
     let len = match req.parse_with_uninit_headers(&bytes, &mut headers) {
         Ok(httparse::Status::Complete(len)) if len > max_head => return Err(HeadError::TooLarge),
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if bytes.len() >= max_head => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) if bytes.len() >= max_head => {
+            // No end of the request line yet: the target is what is too long.
+            let line_open = !bytes.contains(&b'\n');
+            return Err(if line_open { HeadError::UriTooLong } else { HeadError::TooLarge });
+        }
         Ok(httparse::Status::Partial) => {
             put_back(buf, bytes);
             return Ok(None);
@@ -236,6 +289,12 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<(Requ
         Err(httparse::Error::Version) => return Err(HeadError::Malformed("not HTTP/1.x")),
         Err(_) => return Err(HeadError::Malformed("not a request head")),
     };
+    if req.headers.len() > limits.max_headers {
+        return Err(HeadError::TooManyHeaders);
+    }
+    if req.path.is_some_and(|p| p.len() > limits.max_uri) {
+        return Err(HeadError::UriTooLong);
+    }
     let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
         .map_err(|_| HeadError::Malformed("invalid method"))?;
     let path = req.path.unwrap_or("");
@@ -582,6 +641,29 @@ mod tests {
             .collect();
         let err = parse_request(&mut BytesMut::from(&many[..]), 64 * 1024).unwrap_err();
         assert_eq!(err.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
+
+    #[test]
+    fn limits_on_fields_and_target() {
+        let limits = RequestLimits { max_head: 256, max_headers: 3, max_uri: 20 };
+        let parse = |raw: &[u8]| parse_request_limited(&mut BytesMut::from(raw), limits);
+        assert!(
+            parse(b"GET /12345678901234567 HTTP/1.1\r\nHost: a\r\nb: 1\r\nc: 2\r\n\r\n").unwrap().is_some()
+        );
+        assert_eq!(
+            parse(b"GET /123456789012345678901 HTTP/1.1\r\nHost: a\r\n\r\n").unwrap_err(),
+            HeadError::UriTooLong
+        );
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nHost: a\r\nb: 1\r\nc: 2\r\nd: 3\r\n\r\n").unwrap_err(),
+            HeadError::TooManyHeaders
+        );
+        // A request line that fills the head alone is a target too long,
+        // whatever the target limit.
+        let line = [&b"GET /"[..], &[b'a'; 300]].concat();
+        assert_eq!(parse(&line).unwrap_err(), HeadError::UriTooLong);
+        let fields = [&b"GET / HTTP/1.1\r\nx: "[..], &[b'a'; 300]].concat();
+        assert_eq!(parse(&fields).unwrap_err(), HeadError::TooLarge);
     }
 
     #[test]

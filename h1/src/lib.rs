@@ -68,8 +68,8 @@ mod syntax;
 pub use body::{Chunk, DecodeError, Decoded, Decoder};
 pub use encode::{ResponseLine, encode_request_head, encode_response_head};
 pub use head::{
-    Framing, HeadError, MAX_HEADERS, RequestHead, Response, ResponseHead, TargetForm, parse_request,
-    parse_response, status_has_body,
+    Framing, HeadError, MAX_HEADERS, RequestHead, RequestLimits, Response, ResponseHead, TargetForm,
+    parse_request, parse_request_limited, parse_response, status_has_body,
 };
 #[cfg(feature = "tokio")]
 pub use io::{READ_CHUNK, poll_fill};

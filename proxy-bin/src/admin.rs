@@ -78,7 +78,20 @@ pub(crate) fn hosts(shared: &Shared) -> serde_json::Value {
         let c = shared.pool.counts_of(&[routes.upstream(origin).upstream.target(addr)]);
         PoolView { idle: c.idle, in_use: c.in_use }
     });
-    serde_json::to_value(&view).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}))
+    let mut doc = serde_json::to_value(&view).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}));
+    // An origin with `max_connections`: its bound and what is in flight against it.
+    if let Some(origins) = doc.get_mut("origins").and_then(serde_json::Value::as_array_mut) {
+        for (key, q) in routes.queues() {
+            let at = origins.iter_mut().find(|o| o["origin"] == key.as_str());
+            if let Some(serde_json::Value::Object(o)) = at {
+                o.insert(
+                    "queue".into(),
+                    serde_json::json!({"max_connections": q.max, "in_flight": q.in_flight()}),
+                );
+            }
+        }
+    }
+    doc
 }
 
 fn authorize(shared: &Shared, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {

@@ -17,6 +17,7 @@ use vigil_l7check::{Checker, CheckerOptions, HealthChecks, HttpProbe, OriginUpst
 use vigil_session::tls::{Alpn, ClientAuth, Roots, TlsConnect, TlsSettings};
 use vigil_session::{Pool, PoolConfig, Protocol, Upstream};
 
+use crate::accesslog::AccessLog;
 use crate::config::{Config, Located, OriginProtocol};
 use crate::listener::{Certificates, TlsListener};
 use crate::metrics::{ConnectObserver, Metrics};
@@ -172,6 +173,23 @@ async fn join_cluster(
     Ok(cluster)
 }
 
+/// The access log `config` asks for: `current` when its settings did not
+/// change, else a new one (the old one flushes and ends when the last
+/// request holding it is done).
+fn open_access_log(
+    config: &Config,
+    metrics: &Metrics,
+    current: Option<&Arc<AccessLog>>,
+) -> Result<Option<Arc<AccessLog>>, String> {
+    let Some(wanted) = &config.access_log else { return Ok(None) };
+    if let Some(log) = current.filter(|l| &l.config == wanted) {
+        return Ok(Some(Arc::clone(log)));
+    }
+    AccessLog::start(wanted.clone(), Arc::clone(&metrics.access_log))
+        .map(|l| Some(Arc::new(l)))
+        .map_err(|e| e.to_string())
+}
+
 fn read(path: &Path) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
 }
@@ -250,9 +268,10 @@ impl Shared {
         };
         metrics.register(db.clone(), pool.clone(), cluster.clone(), Arc::clone(&tls), listener.clone());
 
+        let access_log = open_access_log(&config, &metrics, None)?;
         let node = config.cluster.as_ref().map_or_else(|| "vigil".to_owned(), |c| c.node_id.clone());
         Ok(Arc::new(Self {
-            routes: ArcSwap::from_pointee(Routes::new(&config, &upstreams)),
+            routes: ArcSwap::from_pointee(Routes::new(&config, &upstreams, access_log, None)),
             config: ArcSwap::from_pointee(config),
             tls,
             listener,
@@ -265,6 +284,20 @@ impl Shared {
             config_path,
             reload_lock: Mutex::new(()),
         }))
+    }
+
+    /// Reopens the access log's file (`SIGUSR1`, after logrotate moved it).
+    pub(crate) fn reopen_logs(&self) {
+        if let Some(log) = &self.routes.load().access_log {
+            log.reopen();
+        }
+    }
+
+    /// Writes out what the access log holds and stops it (at shutdown).
+    pub(crate) fn close_logs(&self) {
+        if let Some(log) = &self.routes.load().access_log {
+            log.close();
+        }
     }
 
     /// Re-reads both files. Valid: HostDB, the checker and the routes take
@@ -284,10 +317,13 @@ impl Shared {
     fn reload_locked(&self) -> Result<String, String> {
         let Loaded { config, checks, hostdb, upstreams, certificates, .. } =
             load(&self.config_path, &self.tls)?;
+        let old_routes = self.routes.load_full();
+        // Opened first: a log that cannot be opened refuses the reload whole.
+        let access_log = open_access_log(&config, &self.metrics, old_routes.access_log.as_ref())?;
         let report = self.db.apply(&hostdb).map_err(|e| e.to_string())?;
         self.checker.set_upstreams(upstreams.clone());
         self.checker.set_config(checks);
-        self.routes.store(Arc::new(Routes::new(&config, &upstreams)));
+        self.routes.store(Arc::new(Routes::new(&config, &upstreams, access_log, Some(&old_routes))));
         if let (Some(listener), Some(certs)) = (&self.listener, certificates) {
             listener.set_certificates(certs);
         }

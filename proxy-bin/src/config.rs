@@ -35,8 +35,70 @@ pub(crate) struct Config {
     pub(crate) remaps: Vec<Remap>,
     pub(crate) origins: BTreeMap<String, OriginSettings>,
     pub(crate) cluster: Option<Cluster>,
+    /// `[limits]`: what a client may send and hold.
+    pub(crate) limits: Limits,
+    /// `[access_log]`, when there is one.
+    pub(crate) access_log: Option<AccessLogConfig>,
+    /// `request_id`: an `X-Request-Id` for every request.
+    pub(crate) request_id: bool,
+    /// `trust_forwarded`: keep the client's `X-Forwarded-*` (appending to
+    /// `X-Forwarded-For`) instead of replacing them.
+    pub(crate) trust_forwarded: bool,
     /// Things worth a word that are not errors (an admin listener off loopback).
     pub(crate) warnings: Vec<String>,
+}
+
+/// `[limits]`: bounds on what clients send and hold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Limits {
+    /// A whole request head (431).
+    pub(crate) max_request_head: usize,
+    /// A request target (414).
+    pub(crate) max_uri: usize,
+    /// Header fields of a request (431).
+    pub(crate) max_headers: usize,
+    /// A request body (413); `None`: unbounded.
+    pub(crate) max_request_body: Option<u64>,
+    /// Client connections open at once, all proxy listeners together
+    /// (`None`: from the open-file limit, see `limits::auto_max_connections`).
+    pub(crate) max_connections: Option<usize>,
+    /// A keep-alive connection's wait for the next request's first byte.
+    pub(crate) keepalive_timeout: Duration,
+    /// The longest pause between two reads of a request body (408).
+    pub(crate) body_timeout: Duration,
+}
+
+impl Limits {
+    /// Most fields a head may have: what the codec's parser holds.
+    pub(crate) const MAX_HEADERS: usize = vigil_h1::MAX_HEADERS;
+
+    /// The codec's view of these limits.
+    pub(crate) fn head(&self) -> vigil_h1::RequestLimits {
+        vigil_h1::RequestLimits {
+            max_head: self.max_request_head,
+            max_headers: self.max_headers,
+            max_uri: self.max_uri,
+        }
+    }
+}
+
+/// `[access_log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AccessLogConfig {
+    /// A file (appended to), or `None` for stdout (`path = "-"`).
+    pub(crate) path: Option<PathBuf>,
+    pub(crate) format: AccessLogFormat,
+    /// How often buffered lines are written out.
+    pub(crate) flush_interval: Duration,
+}
+
+/// The access log's line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AccessLogFormat {
+    /// One JSON object a line.
+    Json,
+    /// The Apache/nginx "combined" format.
+    Combined,
 }
 
 /// A value and where the config said it, for errors found after parsing
@@ -91,6 +153,11 @@ pub(crate) struct OriginSettings {
     pub(crate) protocol: OriginProtocol,
     /// The TLS keys (only an https origin may have them).
     pub(crate) tls: OriginTls,
+    /// `max_connections`: requests in flight to the origin at once (for
+    /// HTTP/1.1, its connections in use); more wait in a queue.
+    pub(crate) max_connections: Option<u32>,
+    /// `queue_timeout`: how long a request waits for room, then 503.
+    pub(crate) queue_timeout: Option<Duration>,
 }
 
 /// What an origin is spoken to with.
@@ -144,6 +211,37 @@ struct Raw {
     cluster: Option<Spanned<RawCluster>>,
     #[serde(default)]
     tls: Vec<Spanned<RawTls>>,
+    #[serde(default)]
+    limits: RawLimits,
+    access_log: Option<Spanned<RawAccessLog>>,
+}
+
+/// A byte count: a number, or a string with a unit (`"64KiB"`, `"10m"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Int(i64),
+    Text(String),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_request_head: Option<Spanned<RawSize>>,
+    max_uri: Option<Spanned<RawSize>>,
+    max_headers: Option<Spanned<i64>>,
+    max_request_body: Option<Spanned<RawSize>>,
+    max_connections: Option<Spanned<i64>>,
+    keepalive_timeout: Option<Spanned<String>>,
+    body_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessLog {
+    path: Spanned<String>,
+    format: Option<Spanned<String>>,
+    flush_interval: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -166,6 +264,8 @@ struct RawProxy {
     origin_timeout: Option<Spanned<String>>,
     client_header_timeout: Option<Spanned<String>>,
     admin_token: Option<Spanned<String>>,
+    request_id: Option<Spanned<bool>>,
+    trust_forwarded: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -204,6 +304,8 @@ struct RawOrigin {
     client_cert: Option<Spanned<String>>,
     client_key: Option<Spanned<String>>,
     insecure_skip_verify: Option<Spanned<bool>>,
+    max_connections: Option<Spanned<i64>>,
+    queue_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -257,6 +359,27 @@ impl Ctx<'_> {
         }
     }
 
+    /// A byte count in `min..=max`.
+    fn size(
+        &self,
+        v: &Option<Spanned<RawSize>>,
+        default: u64,
+        min: u64,
+        max: u64,
+        name: &str,
+    ) -> Result<u64, FileError> {
+        let Some(v) = v else { return Ok(default) };
+        let n = match v.get_ref() {
+            RawSize::Int(n) => u64::try_from(*n).map_err(|_| format!("{name} must not be negative")),
+            RawSize::Text(t) => parse_size(t),
+        }
+        .map_err(|m| self.err(v.span(), m))?;
+        if !(min..=max).contains(&n) {
+            return Err(self.err(v.span(), format!("{name} must be between {min} and {max} bytes, not {n}")));
+        }
+        Ok(n)
+    }
+
     fn int(
         &self,
         v: &Option<Spanned<i64>>,
@@ -274,6 +397,23 @@ impl Ctx<'_> {
             }
         }
     }
+}
+
+/// `"64KiB"`, `"10m"`, `"1 GiB"`, `"512"`: binary units (`k` and `KiB`
+/// are both 1024), case aside.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("{text:?} is not a size: a number and a unit (B, KiB, MiB, GiB)")),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size: it needs a number first"))?;
+    n.checked_mul(1 << shift).ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// `host[:port]`, with `default_port` when it names none.
@@ -456,8 +596,19 @@ impl Config {
             if !remaps.iter().any(|r| r.to == k) {
                 warnings.push(format!("{file}: origin {k} has settings but no remap sends traffic to it"));
             }
-            if origins.insert(k.as_str().to_owned(), OriginSettings { servers, lb, protocol, tls }).is_some()
-            {
+            let max_connections = o
+                .max_connections
+                .as_ref()
+                .map(|m| cx.int(&Some(m.clone()), 0, 1, 1_000_000, "max_connections"))
+                .transpose()?
+                .map(|m| m as u32);
+            let queue_timeout =
+                o.queue_timeout.as_ref().map(|q| cx.dur(&Some(q.clone()), Duration::ZERO)).transpose()?;
+            if let (Some(q), None) = (&o.queue_timeout, max_connections) {
+                return Err(cx.err(q.span(), "queue_timeout needs max_connections"));
+            }
+            let settings = OriginSettings { servers, lb, protocol, tls, max_connections, queue_timeout };
+            if origins.insert(k.as_str().to_owned(), settings).is_some() {
                 return Err(cx.err(key.span(), format!("origin {k} is configured twice")));
             }
         }
@@ -488,6 +639,49 @@ impl Config {
                     gossip_interval: cx.dur(&c.gossip_interval, Duration::from_millis(200))?,
                     key_file: dir.join(c.key_file.get_ref()),
                 })
+            }
+        };
+
+        let lim = &raw.limits;
+        let max_request_head =
+            cx.size(&lim.max_request_head, 64 << 10, 1 << 10, 1 << 20, "max_request_head")?;
+        let limits = Limits {
+            max_request_head: max_request_head as usize,
+            max_uri: cx.size(&lim.max_uri, 8 << 10, 64, max_request_head, "max_uri")? as usize,
+            max_headers: cx.int(&lim.max_headers, 100, 1, Limits::MAX_HEADERS as i64, "max_headers")?
+                as usize,
+            max_request_body: lim
+                .max_request_body
+                .as_ref()
+                .map(|_| cx.size(&lim.max_request_body, 0, 1, u64::MAX >> 1, "max_request_body"))
+                .transpose()?,
+            max_connections: match &lim.max_connections {
+                None => None,
+                some => Some(cx.int(some, 0, 1, 10_000_000, "max_connections")? as usize),
+            },
+            keepalive_timeout: cx.dur(&lim.keepalive_timeout, Duration::from_secs(75))?,
+            body_timeout: cx.dur(&lim.body_timeout, Duration::from_secs(60))?,
+        };
+        let access_log = match &raw.access_log {
+            None => None,
+            Some(a) => {
+                let a = a.get_ref();
+                let path = match a.path.get_ref().as_str() {
+                    "-" => None,
+                    _ => Some(cx.path(dir, &a.path)?.value),
+                };
+                let format = match a.format.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
+                    None | Some(("json", _)) => AccessLogFormat::Json,
+                    Some(("combined", _)) => AccessLogFormat::Combined,
+                    Some((other, span)) => {
+                        return Err(cx.err(
+                            span,
+                            format!("access log format must be json or combined, not {other:?}"),
+                        ));
+                    }
+                };
+                let flush_interval = cx.dur(&a.flush_interval, Duration::from_secs(1))?;
+                Some(AccessLogConfig { path, format, flush_interval })
             }
         };
 
@@ -524,6 +718,10 @@ impl Config {
             remaps,
             origins,
             cluster,
+            limits,
+            access_log,
+            request_id: p.request_id.as_ref().is_none_or(|v| *v.get_ref()),
+            trust_forwarded: p.trust_forwarded.as_ref().is_some_and(|v| *v.get_ref()),
             warnings,
         })
     }

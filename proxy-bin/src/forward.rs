@@ -12,10 +12,10 @@
 //! another server is the pool's rule too (`SessionError::may_retry_elsewhere`).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,21 +26,55 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
+use tokio::sync::OwnedSemaphorePermit;
 use vigil_hostdb::{Attempt, LbPolicy, Pick, SelectError};
 use vigil_session::{
     BoxError, ErrorKind, Freshness, PooledBody, Protocol, RequestBody, RetryPolicy, SessionError,
 };
 
+use crate::accesslog::{AccessLog, Entry};
 use crate::app::Shared;
-use crate::routes::Route;
+use crate::limits::QueueTimeout;
+use crate::routes::{RequestPolicy, Route};
 
 /// What the client gets: the origin's body streamed through (holding the
-/// pick, so the server counts the request in flight until the body ends),
-/// or a short body of our own.
+/// pick, so the server counts the request in flight until the body ends,
+/// and the room in its origin's queue), or a short body of our own. With
+/// the access log on, it carries the request's line, written when the body
+/// is done with (sent, or dropped by a client that went away).
 #[derive(Debug)]
-pub(crate) enum ProxyBody {
-    Upstream { body: PooledBody, pick: Pick },
+pub(crate) struct ProxyBody {
+    kind: Kind,
+    log: Option<Box<Logged>>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Upstream { body: PooledBody, pick: Pick, _room: Option<OwnedSemaphorePermit> },
     Local(Option<Bytes>),
+}
+
+/// A request's access log line, waiting for its body's end.
+#[derive(Debug)]
+struct Logged {
+    log: Arc<AccessLog>,
+    entry: Entry,
+    status: u16,
+    bytes: u64,
+}
+
+impl ProxyBody {
+    fn local(data: Bytes) -> Self {
+        Self { kind: Kind::Local(Some(data)), log: None }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        if let Some(l) = self.log.take() {
+            l.log.log(&l.entry, l.status, l.bytes, clock());
+        }
+    }
 }
 
 impl Body for ProxyBody {
@@ -51,8 +85,9 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            Self::Upstream { body, pick } => {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
+            Kind::Upstream { body, pick, .. } => {
                 let polled = Pin::new(body).poll_frame(cx);
                 // A malformed body is a garbage answer: the server's fault.
                 if let Poll::Ready(Some(Err(e))) = &polled
@@ -62,31 +97,85 @@ impl Body for ProxyBody {
                 }
                 polled
             }
-            Self::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        };
+        if let (Some(l), Poll::Ready(Some(Ok(frame)))) = (this.log.as_mut(), &polled)
+            && let Some(d) = frame.data_ref()
+        {
+            l.bytes += d.len() as u64;
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Upstream { body, .. } => body.is_end_stream(),
-            Self::Local(data) => data.is_none(),
+        match &self.kind {
+            Kind::Upstream { body, .. } => body.is_end_stream(),
+            Kind::Local(data) => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Upstream { body, .. } => body.size_hint(),
-            Self::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        match &self.kind {
+            Kind::Upstream { body, .. } => body.size_hint(),
+            Kind::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
 }
 
-/// The client's request body on its way upstream; notes whether it failed
-/// (a bad chunk size, a client that went away), which is the client's
-/// fault and not the server's.
+/// The client's request body on its way upstream, within
+/// `max_request_body` and `body_timeout`; notes why it failed (a bad chunk
+/// size, a client that went away, too long, too slow), which is the
+/// client's fault and not the server's.
 struct ClientBody<B> {
     inner: B,
-    failed: Arc<AtomicBool>,
+    failed: Arc<BodyFailure>,
+    /// Bytes the body may still carry (`None`: no limit).
+    left: Option<u64>,
+    timeout: Duration,
+    /// Set while the client keeps the body waiting (see `poll_frame`).
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    waiting: bool,
+}
+
+/// Why a client's body failed, if it did.
+#[derive(Debug, Default)]
+pub(crate) struct BodyFailure(AtomicU8);
+
+impl BodyFailure {
+    const MALFORMED: u8 = 1;
+    const TOO_LARGE: u8 = 2;
+    const TIMEOUT: u8 = 3;
+
+    fn set(&self, why: u8) {
+        let _ = self.0.compare_exchange(0, why, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The answer a failed body gets: 400, 413 or 408.
+    fn answer(&self) -> Option<(StatusCode, &'static str, Option<&'static str>)> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            Self::TOO_LARGE => Some((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "vigil: the request body is larger than allowed\n",
+                Some("body"),
+            )),
+            Self::TIMEOUT => Some((
+                StatusCode::REQUEST_TIMEOUT,
+                "vigil: the request body came too slowly\n",
+                Some("body_timeout"),
+            )),
+            _ => Some((StatusCode::BAD_REQUEST, "vigil: the request body is malformed\n", None)),
+        }
+    }
+}
+
+/// The body broke a limit.
+#[derive(Debug, thiserror::Error)]
+enum BodyLimit {
+    #[error("the request body is larger than max_request_body")]
+    TooLarge,
+    #[error("the request body paused longer than body_timeout")]
+    Timeout,
 }
 
 /// What a client request's body must be to go upstream (hyper's for h2c,
@@ -106,12 +195,46 @@ impl<B: ClientRequestBody> Body for ClientBody<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Err(e))) => {
-                self.failed.store(true, Ordering::Relaxed);
+                this.failed.set(BodyFailure::MALFORMED);
                 Poll::Ready(Some(Err(e.into())))
             }
-            other => other.map(|o| o.map(|r| r.map_err(Into::into))),
+            Poll::Ready(Some(Ok(frame))) => {
+                this.waiting = false;
+                if let (Some(left), Some(data)) = (this.left.as_mut(), frame.data_ref()) {
+                    match left.checked_sub(data.len() as u64) {
+                        Some(l) => *left = l,
+                        None => {
+                            this.failed.set(BodyFailure::TOO_LARGE);
+                            return Poll::Ready(Some(Err(BodyLimit::TooLarge.into())));
+                        }
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                // Only the time the client keeps us waiting counts: the
+                // clock starts when a read finds nothing, not when the
+                // origin, slow to take the body, last polled.
+                let deadline = tokio::time::Instant::now() + this.timeout;
+                if !this.waiting {
+                    this.waiting = true;
+                    match this.stalled.as_mut() {
+                        Some(t) => t.as_mut().reset(deadline),
+                        None => this.stalled = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                }
+                if let Some(t) = this.stalled.as_mut()
+                    && t.as_mut().poll(cx).is_ready()
+                {
+                    this.failed.set(BodyFailure::TIMEOUT);
+                    return Poll::Ready(Some(Err(BodyLimit::Timeout.into())));
+                }
+                Poll::Pending
+            }
         }
     }
 
@@ -124,16 +247,20 @@ impl<B: ClientRequestBody> Body for ClientBody<B> {
     }
 }
 
-/// Per client connection: the peer, as `X-Forwarded-For` wants it.
+/// Per client connection: the peer, as `X-Forwarded-For` and the access
+/// log want it, and the scheme it came in with.
 #[derive(Debug, Clone)]
 pub(crate) struct Peer {
     pub(crate) ip: HeaderValue,
+    pub(crate) addr: IpAddr,
+    /// Came in over TLS (`X-Forwarded-Proto: https`).
+    pub(crate) https: bool,
 }
 
 impl Peer {
-    pub(crate) fn new(addr: SocketAddr) -> Self {
+    pub(crate) fn new(addr: SocketAddr, https: bool) -> Self {
         let ip = HeaderValue::try_from(addr.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        Self { ip }
+        Self { ip, addr: addr.ip(), https }
     }
 }
 
@@ -141,6 +268,11 @@ static VIA_11: HeaderValue = HeaderValue::from_static("1.1 vigil");
 static VIA_10: HeaderValue = HeaderValue::from_static("1.0 vigil");
 static VIA_2: HeaderValue = HeaderValue::from_static("2 vigil");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
+static HTTP: HeaderValue = HeaderValue::from_static("http");
 
 /// hyper's service entry point.
 pub(crate) async fn serve(
@@ -164,25 +296,86 @@ pub(crate) fn handle<'a, B: ClientRequestBody>(
     req: Request<B>,
 ) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
     async move {
+        let mut req = req;
+        let (policy, log) = {
+            let routes = shared.routes.load();
+            (routes.policy, routes.access_log.clone())
+        };
+        let request_id = policy.request_id.then(|| request_id(req.headers_mut()));
+        let mut logged = log.map(|log| {
+            Box::new(Logged { log, entry: entry(&req, peer, request_id.clone()), status: 0, bytes: 0 })
+        });
+        let resp = route_and_forward(shared, peer, req, policy, logged.as_deref_mut()).await;
+        finish(resp, logged)
+    }
+}
+
+/// Puts the access log line, now that the status is known, on the body.
+fn finish(mut resp: Response<ProxyBody>, logged: Option<Box<Logged>>) -> Response<ProxyBody> {
+    if let Some(mut l) = logged {
+        l.status = resp.status().as_u16();
+        resp.body_mut().log = Some(l);
+    }
+    resp
+}
+
+fn entry<B>(req: &Request<B>, peer: &Peer, request_id: Option<HeaderValue>) -> Entry {
+    let h = req.headers();
+    let host = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => h.get(header::HOST).cloned(),
+    };
+    Entry {
+        start: clock(),
+        time: std::time::SystemTime::now(),
+        client: peer.addr,
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        version: req.version(),
+        host,
+        user_agent: h.get(header::USER_AGENT).cloned(),
+        referer: h.get(header::REFERER).cloned(),
+        request_id,
+        upstream: None,
+        upstream_time: None,
+        retries: 0,
+    }
+}
+
+#[allow(clippy::manual_async_fn, reason = "an async fn keeps each argument twice in its future")]
+fn route_and_forward<'a, B: ClientRequestBody>(
+    shared: &'a Shared,
+    peer: &'a Peer,
+    req: Request<B>,
+    policy: RequestPolicy,
+    trace: Option<&'a mut Logged>,
+) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
+    async move {
         if req.method() == Method::CONNECT {
             return local(StatusCode::METHOD_NOT_ALLOWED, "vigil: CONNECT is not supported\n");
         }
         let Some(host) = client_host(&req) else {
             return close(local(StatusCode::BAD_REQUEST, "vigil: the request names no host\n"));
         };
-        let (route, origin_timeout, attempts) = {
-            let routes = shared.routes.load();
-            match routes.find(host) {
-                Some(r) => (Arc::clone(r), routes.origin_timeout, routes.connect_attempts),
-                None => {
-                    static NO_ROUTE: std::sync::LazyLock<Arc<str>> =
-                        std::sync::LazyLock::new(|| Arc::from(""));
-                    shared.metrics.request(&NO_ROUTE, 404);
-                    return local(StatusCode::NOT_FOUND, "vigil: no remap rule for this host\n");
-                }
+        let route = match shared.routes.load().find(host) {
+            Some(r) => Arc::clone(r),
+            None => {
+                static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+                shared.metrics.request(&NO_ROUTE, 404);
+                return local(StatusCode::NOT_FOUND, "vigil: no remap rule for this host\n");
             }
         };
-        let resp = forward(shared, peer, &route, req, origin_timeout, attempts).await;
+        if let (Some(max), Some(len)) = (policy.max_request_body, req.body().size_hint().exact())
+            && len > max
+        {
+            shared.metrics.limit("body");
+            shared.metrics.route_request(&route.counters, &route.label, 413);
+            return close(local(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "vigil: the request body is larger than allowed\n",
+            ));
+        }
+        let resp = forward(shared, peer, &route, req, policy, trace).await;
         shared.metrics.route_request(&route.counters, &route.label, resp.status().as_u16());
         resp
     }
@@ -194,8 +387,8 @@ fn forward<'a, B: ClientRequestBody>(
     peer: &'a Peer,
     route: &'a Route,
     req: Request<B>,
-    origin_timeout: Duration,
-    attempts: u32,
+    policy: RequestPolicy,
+    mut trace: Option<&'a mut Logged>,
 ) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
     async move {
         let mut now = clock();
@@ -204,14 +397,32 @@ fn forward<'a, B: ClientRequestBody>(
             return local(StatusCode::BAD_GATEWAY, "vigil: origin not configured\n");
         };
         shared.checker.touch(&origin, now);
+        let room = match &route.queue {
+            None => None,
+            Some(q) => match q.enter(|| shared.metrics.queued(&route.label)).await {
+                Ok(room) => {
+                    now = clock();
+                    Some(room)
+                }
+                Err(QueueTimeout) => {
+                    shared.metrics.queue_timeout(&route.label);
+                    let mut resp = local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "vigil: the origin is at its connection limit; no room in time\n",
+                    );
+                    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return resp;
+                }
+            },
+        };
 
-        let policy = RetryPolicy::request(req.method());
+        let policy_retry = RetryPolicy::request(req.method());
         let mut attempt = Attempt::new();
         if origin.lb() == LbPolicy::ConsistentHash {
             attempt = attempt.with_hash_key(req.uri().path().as_bytes());
         }
-        let body_failed = (!req.body().is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
-        let mut next = upstream_request(req, route, peer, body_failed.clone());
+        let body_failed = (!req.body().is_end_stream()).then(|| Arc::new(BodyFailure::default()));
+        let mut next = upstream_request(req, route, peer, policy, body_failed.clone());
         let mut failures = 0u32;
 
         loop {
@@ -235,17 +446,27 @@ fn forward<'a, B: ClientRequestBody>(
                 Err(_) => return all_failed(),
             };
             let target = route.upstream.upstream.target(pick.addr());
-            let sent =
-                shared.pool.try_request(target, Freshness::IdlePreferred, next, Some(origin_timeout)).await;
+            let sent = shared
+                .pool
+                .try_request(target, Freshness::IdlePreferred, next, Some(policy.origin_timeout))
+                .await;
+            if let Some(t) = trace.as_deref_mut() {
+                t.entry.upstream = Some(pick.addr());
+                t.entry.upstream_time = Some(clock().saturating_duration_since(now));
+                t.entry.retries = failures;
+            }
             let (e, back) = match sent {
                 Ok(resp) => {
                     pick.server().report_l4_success(now);
-                    return respond(resp, pick);
+                    return respond(resp, pick, room);
                 }
                 Err(failed) => failed,
             };
-            if body_failed.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
-                return close(local(StatusCode::BAD_REQUEST, "vigil: the request body is malformed\n"));
+            if let Some((status, text, limit)) = body_failed.as_ref().and_then(|f| f.answer()) {
+                if let Some(limit) = limit {
+                    shared.metrics.limit(limit);
+                }
+                return close(local(status, text));
             }
             if e.kind() == ErrorKind::ResponseTimeout {
                 tracing::debug!(server = %pick.addr(), "no response head within origin_timeout");
@@ -259,7 +480,7 @@ fn forward<'a, B: ClientRequestBody>(
             tracing::debug!(server = %pick.addr(), error = %e, "attempt failed");
             failures += 1;
             match back {
-                Some(req) if e.may_retry_elsewhere(policy) && failures < attempts => {
+                Some(req) if e.may_retry_elsewhere(policy_retry) && failures < policy.connect_attempts => {
                     shared.metrics.retries.inc();
                     next = req;
                 }
@@ -267,6 +488,38 @@ fn forward<'a, B: ClientRequestBody>(
             }
         }
     }
+}
+
+/// The request's `X-Request-Id`: the client's when it is well formed (1 to
+/// 200 characters of letters, digits and `-_.:+/=@`), else a new one (128
+/// random bits in hex) put in its place.
+fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+    let ok = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        (1..=200).contains(&b.len()) && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:+/=@".contains(c))
+    };
+    match headers.entry(X_REQUEST_ID) {
+        header::Entry::Occupied(mut e) => {
+            if e.iter().count() == 1 && ok(e.get()) {
+                return e.get().clone();
+            }
+            let id = new_request_id();
+            e.insert(id.clone()); // replaces every value the client sent
+            id
+        }
+        header::Entry::Vacant(e) => e.insert(new_request_id()).clone(),
+    }
+}
+
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = fastrand::u128(..);
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((n >> (4 * (31 - i))) & 0xf) as usize];
+    }
+    // Hex digits are always a valid header value.
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("0"))
 }
 
 fn all_failed() -> Response<ProxyBody> {
@@ -286,14 +539,16 @@ fn client_host<B>(req: &Request<B>) -> Option<&str> {
 }
 
 /// The request as the origin gets it: origin-form URI, hop-by-hop headers
-/// gone, `Host` per `preserve_host`, `Via` and `X-Forwarded-For` added.
+/// gone, `Host` per `preserve_host`, `Via` and the `X-Forwarded-*` fields
+/// added (or, with `trust_forwarded`, the client's kept and appended to).
 ///
 /// Edited in place: only the body changes type, so the head moves once.
 fn upstream_request<B: ClientRequestBody>(
     mut req: Request<B>,
     route: &Route,
     peer: &Peer,
-    body_failed: Option<Arc<AtomicBool>>,
+    policy: RequestPolicy,
+    body_failed: Option<Arc<BodyFailure>>,
 ) -> Request<RequestBody> {
     let via = match req.version() {
         Version::HTTP_2 => &VIA_2,
@@ -309,13 +564,17 @@ fn upstream_request<B: ClientRequestBody>(
     } else {
         route.host_header.clone()
     };
+    let client_host = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    };
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    // `Via` and `X-Forwarded-For` in one rehash at most (hyper sizes the map
-    // to what the client sent).
-    headers.reserve(2);
+    // What is added, in one rehash at most (the parser sizes the map to
+    // what the client sent, plus a little).
+    headers.reserve(4);
     headers.append(header::VIA, via.clone());
-    forwarded_for(headers, &peer.ip);
+    forwarded(headers, peer, client_host, policy.trust_forwarded);
 
     // The path moves as it is (a clone shares its bytes); both forms come
     // from a URI the listener accepted, so they are valid.
@@ -346,9 +605,43 @@ fn upstream_request<B: ClientRequestBody>(
     // What the listener attached (hyper's for h2c) is not for the origin.
     req.extensions_mut().clear();
     req.map(|body| match body_failed {
-        Some(failed) => ClientBody { inner: body, failed }.boxed(),
+        Some(failed) => ClientBody {
+            inner: body,
+            failed,
+            left: policy.max_request_body,
+            timeout: policy.body_timeout,
+            stalled: None,
+            waiting: false,
+        }
+        .boxed(),
         None => vigil_session::empty_body(),
     })
+}
+
+/// `X-Forwarded-For`, `-Proto` and `-Host`: the client's own are replaced
+/// (a client must not choose what the origin believes about it), or with
+/// `trust` (the client is a proxy or CDN of the operator's) kept, the
+/// client's address appended to `X-Forwarded-For`.
+fn forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<HeaderValue>, trust: bool) {
+    if trust {
+        forwarded_for(headers, &peer.ip);
+    } else {
+        headers.insert(X_FORWARDED_FOR, peer.ip.clone());
+    }
+    let proto = if peer.https { &HTTPS } else { &HTTP };
+    if !(trust && headers.contains_key(X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO, proto.clone());
+    }
+    match host {
+        Some(host) if !(trust && headers.contains_key(X_FORWARDED_HOST)) => {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+        Some(_) => {}
+        None if !trust => {
+            headers.remove(X_FORWARDED_HOST);
+        }
+        None => {}
+    }
 }
 
 /// `X-Forwarded-For`: the client's address appended to what came in, on one line.
@@ -407,16 +700,20 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-fn respond(mut resp: Response<PooledBody>, pick: Pick) -> Response<ProxyBody> {
+fn respond(
+    mut resp: Response<PooledBody>,
+    pick: Pick,
+    room: Option<OwnedSemaphorePermit>,
+) -> Response<ProxyBody> {
     let headers = resp.headers_mut();
     strip_hop_by_hop(headers);
     headers.append(header::VIA, VIA_11.clone());
-    resp.map(|body| ProxyBody::Upstream { body, pick })
+    resp.map(|body| ProxyBody { kind: Kind::Upstream { body, pick, _room: room }, log: None })
 }
 
 /// A response of our own.
 pub(crate) fn local(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::Local(Some(Bytes::from_static(text.as_bytes()))));
+    let mut resp = Response::new(ProxyBody::local(Bytes::from_static(text.as_bytes())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp

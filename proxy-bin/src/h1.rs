@@ -37,13 +37,11 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::Notify;
 
-use vigil_h1::{DecodeError, Decoder, Framing, HeadError, ResponseLine, WriteQueue};
+use vigil_h1::{DecodeError, Decoder, Framing, HeadError, RequestLimits, ResponseLine, WriteQueue};
 
 use crate::app::Shared;
 use crate::forward::{self, Peer, ProxyBody};
 
-/// Largest request head accepted; more is 431.
-pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// Response body bytes queued for one write.
 const MAX_QUEUED: usize = 64 * 1024;
 
@@ -181,23 +179,45 @@ pub(crate) async fn serve_halves<R: ConnRead, W: AsyncWrite + Unpin + Send>(
     let stopped = stop.notify.notified();
     let mut stopped = pin!(stopped);
     stopped.as_mut().enable();
-    // How long a client may take to send a whole head; also the keep-alive
-    // idle limit (`client_header_timeout`).
-    let head_timeout = shared.config.load().client_header_timeout;
+    // How long a client may take to send a whole head
+    // (`client_header_timeout`), and to start the next one on a keep-alive
+    // connection (`limits.keepalive_timeout`).
+    let (head_timeout, keepalive_timeout, limits) = {
+        let c = shared.config.load();
+        (c.client_header_timeout, c.limits.keepalive_timeout, c.limits.head())
+    };
     let timer = tokio::time::sleep(head_timeout);
     let mut timer = pin!(timer);
     let mut out = Writer::default();
+    let mut first = true;
     loop {
         if stop.stopping.load(Ordering::SeqCst) {
             return;
         }
+        if !first && read.lock().buf.is_empty() {
+            // Idle between requests: wait for the next one's first bytes.
+            timer.as_mut().reset(tokio::time::Instant::now() + keepalive_timeout);
+            let more = tokio::select! {
+                biased;
+                more = poll_fn(|cx| read.lock().poll_fill(cx)) => more,
+                () = &mut stopped => return,
+                () = &mut timer => {
+                    tracing::debug!("keep-alive connection idle past keepalive_timeout; closing");
+                    return;
+                }
+            };
+            if !matches!(more, Ok(n) if n > 0) {
+                return; // the client closed between requests
+            }
+        }
+        first = false;
         timer.as_mut().reset(tokio::time::Instant::now() + head_timeout);
         let head = tokio::select! {
             biased;
-            head = poll_fn(|cx| poll_head(&mut read.lock(), cx)) => head,
+            head = poll_fn(|cx| poll_head(&mut read.lock(), limits, cx)) => head,
             () = &mut stopped => return,
             () = &mut timer => {
-                tracing::debug!("no request head within the header timeout; closing");
+                tracing::debug!("no whole request head within client_header_timeout; closing");
                 return;
             }
         };
@@ -205,11 +225,21 @@ pub(crate) async fn serve_halves<R: ConnRead, W: AsyncWrite + Unpin + Send>(
             Ok(Some(head)) => head,
             Ok(None) => return, // the client closed between requests
             Err(refused) => {
-                if matches!(refused, HeadError::Framing(_)) {
-                    shared.metrics.framing_refused.fetch_add(1, Ordering::Relaxed);
+                match refused {
+                    HeadError::Framing(_) => {
+                        shared.metrics.framing_refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    HeadError::TooLarge => shared.metrics.limit("head"),
+                    HeadError::TooManyHeaders => shared.metrics.limit("headers"),
+                    HeadError::UriTooLong => shared.metrics.limit("uri"),
+                    _ => {}
                 }
                 tracing::debug!(reason = %refused, "request head refused");
                 let _ = refuse(&mut w, refused.status()).await;
+                // What the client still sends (the rest of a huge head) is
+                // read and dropped, briefly, so that it reads the answer
+                // rather than a reset.
+                linger(&read).await;
                 return;
             }
         };
@@ -283,11 +313,12 @@ struct Head<R> {
 /// cleanly with nothing pending (or the connection failed).
 fn poll_head<R: ConnRead>(
     read: &mut ReadSide<R>,
+    limits: RequestLimits,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Option<Head<R>>, HeadError>> {
     loop {
         if !read.buf.is_empty()
-            && let Some((head, rest)) = vigil_h1::parse_request(&mut read.buf, MAX_HEAD)?
+            && let Some((head, rest)) = vigil_h1::parse_request_limited(&mut read.buf, limits)?
         {
             read.buf.extend_from_slice(&rest);
             read.body = Decoder::new(head.framing);

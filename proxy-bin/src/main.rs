@@ -9,6 +9,7 @@
 
 #![allow(clippy::print_stderr, clippy::print_stdout)]
 
+mod accesslog;
 mod admin;
 mod app;
 mod client;
@@ -16,6 +17,7 @@ mod config;
 mod demo;
 mod forward;
 mod h1;
+mod limits;
 mod listener;
 mod metrics;
 mod routes;
@@ -181,6 +183,8 @@ fn run(path: &Path) -> ExitCode {
             }
         };
         tokio::join!(server.shutdown(DRAIN), leave);
+        let s = Arc::clone(&shared);
+        let _ = tokio::task::spawn_blocking(move || s.close_logs()).await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     });
@@ -188,14 +192,17 @@ fn run(path: &Path) -> ExitCode {
     code
 }
 
-/// Returns on SIGTERM or SIGINT; reloads on SIGHUP.
+/// Returns on SIGTERM or SIGINT; reloads on SIGHUP; reopens the access log
+/// on SIGUSR1.
 async fn wait_for_signals(shared: &Arc<app::Shared>) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     loop {
         tokio::select! {
+            _ = usr1.recv() => shared.reopen_logs(),
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => {

@@ -67,6 +67,16 @@ struct ResultLabel {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LimitLabel {
+    limit: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OriginLabel {
+    origin: Arc<str>,
+}
+
 /// One route's `vigil_requests_total` counters by status code, found
 /// without hashing the labels or locking the family (that cost about 260
 /// instructions a request): a small open-addressed table whose slots are
@@ -110,6 +120,15 @@ pub(crate) struct Metrics {
     pub(crate) framing_refused: Arc<AtomicU64>,
     /// Retries of a request on another server.
     pub(crate) retries: Counter,
+    /// Requests and connections refused by a `[limits]` bound.
+    limits: Family<LimitLabel, Counter>,
+    /// Requests that waited for room at their origin, and those that got none.
+    queued: Family<OriginLabel, Counter>,
+    queue_timeouts: Family<OriginLabel, Counter>,
+    /// Client connections open, against `limits.max_connections`.
+    pub(crate) clients: Arc<crate::limits::ClientSlots>,
+    /// Access log lines written and dropped.
+    pub(crate) access_log: Arc<crate::accesslog::LogCounters>,
     /// Which origin a server belongs to, for the pool observer's labels.
     owners: Mutex<HashMap<SocketAddr, Arc<str>>>,
     registry: Mutex<Option<Registry>>,
@@ -140,6 +159,20 @@ impl Metrics {
         self.checks
             .get_or_create(&ServerResult { origin: origin_label(origin), server: Addr(server), result })
             .inc();
+    }
+
+    /// Counts a request or connection refused by `limit` (`head`, `uri`,
+    /// `headers`, `body`, `body_timeout`, `connections`).
+    pub(crate) fn limit(&self, limit: &'static str) {
+        self.limits.get_or_create(&LimitLabel { limit }).inc();
+    }
+
+    pub(crate) fn queued(&self, origin: &Arc<str>) {
+        self.queued.get_or_create(&OriginLabel { origin: Arc::clone(origin) }).inc();
+    }
+
+    pub(crate) fn queue_timeout(&self, origin: &Arc<str>) {
+        self.queue_timeouts.get_or_create(&OriginLabel { origin: Arc::clone(origin) }).inc();
     }
 
     pub(crate) fn reload(&self, ok: bool) {
@@ -209,6 +242,21 @@ impl Metrics {
         );
         r.register("vigil_reloads", "Config reloads, by result", self.reloads.clone());
         r.register("vigil_retries", "Requests retried on another server", self.retries.clone());
+        r.register(
+            "vigil_limit_refusals",
+            "Client requests and connections refused by a [limits] bound, by limit",
+            self.limits.clone(),
+        );
+        r.register(
+            "vigil_origin_queued",
+            "Requests that waited for room at an origin at its max_connections",
+            self.queued.clone(),
+        );
+        r.register(
+            "vigil_origin_queue_timeouts",
+            "Requests answered 503 after queue_timeout without room at their origin",
+            self.queue_timeouts.clone(),
+        );
         r.register_collector(Box::new(Live {
             db,
             pool,
@@ -216,6 +264,8 @@ impl Metrics {
             framing_refused: Arc::clone(&self.framing_refused),
             tls,
             listener,
+            clients: Arc::clone(&self.clients),
+            access_log: Arc::clone(&self.access_log),
         }));
         *self.registry.lock() = Some(r);
     }
@@ -267,6 +317,8 @@ struct Live {
     framing_refused: Arc<AtomicU64>,
     tls: Arc<TlsConnect>,
     listener: Option<Arc<TlsListener>>,
+    clients: Arc<crate::limits::ClientSlots>,
+    access_log: Arc<crate::accesslog::LogCounters>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -362,7 +414,24 @@ impl Collector for Live {
                 "Requests refused for ambiguous framing (Content-Length with Transfer-Encoding, duplicate Content-Length)",
                 self.framing_refused.load(Ordering::Relaxed),
             ),
+            (
+                "vigil_access_log_lines",
+                "Access log lines written",
+                self.access_log.written.load(Ordering::Relaxed),
+            ),
+            (
+                "vigil_access_log_dropped",
+                "Access log lines dropped: the writer was too far behind, or a write failed",
+                self.access_log.dropped.load(Ordering::Relaxed),
+            ),
         ];
+        let open = ConstGauge::new(self.clients.open() as i64);
+        open.encode(encoder.encode_descriptor(
+            "vigil_client_connections",
+            "Client connections open on the proxy listeners",
+            None,
+            open.metric_type(),
+        )?)?;
         if let Some(cluster) = &self.cluster {
             let (c, t) = (cluster.metrics(), cluster.metrics().transport());
             counters.extend([

@@ -10,7 +10,9 @@ use http::HeaderValue;
 use vigil_hostdb::{HostDbConfig, L4Policy, LbPolicy, OriginKey, OriginSpec, ServerSource};
 use vigil_l7check::{HealthChecks, OriginUpstream};
 
+use crate::accesslog::AccessLog;
 use crate::config::{Config, HostMatch};
+use crate::limits::OriginQueue;
 
 type Map<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
 
@@ -28,6 +30,20 @@ pub(crate) struct Route {
     pub(crate) label: Arc<str>,
     /// This route's request counters (`vigil_requests_total`).
     pub(crate) counters: crate::metrics::RequestCounters,
+    /// The origin's bound on requests in flight (`max_connections`), one
+    /// per origin whichever remap leads to it.
+    pub(crate) queue: Option<Arc<OriginQueue>>,
+}
+
+/// What every request follows, copied out of the table in one load.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestPolicy {
+    pub(crate) origin_timeout: Duration,
+    pub(crate) connect_attempts: u32,
+    pub(crate) request_id: bool,
+    pub(crate) trust_forwarded: bool,
+    pub(crate) max_request_body: Option<u64>,
+    pub(crate) body_timeout: Duration,
 }
 
 /// Everything the request path needs from the config.
@@ -36,22 +52,50 @@ pub(crate) struct Routes {
     exact: Map<Arc<Route>>,
     /// Keyed by `.suffix` (from `*.suffix`).
     suffix: Map<Arc<Route>>,
-    pub(crate) origin_timeout: Duration,
-    pub(crate) connect_attempts: u32,
+    pub(crate) policy: RequestPolicy,
+    /// The access log, when one is on.
+    pub(crate) access_log: Option<Arc<AccessLog>>,
     /// How each origin is reached (the admin view's pool counts ask).
     upstreams: HashMap<OriginKey, OriginUpstream>,
+    /// Each bounded origin's queue.
+    queues: HashMap<OriginKey, Arc<OriginQueue>>,
 }
 
 impl Routes {
     /// The table for `config`, each origin reached as `upstreams` says
-    /// (plain HTTP/1.1 for one it does not name).
-    pub(crate) fn new(config: &Config, upstreams: &HashMap<OriginKey, OriginUpstream>) -> Self {
+    /// (plain HTTP/1.1 for one it does not name). An origin queue whose
+    /// bounds did not change is taken over from `previous`: the requests in
+    /// flight hold its room.
+    pub(crate) fn new(
+        config: &Config,
+        upstreams: &HashMap<OriginKey, OriginUpstream>,
+        access_log: Option<Arc<AccessLog>>,
+        previous: Option<&Self>,
+    ) -> Self {
+        let mut queues = HashMap::new();
+        for (key, o) in &config.origins {
+            let (Some(max), Ok(k)) = (o.max_connections, key.parse::<OriginKey>()) else { continue };
+            let timeout = o.queue_timeout.unwrap_or(config.connect_timeout);
+            let kept = previous
+                .and_then(|p| p.queues.get(&k))
+                .filter(|q| q.max == max && q.timeout == timeout)
+                .cloned();
+            queues.insert(k, kept.unwrap_or_else(|| Arc::new(OriginQueue::new(max, timeout))));
+        }
         let mut routes = Self {
             exact: Map::default(),
             suffix: Map::default(),
-            origin_timeout: config.origin_timeout,
-            connect_attempts: config.connect_attempts,
+            policy: RequestPolicy {
+                origin_timeout: config.origin_timeout,
+                connect_attempts: config.connect_attempts,
+                request_id: config.request_id,
+                trust_forwarded: config.trust_forwarded,
+                max_request_body: config.limits.max_request_body,
+                body_timeout: config.limits.body_timeout,
+            },
+            access_log,
             upstreams: upstreams.clone(),
+            queues,
         };
         for remap in &config.remaps {
             let upstream = upstreams.get(&remap.to).copied().unwrap_or_default();
@@ -62,6 +106,7 @@ impl Routes {
                 host_header: host_header(&remap.to, upstream.https),
                 label: Arc::from(remap.to.as_str()),
                 counters: Default::default(),
+                queue: routes.queues.get(&remap.to).cloned(),
             });
             // First rule wins for a host listed twice (check-config refuses that).
             let (map, key) = match &remap.from {
@@ -71,6 +116,11 @@ impl Routes {
             map.entry(key.as_str().into()).or_insert(route);
         }
         routes
+    }
+
+    /// Each bounded origin's queue.
+    pub(crate) fn queues(&self) -> impl Iterator<Item = (&OriginKey, &Arc<OriginQueue>)> {
+        self.queues.iter()
     }
 
     /// How `origin` is reached (plain HTTP/1.1 when nothing says otherwise).
@@ -159,7 +209,7 @@ mod tests {
 
     fn routes(remaps: &str) -> Routes {
         let text = format!("[proxy]\nlisten = \"127.0.0.1:8080\"\n{remaps}");
-        Routes::new(&Config::parse(&text, Path::new("v.toml")).unwrap(), &HashMap::new())
+        Routes::new(&Config::parse(&text, Path::new("v.toml")).unwrap(), &HashMap::new(), None, None)
     }
 
     #[test]

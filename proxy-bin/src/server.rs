@@ -21,6 +21,7 @@ use bytes::BytesMut;
 use crate::app::Shared;
 use crate::forward::Peer;
 use crate::h1::{self, Stop};
+use crate::limits::{self, ClientSlot};
 use crate::listener::Halves;
 use crate::{admin, forward};
 
@@ -48,12 +49,15 @@ pub(crate) async fn start(shared: Arc<Shared>, listen: SocketAddr, admin: Socket
     let (proxy, admin) = (proxy_l.local_addr()?, admin_l.local_addr()?);
     let tls = tls_l.as_ref().map(TcpListener::local_addr).transpose()?;
     let (stop, rx) = watch::channel(None);
+    let files = limits::raise_open_files_limit().unwrap_or(1024);
+    let auto_max = limits::auto_max_connections(files);
+    tracing::debug!(open_files = files, max_connections = auto_max, "client connection limit when unset");
     let mut loops = vec![
-        tokio::spawn(accept_loop(proxy_l, Kind::Proxy, Arc::clone(&shared), rx.clone())),
-        tokio::spawn(accept_loop(admin_l, Kind::Admin, Arc::clone(&shared), rx.clone())),
+        tokio::spawn(accept_loop(proxy_l, Kind::Proxy, Arc::clone(&shared), rx.clone(), auto_max)),
+        tokio::spawn(accept_loop(admin_l, Kind::Admin, Arc::clone(&shared), rx.clone(), auto_max)),
     ];
     if let Some(l) = tls_l {
-        loops.push(tokio::spawn(accept_loop(l, Kind::ProxyTls, shared, rx)));
+        loops.push(tokio::spawn(accept_loop(l, Kind::ProxyTls, shared, rx, auto_max)));
     }
     Ok(Server { proxy, admin, tls, stop, loops })
 }
@@ -84,10 +88,7 @@ enum Kind {
 
 fn builder(kind: Kind) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .max_buf_size(h1::MAX_HEAD + 8192);
+    b.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).max_buf_size(1 << 20);
     b.http2().timer(TokioTimer::new()).max_concurrent_streams(if kind == Kind::Admin { 16 } else { 256 });
     b
 }
@@ -97,6 +98,7 @@ async fn accept_loop(
     kind: Kind,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<Option<Duration>>,
+    auto_max: usize,
 ) {
     let graceful = GracefulShutdown::new();
     let builder = Arc::new(builder(kind));
@@ -108,7 +110,25 @@ async fn accept_loop(
                 break if changed.is_ok() { *stop.borrow() } else { Some(Duration::ZERO) };
             }
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => serve(stream, peer, kind, &shared, &builder, &graceful, &h1_stop),
+                Ok((stream, peer)) => {
+                    // Past the limit: closed at once, counted (the admin
+                    // listener is not limited: operators must get in).
+                    let slot = match kind {
+                        Kind::Admin => None,
+                        _ => {
+                            let max = shared.config.load().limits.max_connections.unwrap_or(auto_max);
+                            match shared.metrics.clients.take(max) {
+                                Some(slot) => Some(slot),
+                                None => {
+                                    shared.metrics.limit("connections");
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    let accepted = Accepted { stream, peer, slot };
+                    serve(accepted, kind, &shared, &builder, &graceful, &h1_stop);
+                }
                 Err(e) => {
                     // Out of descriptors and the like: say so, back off a little.
                     tracing::warn!(error = %e, "accept failed");
@@ -133,25 +153,34 @@ async fn accept_loop(
     }
 }
 
-fn serve(
+/// A connection just accepted, with its slot under `limits.max_connections`
+/// (none on the admin listener).
+struct Accepted {
     stream: TcpStream,
     peer: SocketAddr,
+    slot: Option<ClientSlot>,
+}
+
+fn serve(
+    accepted: Accepted,
     kind: Kind,
     shared: &Arc<Shared>,
     builder: &Arc<auto::Builder<TokioExecutor>>,
     graceful: &GracefulShutdown,
     h1_stop: &Arc<Stop>,
 ) {
+    let Accepted { stream, peer, slot } = accepted;
     let _ = stream.set_nodelay(true);
     let shared = Arc::clone(shared);
     match kind {
         Kind::Proxy => {
-            let peer = Peer::new(peer);
+            let peer = Peer::new(peer, false);
             let (builder, watcher) = (Arc::clone(builder), graceful.watcher());
             let live = h1_stop.enter();
             let stop = Arc::clone(h1_stop);
             let head_timeout = shared.config.load().client_header_timeout;
             tokio::spawn(async move {
+                let _slot = slot;
                 let mut stream = stream;
                 // The first bytes tell HTTP/1.1 from h2c: within the head
                 // timeout, like any head, or the connection closes (a client
@@ -171,12 +200,13 @@ fn serve(
             });
         }
         Kind::ProxyTls => {
-            let peer = Peer::new(peer);
+            let peer = Peer::new(peer, true);
             let (builder, watcher) = (Arc::clone(builder), graceful.watcher());
             let live = h1_stop.enter();
             let stop = Arc::clone(h1_stop);
             let head_timeout = shared.config.load().client_header_timeout;
             tokio::spawn(async move {
+                let _slot = slot;
                 let Some(listener) = shared.listener.clone() else { return };
                 let Some(Some(tls)) = stop.unless_stopped(listener.accept(stream, head_timeout)).await else {
                     return;

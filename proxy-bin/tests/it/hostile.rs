@@ -95,7 +95,10 @@ async fn silent_and_half_open_connections_are_closed_after_the_head_timeout() {
     let v = Vigil::start(
         "headtimeout",
         "client_header_timeout = \"400ms\"",
-        &remap("www.app.test", &origin, &server_list(&o), ""),
+        &format!(
+            "[limits]\nkeepalive_timeout = \"400ms\"\n{}",
+            remap("www.app.test", &origin, &server_list(&o), "")
+        ),
         "",
     )
     .await;
@@ -113,7 +116,8 @@ async fn silent_and_half_open_connections_are_closed_after_the_head_timeout() {
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(350), "{what}: closed after only {took:?}");
     }
-    // A keep-alive connection idle after its answer is closed the same way.
+    // A keep-alive connection idle after its answer is closed after
+    // keepalive_timeout.
     let mut c = tokio::net::TcpStream::connect(v.listen).await.unwrap();
     c.write_all(b"GET / HTTP/1.1\r\nHost: www.app.test\r\n\r\n").await.unwrap();
     let out = closed_within(&mut c, Duration::from_secs(5)).await.unwrap_or_default();

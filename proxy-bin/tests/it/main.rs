@@ -5,6 +5,7 @@
 
 mod check_config;
 mod cluster;
+mod essentials;
 mod harness;
 mod hostile;
 mod proxy;

@@ -55,7 +55,13 @@ async fn round_robin_split_and_forwarding_headers() {
     assert_eq!(s, StatusCode::OK);
     assert!(seen.contains(&format!("host: app.test:{port}\n")), "{seen}");
     assert!(seen.contains("via: 1.1 vigil\n"), "{seen}");
-    assert!(seen.contains("x-forwarded-for: 10.1.1.1, 127.0.0.1\n"), "{seen}");
+    // The client's X-Forwarded-For is replaced, not trusted (trust_forwarded
+    // is off by default); the scheme and the host it asked for are added.
+    assert!(seen.contains("x-forwarded-for: 127.0.0.1\n"), "{seen}");
+    assert!(seen.contains("x-forwarded-proto: http\n"), "{seen}");
+    assert!(seen.contains("x-forwarded-host: WWW.App.Test:8080\n"), "{seen}");
+    let id = seen.lines().find_map(|l| l.strip_prefix("x-request-id: ")).unwrap_or_default();
+    assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "a generated id: {seen}");
     assert!(seen.contains("x-kept: end-to-end\n"), "{seen}");
     assert!(!seen.contains("x-secret") && !seen.contains("keep-alive: timeout"), "{seen}");
 
