@@ -43,6 +43,10 @@ const NGINX: &str = "127.0.0.1:18321";
 const HAPROXY: &str = "127.0.0.1:18331";
 /// vigil's TLS listener (`--tls`); nginx and HAProxy take TLS on their own ports.
 const VIGIL_TLS: &str = "127.0.0.1:18313";
+/// `--access-log`: a second vigil, the same but writing an access log.
+const VIGIL_LOG: &str = "127.0.0.1:18314";
+const VIGIL_LOG_ADMIN: &str = "127.0.0.1:18315";
+const VIGIL_LOG_TLS: &str = "127.0.0.1:18316";
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Round {
@@ -136,7 +140,9 @@ impl Drop for Proxy {
 }
 
 /// Options: `--rounds N` (default 3), `--seconds S` per round (default 8),
-/// `--connections C` (default 50), `--origin-cpu 0|1` (default 0), `--tls`.
+/// `--connections C` (default 50), `--origin-cpu 0|1` (default 0), `--tls`,
+/// `--access-log` (a second vigil, `vigil+log`, writing a JSON access log,
+/// in the same interleaved rounds: what the log costs).
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let opt = |name: &str, default: u64| -> Result<u64> {
         match args.iter().position(|a| a == name) {
@@ -155,6 +161,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         _ => bail!("--origin-cpu takes 0 or 1"),
     };
     let tls_mode = args.iter().any(|a| a == "--tls");
+    let with_log = args.iter().any(|a| a == "--access-log");
     for tool in ["wrk", "strace", "taskset"].into_iter().chain(tls_mode.then_some("openssl")) {
         if which(tool).is_none() {
             bail!("{tool} is not installed (apt-get install wrk strace util-linux openssl)");
@@ -189,7 +196,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let _origin = Proxy { name: "origin", addr: ORIGIN, scheme: "http", child: origin.spawn()? };
     wait_port(ORIGIN)?;
 
-    let proxies = start_all(&release, &dir, &Wrap::Pinned, certs)?;
+    let proxies = start_all(&release, &dir, &Wrap::Pinned, certs, with_log)?;
     for p in &proxies {
         wait_port(p.addr)?;
         // Warm up: connections to the origin opened, caches hot.
@@ -360,6 +367,15 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             vigil_full as f64 / checks.max(1) as f64
         );
     }
+    if let Some(i) = names.iter().position(|n| *n == "vigil+log") {
+        let lines = std::fs::read_to_string(dir.join("access.log")).map_or(0, |t| t.lines().count());
+        let _ = writeln!(
+            out,
+            "vigil with its access log: {:.1} % of vigil's best round, {:.1} % of its median ({lines} lines written)",
+            best[i].rps * 100.0 / best[0].rps.max(1.0),
+            median[i] * 100.0 / median[0].max(1.0)
+        );
+    }
     print!("{out}");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -413,16 +429,26 @@ fn wait_port_for(addr: &str, within: Duration) -> Result<()> {
     bail!("nothing listens on {addr} after {within:?}")
 }
 
-fn start_vigil(release: &Path, dir: &Path, wrap: &Wrap, certs: Option<&Certs>) -> Result<Proxy> {
+fn start_vigil(release: &Path, dir: &Path, wrap: &Wrap, certs: Option<&Certs>, log: bool) -> Result<Proxy> {
     let host = VIGIL.split(':').next().unwrap_or("127.0.0.1");
+    let (listen, admin, listen_tls, name) = if log {
+        (VIGIL_LOG, VIGIL_LOG_ADMIN, VIGIL_LOG_TLS, "vigil+log")
+    } else {
+        (VIGIL, VIGIL_ADMIN, VIGIL_TLS, "vigil")
+    };
+    let access_log = if log {
+        format!("[access_log]\npath = \"{}\"\nformat = \"json\"\n\n", dir.join("access.log").display())
+    } else {
+        String::new()
+    };
     let config = match certs {
         None => format!(
-            "[proxy]\nlisten = \"{VIGIL}\"\nadmin = \"{VIGIL_ADMIN}\"\nthreads = 1\n\n\
+            "[proxy]\nlisten = \"{listen}\"\nadmin = \"{admin}\"\nthreads = 1\n\n{access_log}\
              [[remap]]\nfrom = \"{host}\"\nto = \"http://load.test:18301\"\n\n\
              [origins.\"load.test:18301\"]\nservers = [\"{ORIGIN}\"]\n"
         ),
         Some(c) => format!(
-            "[proxy]\nlisten = \"{VIGIL}\"\nlisten_tls = \"{VIGIL_TLS}\"\nadmin = \"{VIGIL_ADMIN}\"\nthreads = 1\n\n\
+            "[proxy]\nlisten = \"{listen}\"\nlisten_tls = \"{listen_tls}\"\nadmin = \"{admin}\"\nthreads = 1\n\n{access_log}\
              [[tls]]\ncert = \"{cert}\"\nkey = \"{key}\"\n\n\
              [[remap]]\nfrom = \"{host}\"\nto = \"https://load.test:18301\"\n\n\
              [origins.\"load.test:18301\"]\nservers = [\"{ORIGIN}\"]\nprotocol = \"http1\"\nca_file = \"{ca}\"\n",
@@ -431,7 +457,8 @@ fn start_vigil(release: &Path, dir: &Path, wrap: &Wrap, certs: Option<&Certs>) -
             ca = c.ca.display()
         ),
     };
-    std::fs::write(dir.join("vigil.toml"), config)?;
+    let config_file = dir.join(format!("{name}.toml"));
+    std::fs::write(&config_file, config)?;
     // With TLS, a check every second: its handshakes are counted at the origin.
     let checks = if certs.is_some() {
         "[defaults]\ninterval = \"1s\"\nunhealthy_interval = \"1s\"\ntimeout = \"500ms\"\n\n\
@@ -444,11 +471,11 @@ fn start_vigil(release: &Path, dir: &Path, wrap: &Wrap, certs: Option<&Certs>) -
         .command("vigil")
         .arg(release.join("vigil"))
         .arg("--config")
-        .arg(dir.join("vigil.toml"))
+        .arg(&config_file)
         .env("VIGIL_LOG", "warn")
         .spawn()?;
-    let (addr, scheme) = if certs.is_some() { (VIGIL_TLS, "https") } else { (VIGIL, "http") };
-    Ok(Proxy { name: "vigil", addr, scheme, child })
+    let (addr, scheme) = if certs.is_some() { (listen_tls, "https") } else { (listen, "http") };
+    Ok(Proxy { name, addr, scheme, child })
 }
 
 fn start_nginx(nginx: &Path, dir: &Path, wrap: &Wrap, certs: Option<&Certs>) -> Result<Proxy> {
@@ -549,9 +576,16 @@ impl Wrap {
     }
 }
 
-fn start_all(release: &Path, dir: &Path, wrap: &Wrap, certs: Option<&Certs>) -> Result<Vec<Proxy>> {
+fn start_all(
+    release: &Path,
+    dir: &Path,
+    wrap: &Wrap,
+    certs: Option<&Certs>,
+    with_log: bool,
+) -> Result<Vec<Proxy>> {
     let mut proxies = Vec::new();
-    for name in ["vigil", "nginx", "haproxy"] {
+    let log = with_log.then_some("vigil+log");
+    for name in ["vigil"].into_iter().chain(log).chain(["nginx", "haproxy"]) {
         match start(name, release, dir, wrap, certs)? {
             Some(p) => proxies.push(p),
             None => println!("{name} not installed: skipped"),
@@ -569,7 +603,8 @@ fn start(
     certs: Option<&Certs>,
 ) -> Result<Option<Proxy>> {
     match name {
-        "vigil" => start_vigil(release, dir, wrap, certs).map(Some),
+        "vigil" => start_vigil(release, dir, wrap, certs, false).map(Some),
+        "vigil+log" => start_vigil(release, dir, wrap, certs, true).map(Some),
         "nginx" => which("nginx").map(|bin| start_nginx(&bin, dir, wrap, certs)).transpose(),
         _ => which("haproxy").map(|bin| start_haproxy(&bin, dir, wrap, certs)).transpose(),
     }
