@@ -4,13 +4,18 @@
 //!
 //! - `vigil [run] --config vigil.toml`: the proxy and its admin API.
 //! - `vigil check-config --config vigil.toml`: validates both files.
-//! - `vigil status [--admin 127.0.0.1:9090]`: a table of origins and servers.
-//! - `vigil demo`: a self-contained show on loopback.
+//! - `vigil status [--admin 127.0.0.1:9090] [--watch [--interval 2]]`: a
+//!   table of origins and servers.
+//! - `vigil demo [--seconds 12]`: a self-contained show on loopback.
+//! - `vigil completions <shell>`: a shell completion script.
+//!
+//! The command line is defined in `cli.rs`.
 
 #![allow(clippy::print_stderr, clippy::print_stdout)]
 
 mod admin;
 mod app;
+mod cli;
 mod client;
 mod config;
 mod demo;
@@ -22,58 +27,15 @@ mod routes;
 mod server;
 mod status;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-const USAGE: &str = "usage: vigil [run] --config vigil.toml | vigil check-config --config vigil.toml | vigil status [--admin 127.0.0.1:9090] | vigil demo [--seconds 12]";
+use cli::{Command, ConfigArg, DemoArgs};
 
 /// How long SIGTERM waits for requests in flight (SPEC: up to 30 s).
 const DRAIN: Duration = Duration::from_secs(30);
-
-#[derive(Debug, PartialEq)]
-enum Cmd {
-    Run(PathBuf),
-    CheckConfig(PathBuf),
-    Status(SocketAddr),
-    Demo(u64),
-}
-
-fn parse_cli(args: &[String]) -> Result<Cmd, String> {
-    let (cmd, rest) = match args.first().map(String::as_str) {
-        Some("run") => ("run", &args[1..]),
-        Some("check-config") => ("check-config", &args[1..]),
-        Some("status") => {
-            return match &args[1..] {
-                [] => Ok(Cmd::Status(SocketAddr::from(([127, 0, 0, 1], 9090)))),
-                [flag, addr] if flag == "--admin" => addr
-                    .parse()
-                    .map(Cmd::Status)
-                    .map_err(|_| format!("vigil status: --admin {addr:?} is not an ip:port address")),
-                _ => Err(format!("vigil status: expected [--admin ip:port]\n{USAGE}")),
-            };
-        }
-        Some("demo") => {
-            return match &args[1..] {
-                [] => Ok(Cmd::Demo(12)),
-                [flag, n] if flag == "--seconds" => match n.parse::<u64>() {
-                    Ok(n) if (4..=3600).contains(&n) => Ok(Cmd::Demo(n)),
-                    _ => Err(format!("vigil demo: --seconds takes 4 to 3600, not {n:?}")),
-                },
-                _ => Err(format!("vigil demo: expected [--seconds N]\n{USAGE}")),
-            };
-        }
-        Some("-h" | "--help") | None => return Err(USAGE.to_owned()),
-        Some(_) => ("run", args),
-    };
-    let config = match rest {
-        [flag, path] if flag == "--config" || flag == "-c" => PathBuf::from(path),
-        _ => return Err(format!("vigil {cmd}: expected --config FILE\n{USAGE}")),
-    };
-    Ok(if cmd == "run" { Cmd::Run(config) } else { Cmd::CheckConfig(config) })
-}
 
 /// mimalloc: a request makes a handful of short-lived allocations (header
 /// maps, heads, buffers); malloc and free take about 600 instructions a
@@ -82,9 +44,11 @@ fn parse_cli(args: &[String]) -> Result<Cmd, String> {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match parse_cli(&args) {
-        Ok(Cmd::CheckConfig(path)) => match check_config(&path) {
+    // A usage error prints clap's message and exits 2; --help and
+    // --version print to stdout and exit 0.
+    let command = cli::parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    match command {
+        Command::CheckConfig(ConfigArg { config }) => match check_config(&config) {
             Ok(summary) => {
                 println!("{summary}");
                 ExitCode::SUCCESS
@@ -94,13 +58,18 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Ok(Cmd::Run(path)) => run(&path),
-        Ok(Cmd::Status(admin)) => status::main(admin),
-        Ok(Cmd::Demo(seconds)) => demo::main(seconds),
-        Err(usage) => {
-            eprintln!("{usage}");
-            ExitCode::from(2)
-        }
+        Command::Run(ConfigArg { config }) => run(&config),
+        Command::Status(args) => status::main(&args),
+        Command::Demo(DemoArgs { seconds }) => demo::main(seconds),
+        Command::Completions { shell } => match cli::completions(shell) {
+            // A reader that stopped early (`| head`) is not an error.
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vigil completions: {e}");
+                ExitCode::from(1)
+            }
+        },
     }
 }
 
@@ -224,31 +193,4 @@ fn check_config(path: &Path) -> Result<String, String> {
         checks.checks.len(),
         config.health_checks.display()
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(String::from).collect()
-    }
-
-    #[test]
-    fn command_line_forms() {
-        assert_eq!(parse_cli(&args("--config v.toml")), Ok(Cmd::Run("v.toml".into())));
-        assert_eq!(parse_cli(&args("run --config v.toml")), Ok(Cmd::Run("v.toml".into())));
-        assert_eq!(parse_cli(&args("check-config --config v.toml")), Ok(Cmd::CheckConfig("v.toml".into())));
-        assert_eq!(
-            parse_cli(&args("status --admin 127.0.0.1:9191")),
-            Ok(Cmd::Status("127.0.0.1:9191".parse().unwrap()))
-        );
-        assert_eq!(parse_cli(&args("status")), Ok(Cmd::Status("127.0.0.1:9090".parse().unwrap())));
-        assert!(parse_cli(&args("status --admin nope")).is_err());
-        assert_eq!(parse_cli(&args("demo")), Ok(Cmd::Demo(12)));
-        assert_eq!(parse_cli(&args("demo --seconds 5")), Ok(Cmd::Demo(5)));
-        assert!(parse_cli(&args("demo --seconds 1")).is_err());
-        assert!(parse_cli(&args("check-config")).unwrap_err().contains("--config FILE"));
-        assert!(parse_cli(&args("")).unwrap_err().starts_with("usage:"));
-    }
 }

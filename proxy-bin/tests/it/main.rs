@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod check_config;
+mod cli;
 mod cluster;
 mod harness;
 mod hostile;
