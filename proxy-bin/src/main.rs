@@ -9,7 +9,8 @@
 //! - `vigil demo [--seconds 12]`: a self-contained show on loopback.
 //! - `vigil completions <shell>`: a shell completion script.
 //!
-//! The command line is defined in `cli.rs`.
+//! The command line is defined in `cli.rs`; systemd notifications in
+//! `notify.rs`.
 
 #![allow(clippy::print_stderr, clippy::print_stdout)]
 
@@ -23,6 +24,7 @@ mod forward;
 mod h1;
 mod listener;
 mod metrics;
+mod notify;
 mod routes;
 mod server;
 mod status;
@@ -137,10 +139,17 @@ fn run(path: &Path) -> ExitCode {
         };
         let tls = server.tls.map_or_else(|| "-".to_owned(), |a| a.to_string());
         tracing::info!(proxy = %server.proxy, tls = %tls, admin = %server.admin, version = env!("CARGO_PKG_VERSION"), "vigil is serving");
-        if let Err(e) = wait_for_signals(&shared).await {
+        // What `systemctl status` shows: the bound addresses.
+        let mut serving = format!("serving: proxy {}", server.proxy);
+        if let Some(addr) = server.tls {
+            serving.push_str(&format!(", tls {addr}"));
+        }
+        serving.push_str(&format!(", admin {}", server.admin));
+        if let Err(e) = wait_for_signals(&shared, &serving).await {
             eprintln!("cannot install signal handlers: {e}");
             return ExitCode::from(1);
         }
+        notify::stopping();
         tracing::info!("shutting down: no new connections; finishing requests in flight (up to 30 s)");
         // Leaving the cluster hands this node's checks over at once, while
         // requests in flight finish.
@@ -158,20 +167,33 @@ fn run(path: &Path) -> ExitCode {
 }
 
 /// Returns on SIGTERM or SIGINT; reloads on SIGHUP.
-async fn wait_for_signals(shared: &Arc<app::Shared>) -> std::io::Result<()> {
+///
+/// Tells systemd READY=1 (with `serving`, which names the listeners) once
+/// the handlers are in: a SIGHUP or SIGTERM sent as soon as it hears that
+/// must not meet the default action, which is to die. Around each reload:
+/// RELOADING=1 before, READY=1 after, a refused reload too (the running
+/// config keeps serving).
+async fn wait_for_signals(shared: &Arc<app::Shared>, serving: &str) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    notify::ready(serving);
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
+                notify::reloading();
                 let s = Arc::clone(shared);
-                // Errors are logged by reload itself.
-                let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+                // Errors are logged by reload itself; systemd gets them as STATUS.
+                let outcome = match tokio::task::spawn_blocking(move || s.reload()).await {
+                    Ok(Ok(summary)) => format!("reloaded, {summary}"),
+                    Ok(Err(e)) => format!("reload refused, the running config stays: {e}"),
+                    Err(e) => format!("reload failed, the running config stays: {e}"),
+                };
+                notify::ready(&format!("{serving}; {outcome}"));
             }
         }
     }

@@ -9,4 +9,5 @@ mod cluster;
 mod harness;
 mod hostile;
 mod proxy;
+mod systemd;
 mod tls;
