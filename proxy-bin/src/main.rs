@@ -4,14 +4,20 @@
 //!
 //! - `vigil [run] --config vigil.toml`: the proxy and its admin API.
 //! - `vigil check-config --config vigil.toml`: validates both files.
-//! - `vigil status [--admin 127.0.0.1:9090]`: a table of origins and servers.
-//! - `vigil demo`: a self-contained show on loopback.
+//! - `vigil status [--admin 127.0.0.1:9090] [--watch [--interval 2]]`: a
+//!   table of origins and servers.
+//! - `vigil demo [--seconds 12]`: a self-contained show on loopback.
+//! - `vigil completions <shell>`: a shell completion script.
+//!
+//! The command line is defined in `cli.rs`; systemd notifications in
+//! `notify.rs`.
 
 #![allow(clippy::print_stderr, clippy::print_stdout)]
 
 mod accesslog;
 mod admin;
 mod app;
+mod cli;
 mod client;
 mod config;
 mod demo;
@@ -20,62 +26,20 @@ mod h1;
 mod limits;
 mod listener;
 mod metrics;
+mod notify;
 mod routes;
 mod server;
 mod status;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-const USAGE: &str = "usage: vigil [run] --config vigil.toml | vigil check-config --config vigil.toml | vigil status [--admin 127.0.0.1:9090] | vigil demo [--seconds 12]";
+use cli::{Command, ConfigArg, DemoArgs};
 
 /// How long SIGTERM waits for requests in flight (SPEC: up to 30 s).
 const DRAIN: Duration = Duration::from_secs(30);
-
-#[derive(Debug, PartialEq)]
-enum Cmd {
-    Run(PathBuf),
-    CheckConfig(PathBuf),
-    Status(SocketAddr),
-    Demo(u64),
-}
-
-fn parse_cli(args: &[String]) -> Result<Cmd, String> {
-    let (cmd, rest) = match args.first().map(String::as_str) {
-        Some("run") => ("run", &args[1..]),
-        Some("check-config") => ("check-config", &args[1..]),
-        Some("status") => {
-            return match &args[1..] {
-                [] => Ok(Cmd::Status(SocketAddr::from(([127, 0, 0, 1], 9090)))),
-                [flag, addr] if flag == "--admin" => addr
-                    .parse()
-                    .map(Cmd::Status)
-                    .map_err(|_| format!("vigil status: --admin {addr:?} is not an ip:port address")),
-                _ => Err(format!("vigil status: expected [--admin ip:port]\n{USAGE}")),
-            };
-        }
-        Some("demo") => {
-            return match &args[1..] {
-                [] => Ok(Cmd::Demo(12)),
-                [flag, n] if flag == "--seconds" => match n.parse::<u64>() {
-                    Ok(n) if (4..=3600).contains(&n) => Ok(Cmd::Demo(n)),
-                    _ => Err(format!("vigil demo: --seconds takes 4 to 3600, not {n:?}")),
-                },
-                _ => Err(format!("vigil demo: expected [--seconds N]\n{USAGE}")),
-            };
-        }
-        Some("-h" | "--help") | None => return Err(USAGE.to_owned()),
-        Some(_) => ("run", args),
-    };
-    let config = match rest {
-        [flag, path] if flag == "--config" || flag == "-c" => PathBuf::from(path),
-        _ => return Err(format!("vigil {cmd}: expected --config FILE\n{USAGE}")),
-    };
-    Ok(if cmd == "run" { Cmd::Run(config) } else { Cmd::CheckConfig(config) })
-}
 
 /// mimalloc: a request makes a handful of short-lived allocations (header
 /// maps, heads, buffers); malloc and free take about 600 instructions a
@@ -84,9 +48,11 @@ fn parse_cli(args: &[String]) -> Result<Cmd, String> {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match parse_cli(&args) {
-        Ok(Cmd::CheckConfig(path)) => match check_config(&path) {
+    // A usage error prints clap's message and exits 2; --help and
+    // --version print to stdout and exit 0.
+    let command = cli::parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    match command {
+        Command::CheckConfig(ConfigArg { config }) => match check_config(&config) {
             Ok(summary) => {
                 println!("{summary}");
                 ExitCode::SUCCESS
@@ -96,13 +62,18 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Ok(Cmd::Run(path)) => run(&path),
-        Ok(Cmd::Status(admin)) => status::main(admin),
-        Ok(Cmd::Demo(seconds)) => demo::main(seconds),
-        Err(usage) => {
-            eprintln!("{usage}");
-            ExitCode::from(2)
-        }
+        Command::Run(ConfigArg { config }) => run(&config),
+        Command::Status(args) => status::main(&args),
+        Command::Demo(DemoArgs { seconds }) => demo::main(seconds),
+        Command::Completions { shell } => match cli::completions(shell) {
+            // A reader that stopped early (`| head`) is not an error.
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vigil completions: {e}");
+                ExitCode::from(1)
+            }
+        },
     }
 }
 
@@ -170,10 +141,17 @@ fn run(path: &Path) -> ExitCode {
         };
         let tls = server.tls.map_or_else(|| "-".to_owned(), |a| a.to_string());
         tracing::info!(proxy = %server.proxy, tls = %tls, admin = %server.admin, version = env!("CARGO_PKG_VERSION"), "vigil is serving");
-        if let Err(e) = wait_for_signals(&shared).await {
+        // What `systemctl status` shows: the bound addresses.
+        let mut serving = format!("serving: proxy {}", server.proxy);
+        if let Some(addr) = server.tls {
+            serving.push_str(&format!(", tls {addr}"));
+        }
+        serving.push_str(&format!(", admin {}", server.admin));
+        if let Err(e) = wait_for_signals(&shared, &serving).await {
             eprintln!("cannot install signal handlers: {e}");
             return ExitCode::from(1);
         }
+        notify::stopping();
         tracing::info!("shutting down: no new connections; finishing requests in flight (up to 30 s)");
         // Leaving the cluster hands this node's checks over at once, while
         // requests in flight finish.
@@ -194,12 +172,19 @@ fn run(path: &Path) -> ExitCode {
 
 /// Returns on SIGTERM or SIGINT; reloads on SIGHUP; reopens the access log
 /// on SIGUSR1.
-async fn wait_for_signals(shared: &Arc<app::Shared>) -> std::io::Result<()> {
+///
+/// Tells systemd READY=1 (with `serving`, which names the listeners) once
+/// the handlers are in: a SIGHUP or SIGTERM sent as soon as it hears that
+/// must not meet the default action, which is to die. Around each reload:
+/// RELOADING=1 before, READY=1 after, a refused reload too (the running
+/// config keeps serving).
+async fn wait_for_signals(shared: &Arc<app::Shared>, serving: &str) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
+    notify::ready(serving);
     loop {
         tokio::select! {
             _ = usr1.recv() => shared.reopen_logs(),
@@ -207,9 +192,15 @@ async fn wait_for_signals(shared: &Arc<app::Shared>) -> std::io::Result<()> {
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
+                notify::reloading();
                 let s = Arc::clone(shared);
-                // Errors are logged by reload itself.
-                let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+                // Errors are logged by reload itself; systemd gets them as STATUS.
+                let outcome = match tokio::task::spawn_blocking(move || s.reload()).await {
+                    Ok(Ok(summary)) => format!("reloaded, {summary}"),
+                    Ok(Err(e)) => format!("reload refused, the running config stays: {e}"),
+                    Err(e) => format!("reload failed, the running config stays: {e}"),
+                };
+                notify::ready(&format!("{serving}; {outcome}"));
             }
         }
     }
@@ -231,31 +222,4 @@ fn check_config(path: &Path) -> Result<String, String> {
         checks.checks.len(),
         config.health_checks.display()
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(String::from).collect()
-    }
-
-    #[test]
-    fn command_line_forms() {
-        assert_eq!(parse_cli(&args("--config v.toml")), Ok(Cmd::Run("v.toml".into())));
-        assert_eq!(parse_cli(&args("run --config v.toml")), Ok(Cmd::Run("v.toml".into())));
-        assert_eq!(parse_cli(&args("check-config --config v.toml")), Ok(Cmd::CheckConfig("v.toml".into())));
-        assert_eq!(
-            parse_cli(&args("status --admin 127.0.0.1:9191")),
-            Ok(Cmd::Status("127.0.0.1:9191".parse().unwrap()))
-        );
-        assert_eq!(parse_cli(&args("status")), Ok(Cmd::Status("127.0.0.1:9090".parse().unwrap())));
-        assert!(parse_cli(&args("status --admin nope")).is_err());
-        assert_eq!(parse_cli(&args("demo")), Ok(Cmd::Demo(12)));
-        assert_eq!(parse_cli(&args("demo --seconds 5")), Ok(Cmd::Demo(5)));
-        assert!(parse_cli(&args("demo --seconds 1")).is_err());
-        assert!(parse_cli(&args("check-config")).unwrap_err().contains("--config FILE"));
-        assert!(parse_cli(&args("")).unwrap_err().starts_with("usage:"));
-    }
 }

@@ -1,12 +1,19 @@
 //! `vigil status`: the admin API's `/hosts` as a table.
 
 use std::fmt::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-pub(crate) fn main(admin: SocketAddr) -> ExitCode {
+use crate::cli::StatusArgs;
+
+/// Home the cursor, then clear the screen: each refresh draws over the last.
+const CLEAR: &str = "\x1b[H\x1b[2J";
+
+pub(crate) fn main(args: &StatusArgs) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -14,25 +21,65 @@ pub(crate) fn main(admin: SocketAddr) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(crate::client::fetch(admin, http::Method::GET, "/hosts", None)) {
-        Ok((status, body)) if status.is_success() => match serde_json::from_str::<Value>(&body) {
-            Ok(v) => {
-                print!("{}", render(&v));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("vigil status: {admin}/hosts is not JSON: {e}");
-                ExitCode::from(1)
-            }
-        },
-        Ok((status, body)) => {
-            eprintln!("vigil status: {admin}/hosts answered {status}: {}", body.trim());
-            ExitCode::from(1)
+    if args.watch {
+        return rt.block_on(watch(args.admin, Duration::from_secs(args.interval)));
+    }
+    match rt.block_on(table(args.admin)) {
+        Ok(t) => {
+            print!("{t}");
+            ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("vigil status: cannot reach the admin API at {e} (is vigil running? --admin ip:port)");
+            eprintln!("vigil status: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// `--watch`: a table every `interval` until Ctrl-C. On a terminal each
+/// one replaces the last; otherwise (a pipe, a file) they follow one
+/// another, a blank line apart. An admin API that cannot be reached (vigil
+/// restarting, say) shows as an error line in place of the table, and the
+/// next refresh tries again.
+async fn watch(admin: SocketAddr, interval: Duration) -> ExitCode {
+    let terminal = std::io::stdout().is_terminal();
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut first = true;
+    loop {
+        let when = httpdate::fmt_http_date(SystemTime::now());
+        let body = table(admin).await.unwrap_or_else(|e| format!("vigil status: {e}\n"));
+        let every = interval.as_secs();
+        let frame = format!("{admin} every {every} s, {when} (Ctrl-C to stop)\n{body}");
+        let mut out = std::io::stdout().lock();
+        let written = if terminal {
+            write!(out, "{CLEAR}{frame}")
+        } else if first {
+            write!(out, "{frame}")
+        } else {
+            write!(out, "\n{frame}")
+        };
+        // stdout gone (a closed pipe): nobody is watching any more.
+        if written.and_then(|()| out.flush()).is_err() {
+            return ExitCode::SUCCESS;
+        }
+        drop(out);
+        first = false;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = &mut ctrl_c => return ExitCode::SUCCESS,
+        }
+    }
+}
+
+/// Fetches `/hosts` from `admin` and renders it; the error says what went wrong.
+async fn table(admin: SocketAddr) -> Result<String, String> {
+    match crate::client::fetch(admin, http::Method::GET, "/hosts", None).await {
+        Ok((status, body)) if status.is_success() => match serde_json::from_str::<Value>(&body) {
+            Ok(v) => Ok(render(&v)),
+            Err(e) => Err(format!("{admin}/hosts is not JSON: {e}")),
+        },
+        Ok((status, body)) => Err(format!("{admin}/hosts answered {status}: {}", body.trim())),
+        Err(e) => Err(format!("cannot reach the admin API at {e} (is vigil running? --admin ip:port)")),
     }
 }
 

@@ -4,9 +4,11 @@
 #![allow(clippy::unwrap_used)]
 
 mod check_config;
+mod cli;
 mod cluster;
 mod essentials;
 mod harness;
 mod hostile;
 mod proxy;
+mod systemd;
 mod tls;
