@@ -32,6 +32,11 @@ pub enum ErrorKind {
     Body,
     /// No response head within the caller's response timeout.
     ResponseTimeout,
+    /// The request asks to switch protocols (`Connection: upgrade` and an
+    /// `Upgrade` field) but the session speaks HTTP/2, which has no such
+    /// switch: the request was not sent. Not the server's fault, and no
+    /// retry helps; an upgrade needs an HTTP/1.1 target.
+    UpgradeOverH2,
 }
 
 impl ErrorKind {
@@ -47,6 +52,7 @@ impl ErrorKind {
             Self::ResponseTooLarge => "response_too_large",
             Self::Body => "body_error",
             Self::ResponseTimeout => "response_timeout",
+            Self::UpgradeOverH2 => "upgrade_over_h2",
         }
     }
 }
@@ -136,6 +142,7 @@ impl SessionError {
             }
             ErrorKind::ResponseTimeout => "timeout".to_owned(),
             ErrorKind::Body => "body error".to_owned(),
+            ErrorKind::UpgradeOverH2 => "upgrade over http/2".to_owned(),
             kind => kind.as_str().replace('_', " "),
         }
     }
@@ -143,7 +150,12 @@ impl SessionError {
 
 impl fmt::Display for SessionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} to {}", self.kind.as_str().replace('_', " "), self.addr)?;
+        match self.kind {
+            ErrorKind::UpgradeOverH2 => {
+                write!(f, "protocol upgrade refused: the session to {} speaks HTTP/2", self.addr)?;
+            }
+            kind => write!(f, "{} to {}", kind.as_str().replace('_', " "), self.addr)?,
+        }
         if self.reused {
             f.write_str(" (reused session)")?;
         }

@@ -17,6 +17,13 @@
 //! The request body is written concurrently with reading the response (an
 //! origin may answer before reading the whole upload, or stream its answer
 //! while it reads), so neither side can block the other.
+//!
+//! A request that asks to switch protocols (`Connection: upgrade` and an
+//! `Upgrade` field) takes a `101 Switching Protocols` as its final answer:
+//! the connection then leaves HTTP/1.1 and is handed over whole
+//! ([`Answer::Switched`]), with what was read past the 101. Any other
+//! answer to such a request is an ordinary response, but its session never
+//! goes home: the origin may be midway into a protocol we do not speak.
 
 use std::future::{Future as _, poll_fn};
 use std::io;
@@ -26,7 +33,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::Method;
+use http::{HeaderMap, StatusCode, header};
 use http_body::{Body as _, Frame, SizeHint};
 use vigil_h1::{DecodeError, Decoder, Framing, HeadError, Response, WriteQueue};
 
@@ -188,12 +195,47 @@ fn head_error(e: HeadError) -> ErrorKind {
     }
 }
 
+/// Whether a request asks to switch protocols (RFC 9110 section 7.8): an
+/// `Upgrade` field, and `upgrade` among its `Connection` options. One map
+/// lookup for a request without `Upgrade`, which is nearly all of them.
+#[inline]
+pub(crate) fn asks_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| vigil_h1::connection_has(v.as_bytes(), b"upgrade"))
+}
+
+/// What a request got: a response with a body to read, or the connection
+/// itself after a `101 Switching Protocols` it asked for.
+pub(crate) enum Answer<H: Home> {
+    /// An HTTP/1.1 response body.
+    Body(ResponseBody<H>),
+    /// The connection after a 101: boxed, as rare.
+    Switched(Box<Switched<H>>),
+}
+
+/// A connection that switched protocols: no longer HTTP/1.1, so it never
+/// goes home. The taker closes it and tells `home` its slot is free; this
+/// module is done with it.
+pub(crate) struct Switched<H> {
+    /// The stream.
+    pub(crate) io: Box<dyn Io>,
+    /// What the server sent right after the 101's head: the new protocol's
+    /// first bytes.
+    pub(crate) read_ahead: Bytes,
+    /// Where the session would have gone.
+    pub(crate) home: H,
+}
+
 /// Sends `req` on `conn` to `addr` and reads the response head.
 ///
 /// The request is borrowed: its body is taken out to be written, its head
 /// stays. On failure the flag says whether `req` can be sent again as it
 /// is (its body was empty, and it did not time out); whether it left is in
-/// the error.
+/// the error. A `101` to a request that asked for an upgrade is the final
+/// answer (see the module's doc).
 ///
 /// A plain function returning an `async` block rather than an `async fn`:
 /// an `async fn` keeps each argument twice in its future (the argument and
@@ -208,7 +250,7 @@ pub(crate) fn send<H: Home>(
     reused: bool,
     home: H,
     timeout: Option<Duration>,
-) -> impl Future<Output = Result<http::Response<ResponseBody<H>>, (SessionError, bool)>> + Send + '_ {
+) -> impl Future<Output = Result<http::Response<Answer<H>>, (SessionError, bool)>> + Send + '_ {
     async move {
         if let Some(t) = timeout {
             let deadline = tokio::time::Instant::now() + t;
@@ -240,111 +282,162 @@ pub(crate) fn send<H: Home>(
         };
         vigil_h1::encode_request_head(writer.q.head_mut(), req, framing);
 
-        let method = req.method();
+        let head_of: &http::Request<RequestBody> = req;
         let err = |kind, sent: bool| SessionError::new(kind, addr).sent(sent).reused(reused);
         let mut write_failed: Option<WriteError> = None;
-        let head = poll_fn(|cx| {
-            if write_failed.is_none()
-                && !writer.done()
-                && let Poll::Ready(Err(e)) = writer.poll_write(&mut *conn.io, cx)
-            {
-                write_failed = Some(e);
-            }
-            if let Some(WriteError::Body(_)) = &write_failed {
-                // The client's body failed: nothing more can be said to this server.
-                return Poll::Ready(Err(ErrorKind::Body));
-            }
-            if matches!(write_failed, Some(WriteError::Io(_))) && !writer.wrote {
-                return Poll::Ready(Err(ErrorKind::ClosedBeforeHead));
-            }
-            // After a write error the server may still have answered (an early
-            // 413 before it closed): what it said is read before giving up.
-            match poll_head(&mut conn, cx, max_head, method) {
-                Poll::Pending if timeout.is_some() => {
-                    let expired = conn.kept.timer.as_mut().is_some_and(|t| t.as_mut().poll(cx).is_ready());
-                    if expired { Poll::Ready(Err(ErrorKind::ResponseTimeout)) } else { Poll::Pending }
+        // The head and all that follows it are in a block of their own, and
+        // the 101 path awaits only outside it: a local still in scope at an
+        // `.await` takes room in the future even once moved from, and these
+        // would grow every request's future by a few hundred bytes.
+        let switching = 'answer: {
+            let head = poll_fn(|cx| {
+                if write_failed.is_none()
+                    && !writer.done()
+                    && let Poll::Ready(Err(e)) = writer.poll_write(&mut *conn.io, cx)
+                {
+                    write_failed = Some(e);
                 }
-                polled => polled,
-            }
-        })
-        .await;
-        let sent = writer.wrote;
-        let (head, rest) = match head {
-            Ok(parsed) => parsed,
-            Err(kind) => {
-                // A request that timed out counts as sent, whatever left: the
-                // server may be working on it.
-                let timed_out = kind == ErrorKind::ResponseTimeout;
-                let mut e = err(kind, sent || timed_out);
-                match write_failed {
-                    Some(WriteError::Io(io)) => e = e.with_source(io),
-                    Some(WriteError::Body(b)) => e = e.with_source(b),
-                    None => {}
+                if let Some(WriteError::Body(_)) = &write_failed {
+                    // The client's body failed: nothing more can be said to this server.
+                    return Poll::Ready(Err(ErrorKind::Body));
                 }
-                release(home, conn, false);
-                return Err((e, replayable && !timed_out));
+                if matches!(write_failed, Some(WriteError::Io(_))) && !writer.wrote {
+                    return Poll::Ready(Err(ErrorKind::ClosedBeforeHead));
+                }
+                // After a write error the server may still have answered (an early
+                // 413 before it closed): what it said is read before giving up.
+                match poll_head(&mut conn, cx, max_head, head_of) {
+                    Poll::Pending if timeout.is_some() => {
+                        let expired =
+                            conn.kept.timer.as_mut().is_some_and(|t| t.as_mut().poll(cx).is_ready());
+                        if expired { Poll::Ready(Err(ErrorKind::ResponseTimeout)) } else { Poll::Pending }
+                    }
+                    polled => polled,
+                }
+            })
+            .await;
+            let sent = writer.wrote;
+            let (head, rest) = match head {
+                Ok(parsed) => parsed,
+                Err(kind) => {
+                    // A request that timed out counts as sent, whatever left: the
+                    // server may be working on it.
+                    let timed_out = kind == ErrorKind::ResponseTimeout;
+                    let mut e = err(kind, sent || timed_out);
+                    match write_failed {
+                        Some(WriteError::Io(io)) => e = e.with_source(io),
+                        Some(WriteError::Body(b)) => e = e.with_source(b),
+                        None => {}
+                    }
+                    release(home, conn, false);
+                    return Err((e, replayable && !timed_out));
+                }
+            };
+            let vigil_h1::ResponseHead { response, framing, keep_alive } = head;
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                // `poll_head` lets a 101 through only to a request that asked
+                // for it. Boxed: rare, and its future must not grow this one.
+                break 'answer Box::pin(switch(conn, writer, write_failed, home, response, rest, err));
             }
-        };
-        let vigil_h1::ResponseHead { response, framing, keep_alive } = head;
-        // A failed upload ends the session; one still going moves into the body
-        // (`finish` sees to it that it ended before the session is reused).
-        let keep_alive = keep_alive && write_failed.is_none();
-        let pending_write = if write_failed.is_none() && !writer.done() {
-            Some(writer)
-        } else {
-            conn.kept.queue = writer.q; // empty, its allocation kept for the next request
-            None
-        };
-        let mut decoder = Decoder::new(framing);
-        let hint = match decoder {
-            Decoder::Length(n) => SizeHint::with_exact(n),
-            Decoder::Done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
-        };
-        // What came with the head: usually the whole body, and then the
-        // session goes back now, before the client is even written to.
-        let mut ready = None;
-        match &mut decoder {
-            Decoder::Length(n) if rest.len() as u64 >= *n => {
-                ready = Some(rest.slice(..*n as usize));
-                // Bytes past the response: the session will not be reused.
-                conn.buf.extend_from_slice(&rest[*n as usize..]);
-                decoder = Decoder::Done;
+            // A failed upload ends the session; one still going moves into the body
+            // (`finish` sees to it that it ended before the session is reused).
+            // An upgrade refused leaves the origin in a state we cannot vouch for.
+            let keep_alive = keep_alive && write_failed.is_none() && !asks_upgrade(req.headers());
+            let pending_write = if write_failed.is_none() && !writer.done() {
+                Some(writer)
+            } else {
+                conn.kept.queue = writer.q; // empty, its allocation kept for the next request
+                None
+            };
+            let mut decoder = Decoder::new(framing);
+            let hint = match decoder {
+                Decoder::Length(n) => SizeHint::with_exact(n),
+                Decoder::Done => SizeHint::with_exact(0),
+                _ => SizeHint::default(),
+            };
+            // What came with the head: usually the whole body, and then the
+            // session goes back now, before the client is even written to.
+            let mut ready = None;
+            match &mut decoder {
+                Decoder::Length(n) if rest.len() as u64 >= *n => {
+                    ready = Some(rest.slice(..*n as usize));
+                    // Bytes past the response: the session will not be reused.
+                    conn.buf.extend_from_slice(&rest[*n as usize..]);
+                    decoder = Decoder::Done;
+                }
+                Decoder::Length(n) if !rest.is_empty() => {
+                    *n -= rest.len() as u64;
+                    ready = Some(rest);
+                }
+                Decoder::UntilClose if !rest.is_empty() => ready = Some(rest),
+                _ => conn.buf.extend_from_slice(&rest),
             }
-            Decoder::Length(n) if !rest.is_empty() => {
-                *n -= rest.len() as u64;
-                ready = Some(rest);
-            }
-            Decoder::UntilClose if !rest.is_empty() => ready = Some(rest),
-            _ => conn.buf.extend_from_slice(&rest),
-        }
-        let body = if decoder == Decoder::Done && pending_write.is_none() {
-            release(home, conn, keep_alive);
-            ResponseBody { ready, active: None, hint, addr, reused }
-        } else {
-            let active = Active { conn, home, decoder, writer: pending_write, keep_alive };
-            ResponseBody { ready, active: Some(Box::new(active)), hint, addr, reused }
+            let body = if decoder == Decoder::Done && pending_write.is_none() {
+                release(home, conn, keep_alive);
+                ResponseBody { ready, active: None, hint, addr, reused }
+            } else {
+                let active = Active { conn, home, decoder, writer: pending_write, keep_alive };
+                ResponseBody { ready, active: Some(Box::new(active)), hint, addr, reused }
+            };
+            return Ok(response.map(|()| Answer::Body(body)));
         };
-        Ok(response.map(|()| body))
+        switching.await
     }
 }
 
-/// Reads until a final response head is parsed (interim heads are skipped;
-/// a `101` nobody asked for is a protocol error: `Upgrade` is never sent).
+/// The end of [`send`] after a `101` to a request that asked for it: the
+/// request is written whole (a body still going is finished under
+/// HTTP/1.1's framing, so the new protocol starts at a clean boundary), then
+/// the connection is handed over with what followed the 101.
+async fn switch<H: Home>(
+    mut conn: Conn,
+    mut writer: Writer,
+    write_failed: Option<WriteError>,
+    home: H,
+    response: http::Response<()>,
+    read_ahead: Bytes,
+    err: impl Fn(ErrorKind, bool) -> SessionError,
+) -> Result<http::Response<Answer<H>>, (SessionError, bool)> {
+    let failed = match write_failed {
+        Some(failed) => Some(failed),
+        None => poll_fn(|cx| writer.poll_write(&mut *conn.io, cx)).await.err(),
+    };
+    if let Some(failed) = failed {
+        release(home, conn, false);
+        let e = err(ErrorKind::Body, true);
+        return Err((
+            match failed {
+                WriteError::Io(io) => e.with_source(io),
+                WriteError::Body(b) => e.with_source(b),
+            },
+            false,
+        ));
+    }
+    let switched = Switched { io: conn.io, read_ahead, home };
+    Ok(response.map(|()| Answer::Switched(Box::new(switched))))
+}
+
+/// Reads until a final response head is parsed. Interim heads are skipped,
+/// but a `101` is final to a request that asked for an upgrade (the bytes
+/// after it are the new protocol's), and a protocol error to one that did
+/// not.
 fn poll_head(
     conn: &mut Conn,
     cx: &mut Context<'_>,
     max_head: usize,
-    method: &Method,
+    req: &http::Request<RequestBody>,
 ) -> Poll<Result<(vigil_h1::ResponseHead, Bytes), ErrorKind>> {
     loop {
         if !conn.buf.is_empty() {
-            match vigil_h1::parse_response(&mut conn.buf, max_head, method).map_err(head_error)? {
+            match vigil_h1::parse_response(&mut conn.buf, max_head, req.method()).map_err(head_error)? {
                 Some((Response::Final(head), rest)) => return Poll::Ready(Ok((head, rest))),
-                Some((Response::Interim(head), _))
-                    if head.status() == http::StatusCode::SWITCHING_PROTOCOLS =>
-                {
-                    return Poll::Ready(Err(ErrorKind::Protocol));
+                Some((Response::Interim(head), rest)) if head.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    if !asks_upgrade(req.headers()) {
+                        return Poll::Ready(Err(ErrorKind::Protocol));
+                    }
+                    let head =
+                        vigil_h1::ResponseHead { response: head, framing: Framing::None, keep_alive: false };
+                    return Poll::Ready(Ok((head, rest)));
                 }
                 Some((Response::Interim(_), rest)) => {
                     conn.buf.extend_from_slice(&rest);

@@ -19,7 +19,9 @@
 //!   sees to it); one whose peer closed or sent stray bytes while idle is
 //!   found closed and dropped. The request body is written while the
 //!   response is read, so an origin that answers early cannot stall a
-//!   request.
+//!   request. A request asking for an upgrade (a WebSocket handshake) gets
+//!   its `101` as the response and the connection as [`Upgraded`] (see
+//!   [`PooledBody::into_upgraded`]); it never returns to the pool.
 //! - **HTTP/2** (h2c, prior knowledge): hyper's conn-level client; a
 //!   connection is shared by concurrent requests (a stream slot each),
 //!   streams are counted against the server's `max_concurrent_streams` (and
@@ -60,6 +62,7 @@ mod pool;
 mod retry;
 mod session;
 pub mod tls;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,6 +78,7 @@ pub use pool::{Freshness, Pool, PoolCounts};
 pub use retry::Fetched;
 pub use session::{PooledBody, Session};
 pub use tls::TlsConnect;
+pub use upgrade::Upgraded;
 
 /// The request body every session takes: any body, boxed.
 pub type RequestBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;

@@ -45,8 +45,8 @@ impl SessionError {
     /// the server", for a check as for a request.
     ///
     /// Not L4: a response that did not come within the caller's timeout (a
-    /// slow endpoint is not a dead server), or a body cut short after a good
-    /// head.
+    /// slow endpoint is not a dead server), a body cut short after a good
+    /// head, or an upgrade the session's protocol cannot carry.
     pub fn is_l4_failure(&self) -> bool {
         self.is_connect()
             || matches!(
@@ -60,20 +60,25 @@ impl SessionError {
     /// never left, or one whose reused session was found closed before any
     /// answer (the classic keep-alive race: the server closed it idle as we
     /// wrote; pingora's `RetryType::ReusedOnly`). A health check retries any
-    /// failure on a reused session.
+    /// failure on a reused session. Never an upgrade refused over HTTP/2:
+    /// a fresh session speaks the same protocol.
     ///
     /// A caller can resend only a request it still has whole.
     pub fn may_retry_on_fresh(&self, policy: RetryPolicy) -> bool {
-        self.is_reused() && (policy.check || !self.is_sent() || self.kind() == ErrorKind::ClosedBeforeHead)
+        self.is_reused()
+            && self.kind() != ErrorKind::UpgradeOverH2
+            && (policy.check || !self.is_sent() || self.kind() == ErrorKind::ClosedBeforeHead)
     }
 
     /// Whether the request may go to another server of the origin: one that
     /// never left, or an idempotent one, unless the failure was a timeout
-    /// (the origin answers 504 rather than wait again elsewhere) or the
-    /// client's own body failing. A health check never moves.
+    /// (the origin answers 504 rather than wait again elsewhere), the
+    /// client's own body failing, or an upgrade refused over HTTP/2 (the
+    /// request's, not the server's: the origin's other servers speak the
+    /// same). A health check never moves.
     pub fn may_retry_elsewhere(&self, policy: RetryPolicy) -> bool {
         !policy.check
-            && !matches!(self.kind(), ErrorKind::ResponseTimeout | ErrorKind::Body)
+            && !matches!(self.kind(), ErrorKind::ResponseTimeout | ErrorKind::Body | ErrorKind::UpgradeOverH2)
             && (!self.is_sent() || policy.idempotent)
     }
 }
@@ -94,9 +99,20 @@ mod tests {
         for kind in [ConnectRefused, ConnectTimeout, Connect, ClosedBeforeHead, Protocol, ResponseTooLarge] {
             assert!(err(kind, true, false).is_l4_failure(), "{kind:?}");
         }
-        for kind in [ResponseTimeout, Body] {
+        for kind in [ResponseTimeout, Body, UpgradeOverH2] {
             assert!(!err(kind, true, false).is_l4_failure(), "{kind:?}");
         }
+    }
+
+    #[test]
+    fn an_upgrade_refused_over_h2_is_never_retried() {
+        let get = RetryPolicy::request(&Method::GET);
+        let e = err(ErrorKind::UpgradeOverH2, false, true);
+        assert!(!e.is_l4_failure());
+        assert!(!e.may_retry_on_fresh(get), "a fresh session speaks h2 too");
+        assert!(!e.may_retry_on_fresh(RetryPolicy::CHECK));
+        assert!(!e.may_retry_elsewhere(get), "the request's fault, not the server's");
+        assert!(e.to_string().contains("HTTP/2"), "{e}");
     }
 
     #[test]

@@ -53,6 +53,17 @@ impl Pool {
     /// with [`SessionError::may_retry_elsewhere`] whether to resend it, on
     /// another server.
     ///
+    /// # Upgrades
+    /// A request that asks to switch protocols (`Connection: upgrade` and an
+    /// `Upgrade` field, as a WebSocket handshake does) must go to an
+    /// HTTP/1.1 target: a `101 Switching Protocols` is then its response,
+    /// whose empty body gives the connection with
+    /// [`PooledBody::into_upgraded`]. The connection never returns to the
+    /// pool, and neither does one whose server answered such a request with
+    /// anything but a 101. On an h2 session ([`Protocol::H2`], or
+    /// [`Protocol::Auto`] that settled on h2) it fails unsent with
+    /// [`ErrorKind::UpgradeOverH2`], not retried and handed back.
+    ///
     /// # Errors
     /// As [`Pool::request`], plus [`ErrorKind::ResponseTimeout`]; with the
     /// request when it can be sent again.

@@ -15,6 +15,7 @@ use hyper::client::conn::http2;
 use crate::error::{BoxError, ErrorKind, SessionError};
 use crate::h2::StreamGuard;
 use crate::pool::{H1Home, Inner, Settle};
+use crate::upgrade::Upgraded;
 use crate::{RequestBody, Target, h1, h2};
 
 enum Conn {
@@ -81,6 +82,9 @@ impl Session {
     /// the pool when the response body has been read to the end (at once if
     /// it has none); if the body is dropped early or fails, it is closed.
     ///
+    /// A request that asks for an upgrade gets its `101` as the response;
+    /// see [`Pool::try_request`](crate::Pool::try_request) for the rest.
+    ///
     /// # Errors
     /// A [`SessionError`] that says whether the request was sent and whether
     /// the session was reused. L4 failures of an established session are
@@ -121,11 +125,24 @@ impl Session {
                     let max_head = self.pool.config.max_response_head_bytes;
                     let sent = h1::send(conn, req, max_head, addr, reused, home, timeout).await;
                     in_use.disarm();
-                    sent.map(|resp| resp.map(|body| PooledBody { inner: BodyInner::H1(body) }))
+                    // No await between here and the body taking the slot over.
+                    sent.map(|resp| {
+                        resp.map(|answer| match answer {
+                            h1::Answer::Body(body) => PooledBody { inner: BodyInner::H1(body) },
+                            h1::Answer::Switched(switched) => {
+                                PooledBody { inner: BodyInner::Switched(Upgraded::new(*switched)) }
+                            }
+                        })
+                    })
                 }
                 // Boxed, as the pool's other rarer paths: hyper's h2 futures are
                 // large, and inline they would grow every HTTP/1.1 send's future.
                 Some(Conn::H2 { tx, stream, settle }) => {
+                    if h1::asks_upgrade(req.headers()) {
+                        // h2 has no protocol switch (RFC 9113 section 8.6);
+                        // the request stays whole, nothing was sent.
+                        return Err((err(ErrorKind::UpgradeOverH2, false), true));
+                    }
                     // hyper takes the request whole and hands it back only
                     // when it never left.
                     let owned = std::mem::replace(req, http::Request::new(crate::empty_body()));
@@ -191,13 +208,38 @@ impl Drop for Session {
 /// [`ErrorKind::Protocol`] (an L4 failure of the server, as a garbage head
 /// is), one cut short [`ErrorKind::Body`]. Boxed, so that a proxy relays the
 /// body's frames as they are, without converting each poll's result.
+///
+/// The body of a `101 Switching Protocols` to a request that asked for an
+/// upgrade is empty and holds the connection: take it with
+/// [`PooledBody::into_upgraded`]; dropped, it closes the connection.
 pub struct PooledBody {
     inner: BodyInner,
 }
 
 enum BodyInner {
     H1(h1::ResponseBody<H1Home>),
-    H2 { body: h2::ResponseBody, addr: std::net::SocketAddr, reused: bool },
+    H2 {
+        body: h2::ResponseBody,
+        addr: std::net::SocketAddr,
+        reused: bool,
+    },
+    /// A 101's: no body, the connection.
+    Switched(Upgraded),
+}
+
+impl PooledBody {
+    /// The connection after a `101 Switching Protocols` to a request that
+    /// asked for an upgrade, to speak the new protocol over; the body of
+    /// any other response comes back as it was.
+    ///
+    /// # Errors
+    /// `self`, when this is not a 101's body.
+    pub fn into_upgraded(self) -> Result<Upgraded, PooledBody> {
+        match self.inner {
+            BodyInner::Switched(upgraded) => Ok(upgraded),
+            inner => Err(Self { inner }),
+        }
+    }
 }
 
 impl fmt::Debug for PooledBody {
@@ -227,6 +269,7 @@ impl http_body::Body for PooledBody {
                     })
                 })
             }),
+            BodyInner::Switched(_) => Poll::Ready(None),
         }
     }
 
@@ -234,6 +277,7 @@ impl http_body::Body for PooledBody {
         match &self.inner {
             BodyInner::H1(body) => body.is_end_stream(),
             BodyInner::H2 { body, .. } => body.is_end_stream(),
+            BodyInner::Switched(_) => true,
         }
     }
 
@@ -241,6 +285,7 @@ impl http_body::Body for PooledBody {
         match &self.inner {
             BodyInner::H1(body) => body.size_hint(),
             BodyInner::H2 { body, .. } => body.size_hint(),
+            BodyInner::Switched(_) => SizeHint::with_exact(0),
         }
     }
 }

@@ -8,6 +8,7 @@ mod h1;
 mod h2;
 mod limits;
 mod tls;
+mod upgrade;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
