@@ -34,6 +34,8 @@ pub(crate) struct Loaded {
     /// How each origin's servers are reached (TLS profiles made in the
     /// connector given to [`load`]).
     pub(crate) upstreams: HashMap<OriginKey, OriginUpstream>,
+    /// How an upgrade (WebSocket) reaches each origin that can take one.
+    pub(crate) upgrades: HashMap<OriginKey, Upstream>,
     /// The TLS listener's certificates, read and checked (`[[tls]]`).
     pub(crate) certificates: Option<Certificates>,
 }
@@ -61,24 +63,28 @@ pub(crate) fn load(path: &Path, tls: &TlsConnect) -> Result<Loaded, String> {
     // Built here, once: it is also what HostDB would refuse (a DNS origin
     // without a resolver is checked at apply).
     let hostdb = hostdb_config(&config, &checks)?;
-    let upstreams = upstreams(&config, &hostdb, tls).map_err(|e| e.to_string())?;
+    let (upstreams, upgrades) = upstreams(&config, &hostdb, tls).map_err(|e| e.to_string())?;
     let certificates = if config.certificates.is_empty() {
         None
     } else {
         Some(Certificates::load(&config.certificates).map_err(|e| e.to_string())?)
     };
-    Ok(Loaded { config, checks, hostdb, cluster_key, upstreams, certificates })
+    Ok(Loaded { config, checks, hostdb, cluster_key, upstreams, upgrades, certificates })
 }
 
 /// How every origin is reached: plain ones by their protocol, https ones
 /// by a TLS profile of `tls`, made from their settings and the files they
-/// name.
+/// name. Second, how an upgrade reaches each origin that can take one: an
+/// HTTP/1.1 connection (an h2 origin cannot; an https `auto` one gets a
+/// profile of its own whose ALPN offers only http/1.1).
+#[allow(clippy::type_complexity, reason = "two maps by origin, named in the doc")]
 fn upstreams(
     config: &Config,
     hostdb: &HostDbConfig,
     tls: &TlsConnect,
-) -> Result<HashMap<OriginKey, OriginUpstream>, FileError> {
+) -> Result<(HashMap<OriginKey, OriginUpstream>, HashMap<OriginKey, Upstream>), FileError> {
     let mut out = HashMap::new();
+    let mut upgrades = HashMap::new();
     for origin in &hostdb.origins {
         let key = &origin.key;
         let settings = config.origins.get(key.as_str());
@@ -104,14 +110,31 @@ fn upstreams(
                 }
                 _ => None,
             };
-            let tls_settings = TlsSettings {
+            let settings = |alpn, roots, client_auth| TlsSettings {
                 server_name: t.sni.as_ref().map_or_else(|| key.host().to_owned(), |s| s.value.clone()),
                 roots,
                 client_auth,
                 insecure_skip_verify: t.insecure_skip_verify,
                 alpn,
             };
-            let profile = tls.profile(tls_settings).map_err(|e| {
+            if alpn == Alpn::Auto {
+                // The files again: a profile owns what it was made from.
+                let roots = match &t.ca_file {
+                    None => Roots::System,
+                    Some(f) => Roots::Certificates(read_certs(f, "ca_file")?),
+                };
+                let client_auth = match (&t.client_cert, &t.client_key) {
+                    (Some(c), Some(k)) => {
+                        Some(ClientAuth { chain: read_certs(c, "client_cert")?, key: read_key(k)? })
+                    }
+                    _ => None,
+                };
+                // Errors are the same as the main profile's, reported below.
+                if let Ok(profile) = tls.profile(settings(Alpn::Http1, roots, client_auth)) {
+                    upgrades.insert(key.clone(), Upstream { protocol: Protocol::Http1, profile });
+                }
+            }
+            let profile = tls.profile(settings(alpn, roots, client_auth)).map_err(|e| {
                 let message = format!("origin {key}: {e}");
                 match (&t.client_key, &t.sni, &t.ca_file) {
                     (Some(at), _, _) => at.error(message),
@@ -122,9 +145,12 @@ fn upstreams(
             })?;
             OriginUpstream { upstream: Upstream { protocol: alpn.protocol(), profile }, https: true }
         };
+        if upstream.upstream.protocol == Protocol::Http1 {
+            upgrades.insert(key.clone(), upstream.upstream);
+        }
         out.insert(key.clone(), upstream);
     }
-    Ok(out)
+    Ok((out, upgrades))
 }
 
 /// The PEM certificates of `file` (`what` names the key for errors).
@@ -223,7 +249,7 @@ impl Shared {
         config_path: PathBuf,
         tls: Arc<TlsConnect>,
     ) -> Result<Arc<Self>, String> {
-        let Loaded { config, checks, hostdb, cluster_key, upstreams, certificates } = loaded;
+        let Loaded { config, checks, hostdb, cluster_key, upstreams, upgrades, certificates } = loaded;
         let listener = match (config.listen_tls, certificates) {
             (Some(_), Some(certs)) => Some(Arc::new(TlsListener::new(certs)?)),
             _ => None,
@@ -271,7 +297,7 @@ impl Shared {
         let access_log = open_access_log(&config, &metrics, None)?;
         let node = config.cluster.as_ref().map_or_else(|| "vigil".to_owned(), |c| c.node_id.clone());
         Ok(Arc::new(Self {
-            routes: ArcSwap::from_pointee(Routes::new(&config, &upstreams, access_log, None)),
+            routes: ArcSwap::from_pointee(Routes::new(&config, &upstreams, &upgrades, access_log, None)),
             config: ArcSwap::from_pointee(config),
             tls,
             listener,
@@ -315,7 +341,7 @@ impl Shared {
     }
 
     fn reload_locked(&self) -> Result<String, String> {
-        let Loaded { config, checks, hostdb, upstreams, certificates, .. } =
+        let Loaded { config, checks, hostdb, upstreams, upgrades, certificates, .. } =
             load(&self.config_path, &self.tls)?;
         let old_routes = self.routes.load_full();
         // Opened first: a log that cannot be opened refuses the reload whole.
@@ -323,7 +349,13 @@ impl Shared {
         let report = self.db.apply(&hostdb).map_err(|e| e.to_string())?;
         self.checker.set_upstreams(upstreams.clone());
         self.checker.set_config(checks);
-        self.routes.store(Arc::new(Routes::new(&config, &upstreams, access_log, Some(&old_routes))));
+        self.routes.store(Arc::new(Routes::new(
+            &config,
+            &upstreams,
+            &upgrades,
+            access_log,
+            Some(&old_routes),
+        )));
         if let (Some(listener), Some(certs)) = (&self.listener, certificates) {
             listener.set_certificates(certs);
         }

@@ -66,6 +66,8 @@ pub(crate) struct Limits {
     pub(crate) keepalive_timeout: Duration,
     /// The longest pause between two reads of a request body (408).
     pub(crate) body_timeout: Duration,
+    /// How long an upgraded connection (WebSocket) may carry nothing either way.
+    pub(crate) tunnel_idle_timeout: Duration,
 }
 
 impl Limits {
@@ -234,6 +236,7 @@ struct RawLimits {
     max_connections: Option<Spanned<i64>>,
     keepalive_timeout: Option<Spanned<String>>,
     body_timeout: Option<Spanned<String>>,
+    tunnel_idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -661,6 +664,7 @@ impl Config {
             },
             keepalive_timeout: cx.dur(&lim.keepalive_timeout, Duration::from_secs(75))?,
             body_timeout: cx.dur(&lim.body_timeout, Duration::from_secs(60))?,
+            tunnel_idle_timeout: cx.dur(&lim.tunnel_idle_timeout, Duration::from_secs(3600))?,
         };
         let access_log = match &raw.access_log {
             None => None,

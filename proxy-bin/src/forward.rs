@@ -29,7 +29,8 @@ use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 use vigil_hostdb::{Attempt, LbPolicy, Pick, SelectError};
 use vigil_session::{
-    BoxError, ErrorKind, Freshness, PooledBody, Protocol, RequestBody, RetryPolicy, SessionError,
+    BoxError, ErrorKind, Freshness, PooledBody, Protocol, RequestBody, RetryPolicy, SessionError, Upgraded,
+    Upstream,
 };
 
 use crate::accesslog::{AccessLog, Entry};
@@ -66,6 +67,39 @@ struct Logged {
 impl ProxyBody {
     fn local(data: Bytes) -> Self {
         Self { kind: Kind::Local(Some(data)), log: None }
+    }
+
+    /// The origin's answer to an upgrade, taken apart for the tunnel: the
+    /// connection, the pick (the server counts it in flight while the
+    /// tunnel lives) and the room in the origin's queue. `None` (and the
+    /// body dropped, its connection closed) when it is not one.
+    pub(crate) fn into_tunnel(mut self) -> Option<Tunnel> {
+        match std::mem::replace(&mut self.kind, Kind::Local(None)) {
+            Kind::Upstream { body, pick, _room } => {
+                let io = body.into_upgraded().ok()?;
+                Some(Tunnel { io, _pick: pick, _room, log: self.log.take() })
+            }
+            Kind::Local(_) => None,
+        }
+    }
+}
+
+/// An upgraded connection to the origin, with what it holds while it lives.
+#[derive(Debug)]
+pub(crate) struct Tunnel {
+    pub(crate) io: Upgraded,
+    _pick: Pick,
+    _room: Option<OwnedSemaphorePermit>,
+    log: Option<Box<Logged>>,
+}
+
+impl Tunnel {
+    /// Ends the tunnel: its log line says how many bytes the client got.
+    pub(crate) fn finish(mut self, to_client: u64) {
+        if let Some(mut l) = self.log.take() {
+            l.bytes = to_client;
+            l.log.log(&l.entry, l.status, l.bytes, clock());
+        }
     }
 }
 
@@ -305,9 +339,26 @@ pub(crate) fn handle<'a, B: ClientRequestBody>(
         let mut logged = log.map(|log| {
             Box::new(Logged { log, entry: entry(&req, peer, request_id.clone()), status: 0, bytes: 0 })
         });
-        let resp = route_and_forward(shared, peer, req, policy, logged.as_deref_mut()).await;
+        let upgrade = upgrade_of(&req);
+        let resp = route_and_forward(shared, peer, req, policy, logged.as_deref_mut(), upgrade).await;
         finish(resp, logged)
     }
+}
+
+/// What an HTTP/1.1 request asks to switch to (`Connection: upgrade` and
+/// `Upgrade`), if it does. `h2c` is declined (RFC 9113 deprecates the
+/// upgrade; prior knowledge is how h2c reaches us): the request is served
+/// as a plain one, its `Upgrade` dropped with the other hop-by-hop fields.
+fn upgrade_of<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let h = req.headers();
+    let wanted =
+        h.get_all(header::CONNECTION).iter().any(|v| vigil_h1::connection_has(v.as_bytes(), b"upgrade"));
+    let to = h.get(header::UPGRADE).filter(|_| wanted)?;
+    let h2c = to.as_bytes().split(|&b| b == b',').any(|p| p.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+    (!h2c).then(|| to.clone())
 }
 
 /// Puts the access log line, now that the status is known, on the body.
@@ -349,6 +400,7 @@ fn route_and_forward<'a, B: ClientRequestBody>(
     req: Request<B>,
     policy: RequestPolicy,
     trace: Option<&'a mut Logged>,
+    upgrade: Option<HeaderValue>,
 ) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
     async move {
         if req.method() == Method::CONNECT {
@@ -375,7 +427,7 @@ fn route_and_forward<'a, B: ClientRequestBody>(
                 "vigil: the request body is larger than allowed\n",
             ));
         }
-        let resp = forward(shared, peer, &route, req, policy, trace).await;
+        let resp = forward(shared, peer, &route, req, policy, trace, upgrade).await;
         shared.metrics.route_request(&route.counters, &route.label, resp.status().as_u16());
         resp
     }
@@ -389,8 +441,20 @@ fn forward<'a, B: ClientRequestBody>(
     req: Request<B>,
     policy: RequestPolicy,
     mut trace: Option<&'a mut Logged>,
+    upgrade: Option<HeaderValue>,
 ) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
     async move {
+        // An upgrade needs an HTTP/1.1 connection to tunnel over.
+        let upstream = match (&upgrade, route.upgrade) {
+            (None, _) => route.upstream.upstream,
+            (Some(_), Some(upstream)) => upstream,
+            (Some(_), None) => {
+                return local(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "vigil: this origin speaks h2; an upgrade (WebSocket) needs HTTP/1.1\n",
+                );
+            }
+        };
         let mut now = clock();
         let Some(origin) = shared.db.origin_by_key(&route.origin) else {
             // Only between a reload's HostDB swap and its routes swap.
@@ -422,7 +486,7 @@ fn forward<'a, B: ClientRequestBody>(
             attempt = attempt.with_hash_key(req.uri().path().as_bytes());
         }
         let body_failed = (!req.body().is_end_stream()).then(|| Arc::new(BodyFailure::default()));
-        let mut next = upstream_request(req, route, peer, policy, body_failed.clone());
+        let mut next = upstream_request(req, route, peer, policy, body_failed.clone(), upstream, upgrade);
         let mut failures = 0u32;
 
         loop {
@@ -445,7 +509,7 @@ fn forward<'a, B: ClientRequestBody>(
                 }
                 Err(_) => return all_failed(),
             };
-            let target = route.upstream.upstream.target(pick.addr());
+            let target = upstream.target(pick.addr());
             let sent = shared
                 .pool
                 .try_request(target, Freshness::IdlePreferred, next, Some(policy.origin_timeout))
@@ -549,6 +613,8 @@ fn upstream_request<B: ClientRequestBody>(
     peer: &Peer,
     policy: RequestPolicy,
     body_failed: Option<Arc<BodyFailure>>,
+    upstream: Upstream,
+    upgrade: Option<HeaderValue>,
 ) -> Request<RequestBody> {
     let via = match req.version() {
         Version::HTTP_2 => &VIA_2,
@@ -575,11 +641,16 @@ fn upstream_request<B: ClientRequestBody>(
     headers.reserve(4);
     headers.append(header::VIA, via.clone());
     forwarded(headers, peer, client_host, policy.trust_forwarded);
+    if let Some(to) = upgrade {
+        // Hop-by-hop, so stripped above; an upgrade carries them on.
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, to);
+    }
 
     // The path moves as it is (a clone shares its bytes); both forms come
     // from a URI the listener accepted, so they are valid.
     let path = |uri: &Uri| uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-    match route.upstream.upstream.protocol {
+    match upstream.protocol {
         Protocol::Http1 => {
             req.headers_mut().insert(header::HOST, host);
             // The common origin-form URI stays as it is; an absolute one is
@@ -705,8 +776,15 @@ fn respond(
     pick: Pick,
     room: Option<OwnedSemaphorePermit>,
 ) -> Response<ProxyBody> {
+    let switched = (resp.status() == StatusCode::SWITCHING_PROTOCOLS)
+        .then(|| resp.headers().get(header::UPGRADE).cloned())
+        .flatten();
     let headers = resp.headers_mut();
     strip_hop_by_hop(headers);
+    if let Some(to) = switched {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, to);
+    }
     headers.append(header::VIA, VIA_11.clone());
     resp.map(|body| ProxyBody { kind: Kind::Upstream { body, pick, _room: room }, log: None })
 }

@@ -253,6 +253,12 @@ pub(crate) async fn serve_halves<R: ConnRead, W: AsyncWrite + Unpin + Send>(
             }
         }
         let resp = forward::handle(&shared, &peer, req).await;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // Only an upgrade request gets one (the pool refuses a 101
+            // nobody asked for): the connection becomes a tunnel.
+            tunnel(read, w, resp, &shared).await;
+            return;
+        }
         let (begun, body_done) = {
             let mut r = read.lock();
             // An interim answer not begun is not sent after the final one
@@ -280,6 +286,39 @@ pub(crate) async fn serve_halves<R: ConnRead, W: AsyncWrite + Unpin + Send>(
             _ => return,
         }
     }
+}
+
+/// Writes the `101` and carries bytes both ways between the client and the
+/// origin's upgraded connection until either side closes, or nothing
+/// moves for `limits.tunnel_idle_timeout`. The origin's connection never
+/// goes back to the pool; the server counts the tunnel in flight.
+async fn tunnel<R: ConnRead, W: AsyncWrite + Unpin + Send>(
+    read: SharedRead<R>,
+    mut w: W,
+    resp: Response<ProxyBody>,
+    shared: &Shared,
+) {
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    for (name, value) in resp.headers() {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    let Some(upstream) = resp.into_body().into_tunnel() else { return };
+    // The request had no body: nothing else holds the read side.
+    let Ok(read) = Arc::try_unwrap(read) else { return };
+    let ReadSide { io: client_r, buf: early, .. } = read.into_inner();
+    if write_all(&mut w, &head).await.is_err() {
+        return;
+    }
+    let idle = shared.config.load().limits.tunnel_idle_timeout;
+    let _open = shared.metrics.tunnel_opened();
+    let mut upstream = upstream;
+    let (to_client, _) = crate::tunnel::run(client_r, early.freeze(), w, &mut upstream.io, idle).await;
+    upstream.finish(to_client);
 }
 
 /// Reads and drops what a client still sends, for at most a second.

@@ -30,6 +30,7 @@ mod notify;
 mod routes;
 mod server;
 mod status;
+mod tunnel;
 
 use std::path::Path;
 use std::process::ExitCode;

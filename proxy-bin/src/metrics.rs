@@ -108,6 +108,16 @@ impl RequestCounters {
     }
 }
 
+/// One open tunnel, in `vigil_tunnels_open`.
+#[derive(Debug)]
+pub(crate) struct TunnelOpen(Arc<AtomicU64>);
+
+impl Drop for TunnelOpen {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Every counter the proxy keeps.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
@@ -129,6 +139,9 @@ pub(crate) struct Metrics {
     pub(crate) clients: Arc<crate::limits::ClientSlots>,
     /// Access log lines written and dropped.
     pub(crate) access_log: Arc<crate::accesslog::LogCounters>,
+    /// Upgraded connections (WebSocket) open now, and since the start.
+    tunnels_open: Arc<AtomicU64>,
+    tunnels: Counter,
     /// Which origin a server belongs to, for the pool observer's labels.
     owners: Mutex<HashMap<SocketAddr, Arc<str>>>,
     registry: Mutex<Option<Registry>>,
@@ -165,6 +178,13 @@ impl Metrics {
     /// `headers`, `body`, `body_timeout`, `connections`).
     pub(crate) fn limit(&self, limit: &'static str) {
         self.limits.get_or_create(&LimitLabel { limit }).inc();
+    }
+
+    /// Counts a tunnel opened, and open until the guard drops.
+    pub(crate) fn tunnel_opened(&self) -> TunnelOpen {
+        self.tunnels.inc();
+        self.tunnels_open.fetch_add(1, Ordering::Relaxed);
+        TunnelOpen(Arc::clone(&self.tunnels_open))
     }
 
     pub(crate) fn queued(&self, origin: &Arc<str>) {
@@ -248,6 +268,11 @@ impl Metrics {
             self.limits.clone(),
         );
         r.register(
+            "vigil_tunnels",
+            "Upgraded connections (WebSocket and other Upgrades) tunnelled to origins",
+            self.tunnels.clone(),
+        );
+        r.register(
             "vigil_origin_queued",
             "Requests that waited for room at an origin at its max_connections",
             self.queued.clone(),
@@ -266,6 +291,7 @@ impl Metrics {
             listener,
             clients: Arc::clone(&self.clients),
             access_log: Arc::clone(&self.access_log),
+            tunnels_open: Arc::clone(&self.tunnels_open),
         }));
         *self.registry.lock() = Some(r);
     }
@@ -319,6 +345,7 @@ struct Live {
     listener: Option<Arc<TlsListener>>,
     clients: Arc<crate::limits::ClientSlots>,
     access_log: Arc<crate::accesslog::LogCounters>,
+    tunnels_open: Arc<AtomicU64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -425,6 +452,13 @@ impl Collector for Live {
                 self.access_log.dropped.load(Ordering::Relaxed),
             ),
         ];
+        let tunnels = ConstGauge::new(self.tunnels_open.load(Ordering::Relaxed) as i64);
+        tunnels.encode(encoder.encode_descriptor(
+            "vigil_tunnels_open",
+            "Upgraded connections open now",
+            None,
+            tunnels.metric_type(),
+        )?)?;
         let open = ConstGauge::new(self.clients.open() as i64);
         open.encode(encoder.encode_descriptor(
             "vigil_client_connections",

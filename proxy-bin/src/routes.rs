@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use vigil_hostdb::{HostDbConfig, L4Policy, LbPolicy, OriginKey, OriginSpec, ServerSource};
 use vigil_l7check::{HealthChecks, OriginUpstream};
+use vigil_session::Upstream;
 
 use crate::accesslog::AccessLog;
 use crate::config::{Config, HostMatch};
@@ -23,6 +24,9 @@ pub(crate) struct Route {
     pub(crate) preserve_host: bool,
     /// How the origin's servers are reached (protocol, TLS profile).
     pub(crate) upstream: OriginUpstream,
+    /// How an upgrade (WebSocket) reaches them: HTTP/1.1, or `None` for an
+    /// h2 origin, which cannot take one.
+    pub(crate) upgrade: Option<Upstream>,
     /// `Host` sent upstream unless `preserve_host`: the origin's host, with
     /// its port unless the scheme's default.
     pub(crate) host_header: HeaderValue,
@@ -69,6 +73,7 @@ impl Routes {
     pub(crate) fn new(
         config: &Config,
         upstreams: &HashMap<OriginKey, OriginUpstream>,
+        upgrades: &HashMap<OriginKey, Upstream>,
         access_log: Option<Arc<AccessLog>>,
         previous: Option<&Self>,
     ) -> Self {
@@ -103,6 +108,10 @@ impl Routes {
                 origin: remap.to.clone(),
                 preserve_host: remap.preserve_host,
                 upstream,
+                upgrade: match upstreams.get(&remap.to) {
+                    Some(_) => upgrades.get(&remap.to).copied(),
+                    None => Some(Upstream::plain(vigil_session::Protocol::Http1)),
+                },
                 host_header: host_header(&remap.to, upstream.https),
                 label: Arc::from(remap.to.as_str()),
                 counters: Default::default(),
@@ -209,7 +218,13 @@ mod tests {
 
     fn routes(remaps: &str) -> Routes {
         let text = format!("[proxy]\nlisten = \"127.0.0.1:8080\"\n{remaps}");
-        Routes::new(&Config::parse(&text, Path::new("v.toml")).unwrap(), &HashMap::new(), None, None)
+        Routes::new(
+            &Config::parse(&text, Path::new("v.toml")).unwrap(),
+            &HashMap::new(),
+            &HashMap::new(),
+            None,
+            None,
+        )
     }
 
     #[test]

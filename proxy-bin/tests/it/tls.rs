@@ -337,11 +337,15 @@ async fn the_tls_listener_picks_by_sni_speaks_h2_and_reloads_certificates() {
     let mut out = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(5), junk.read_to_end(&mut out)).await;
     assert!(closed.is_ok(), "a non-TLS client must be closed");
+    // Counted once the handshake future has given up, which may be just
+    // after the client saw the close.
+    let series = "vigil_tls_handshake_failures_total{side=\"client\",reason=\"not tls\"} 1";
+    let counted = wait_until(Duration::from_secs(5), || async {
+        get_raw(v.admin, "a", "/metrics").await.is_some_and(|m| m.2.contains(series))
+    })
+    .await;
     let metrics = get_raw(v.admin, "a", "/metrics").await.unwrap().2;
-    assert!(
-        metrics.contains("vigil_tls_handshake_failures_total{side=\"client\",reason=\"not tls\"} 1"),
-        "{metrics}"
-    );
+    assert!(counted, "{series} in {metrics}");
     assert!(metrics.contains("vigil_tls_certificate_expiry_seconds{cert="), "{metrics}");
     assert!(!v.log().contains(" WARN ") || !v.log().contains("handshake"), "{}", v.log());
 }
