@@ -93,12 +93,14 @@ const STEPS: &[(&str, Step)] = &[
     ("perf", |root| perf::run(root, false)),
 ];
 
-/// Removes the sources of our own crates that an earlier `cargo package`
-/// unpacked from its temporary registry. Cargo unpacks each `name-version`
-/// once per registry path and reuses it after, so with the version
-/// unchanged a second run would build one crate against another's stale
-/// sources and fail on an API that changed since.
+/// Forgets what an earlier `cargo package` made of our own crates from its
+/// temporary registry: their unpacked sources and their builds. Cargo takes
+/// a registry's `name-version` to be immutable: it unpacks it once per
+/// registry path and never rebuilds it, so with the version unchanged a
+/// second run would build one crate against another's stale copy and fail
+/// on an API that changed since (a fresh CI machine never sees this).
 fn forget_packaged_sources() -> Result<()> {
+    forget_packaged_builds(&target_dir()?.join("debug"))?;
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
@@ -115,6 +117,30 @@ fn forget_packaged_sources() -> Result<()> {
             if name.starts_with("vigil-") || name.starts_with("xtask-") {
                 std::fs::remove_dir_all(krate.path())
                     .with_context(|| format!("removing {}", krate.path().display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes the fingerprints of our crates built from a temporary registry
+/// (their dep-info names sources under `registry/src/-<hash>/`), so that
+/// cargo builds them again from the sources packaged now.
+fn forget_packaged_builds(profile: &Path) -> Result<()> {
+    let Ok(deps) = std::fs::read_dir(profile.join("deps")) else { return Ok(()) };
+    for entry in deps.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Some(stem) = name.strip_suffix(".d").filter(|s| s.starts_with("vigil_")) else { continue };
+        let from_registry = std::fs::read_to_string(entry.path())
+            .is_ok_and(|d| d.contains("/registry/src/-") || d.contains("\\registry\\src\\-"));
+        let Some((krate, hash)) = stem.rsplit_once('-') else { continue };
+        if from_registry {
+            let fingerprint =
+                profile.join(".fingerprint").join(format!("{}-{hash}", krate.replace('_', "-")));
+            if fingerprint.exists() {
+                std::fs::remove_dir_all(&fingerprint)
+                    .with_context(|| format!("removing {}", fingerprint.display()))?;
             }
         }
     }
