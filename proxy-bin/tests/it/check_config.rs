@@ -97,6 +97,29 @@ fn a_bad_main_config_names_file_line_and_column() {
             "not an ip:port",
         ),
         ("[l4]\nfail_threshold = 1\n", "1:1", "proxy"),
+        (
+            "[proxy]\nlisten = \"127.0.0.1:8080\"\n[limits]\nmax_headers = 500\n",
+            "4:15",
+            "max_headers must be",
+        ),
+        (
+            "[proxy]\nlisten = \"127.0.0.1:8080\"\n[limits]\nmax_request_body = \"ten\"\n",
+            "4:20",
+            "not a size",
+        ),
+        ("[proxy]\nlisten = \"127.0.0.1:8080\"\n[limits]\nmax_uri = 10\n", "4:11", "max_uri must be"),
+        ("[proxy]\nlisten = \"127.0.0.1:8080\"\n[limits]\nkeepalive = \"1s\"\n", "4:1", "keepalive"),
+        (
+            "[proxy]\nlisten = \"127.0.0.1:8080\"\n[access_log]\npath = \"a.log\"\nformat = \"clf\"\n",
+            "5:10",
+            "json or combined",
+        ),
+        (
+            "[proxy]\nlisten = \"127.0.0.1:8080\"\n[origins.\"b:80\"]\nqueue_timeout = \"1s\"\n",
+            "4:17",
+            "needs max_connections",
+        ),
+        ("[proxy]\nlisten = \"127.0.0.1:8080\"\nrequest_id = \"yes\"\n", "3:14", "bool"),
     ];
     for (i, (main, at, what)) in cases.iter().enumerate() {
         let (code, _, err) = check(&format!("bad{i}"), main, Some(""));
