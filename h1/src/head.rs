@@ -326,9 +326,9 @@ pub fn parse_request_limited(
     }
     let http10 = req.version == Some(0);
 
-    // Room for a few more: a proxy adds `Via` and `X-Forwarded-For`, and a
-    // full map rehashes.
-    let mut map = HeaderMap::with_capacity(req.headers.len() + 3);
+    // Room for a few more: a proxy adds `Via`, `X-Request-Id` and three
+    // `X-Forwarded-*` fields, and a full map rehashes.
+    let mut map = HeaderMap::with_capacity(req.headers.len() + 6);
     let mut codings = Codings::default();
     let (mut te, mut cl, mut length, mut hosts) = (0u32, 0u32, None::<u64>, 0u32);
     let (mut close, mut keep_alive_token, mut expect_continue) = (false, false, false);

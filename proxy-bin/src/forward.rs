@@ -331,18 +331,71 @@ pub(crate) fn handle<'a, B: ClientRequestBody>(
 ) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
     async move {
         let mut req = req;
-        let (policy, log) = {
-            let routes = shared.routes.load();
-            (routes.policy, routes.access_log.clone())
+        let Admitted { route, policy, mut logged, upgrade } = match admit(shared, peer, &mut req) {
+            Ok(admitted) => admitted,
+            Err(answered) => return answered,
         };
-        let request_id = policy.request_id.then(|| request_id(req.headers_mut()));
-        let mut logged = log.map(|log| {
-            Box::new(Logged { log, entry: entry(&req, peer, request_id.clone()), status: 0, bytes: 0 })
-        });
-        let upgrade = upgrade_of(&req);
-        let resp = route_and_forward(shared, peer, req, policy, logged.as_deref_mut(), upgrade).await;
+        let resp = forward(shared, peer, &route, req, policy, logged.as_deref_mut(), upgrade).await;
+        shared.metrics.route_request(&route.counters, &route.label, resp.status().as_u16());
         finish(resp, logged)
     }
+}
+
+/// A request let through to its origin, and what goes with it.
+struct Admitted {
+    route: Arc<Route>,
+    policy: RequestPolicy,
+    logged: Option<Box<Logged>>,
+    upgrade: Option<HeaderValue>,
+}
+
+/// Everything decided before the origin is asked, without waiting (kept
+/// out of [`handle`]'s future, which every `.await` above copies): the
+/// request's id, its log line, its route and the limits on its body. A
+/// request answered here gets that answer, its log line on it.
+#[allow(
+    clippy::result_large_err,
+    reason = "consumed at once by its one caller; a box would allocate per request"
+)]
+fn admit<B: ClientRequestBody>(
+    shared: &Shared,
+    peer: &Peer,
+    req: &mut Request<B>,
+) -> Result<Admitted, Response<ProxyBody>> {
+    let routes = shared.routes.load();
+    let policy = routes.policy;
+    let request_id = policy.request_id.then(|| request_id(req.headers_mut()));
+    let logged = routes.access_log.as_ref().map(|log| {
+        Box::new(Logged { log: Arc::clone(log), entry: entry(req, peer, request_id), status: 0, bytes: 0 })
+    });
+    if req.method() == Method::CONNECT {
+        return Err(finish(
+            local(StatusCode::METHOD_NOT_ALLOWED, "vigil: CONNECT is not supported\n"),
+            logged,
+        ));
+    }
+    let Some(host) = client_host(req) else {
+        return Err(finish(
+            close(local(StatusCode::BAD_REQUEST, "vigil: the request names no host\n")),
+            logged,
+        ));
+    };
+    let Some(route) = routes.find(host) else {
+        static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+        shared.metrics.request(&NO_ROUTE, 404);
+        return Err(finish(local(StatusCode::NOT_FOUND, "vigil: no remap rule for this host\n"), logged));
+    };
+    let route = Arc::clone(route);
+    if let (Some(max), Some(len)) = (policy.max_request_body, req.body().size_hint().exact())
+        && len > max
+    {
+        shared.metrics.limit("body");
+        shared.metrics.route_request(&route.counters, &route.label, 413);
+        let refused =
+            local(StatusCode::PAYLOAD_TOO_LARGE, "vigil: the request body is larger than allowed\n");
+        return Err(finish(close(refused), logged));
+    }
+    Ok(Admitted { route, policy, logged, upgrade: upgrade_of(req) })
 }
 
 /// What an HTTP/1.1 request asks to switch to (`Connection: upgrade` and
@@ -354,9 +407,11 @@ fn upgrade_of<B>(req: &Request<B>) -> Option<HeaderValue> {
         return None;
     }
     let h = req.headers();
-    let wanted =
-        h.get_all(header::CONNECTION).iter().any(|v| vigil_h1::connection_has(v.as_bytes(), b"upgrade"));
-    let to = h.get(header::UPGRADE).filter(|_| wanted)?;
+    // `Upgrade` first: almost no request has one, so one lookup decides.
+    let to = h.get(header::UPGRADE)?;
+    if !h.get_all(header::CONNECTION).iter().any(|v| vigil_h1::connection_has(v.as_bytes(), b"upgrade")) {
+        return None;
+    }
     let h2c = to.as_bytes().split(|&b| b == b',').any(|p| p.trim_ascii().eq_ignore_ascii_case(b"h2c"));
     (!h2c).then(|| to.clone())
 }
@@ -390,46 +445,6 @@ fn entry<B>(req: &Request<B>, peer: &Peer, request_id: Option<HeaderValue>) -> E
         upstream: None,
         upstream_time: None,
         retries: 0,
-    }
-}
-
-#[allow(clippy::manual_async_fn, reason = "an async fn keeps each argument twice in its future")]
-fn route_and_forward<'a, B: ClientRequestBody>(
-    shared: &'a Shared,
-    peer: &'a Peer,
-    req: Request<B>,
-    policy: RequestPolicy,
-    trace: Option<&'a mut Logged>,
-    upgrade: Option<HeaderValue>,
-) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
-    async move {
-        if req.method() == Method::CONNECT {
-            return local(StatusCode::METHOD_NOT_ALLOWED, "vigil: CONNECT is not supported\n");
-        }
-        let Some(host) = client_host(&req) else {
-            return close(local(StatusCode::BAD_REQUEST, "vigil: the request names no host\n"));
-        };
-        let route = match shared.routes.load().find(host) {
-            Some(r) => Arc::clone(r),
-            None => {
-                static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
-                shared.metrics.request(&NO_ROUTE, 404);
-                return local(StatusCode::NOT_FOUND, "vigil: no remap rule for this host\n");
-            }
-        };
-        if let (Some(max), Some(len)) = (policy.max_request_body, req.body().size_hint().exact())
-            && len > max
-        {
-            shared.metrics.limit("body");
-            shared.metrics.route_request(&route.counters, &route.label, 413);
-            return close(local(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "vigil: the request body is larger than allowed\n",
-            ));
-        }
-        let resp = forward(shared, peer, &route, req, policy, trace, upgrade).await;
-        shared.metrics.route_request(&route.counters, &route.label, resp.status().as_u16());
-        resp
     }
 }
 

@@ -211,14 +211,22 @@ pub(crate) async fn serve_halves<R: ConnRead, W: AsyncWrite + Unpin + Send>(
             }
         }
         first = false;
-        timer.as_mut().reset(tokio::time::Instant::now() + head_timeout);
-        let head = tokio::select! {
-            biased;
-            head = poll_fn(|cx| poll_head(&mut read.lock(), limits, cx)) => head,
-            () = &mut stopped => return,
-            () = &mut timer => {
-                tracing::debug!("no whole request head within client_header_timeout; closing");
-                return;
+        // Usually the whole head came with its first bytes: parsed at once,
+        // with no timer to set. Only a head still partial waits, bounded.
+        let parsed = poll_head(&mut read.lock(), limits, &mut Context::from_waker(std::task::Waker::noop()));
+        let head = match parsed {
+            Poll::Ready(head) => head,
+            Poll::Pending => {
+                timer.as_mut().reset(tokio::time::Instant::now() + head_timeout);
+                tokio::select! {
+                    biased;
+                    head = poll_fn(|cx| poll_head(&mut read.lock(), limits, cx)) => head,
+                    () = &mut stopped => return,
+                    () = &mut timer => {
+                        tracing::debug!("no whole request head within client_header_timeout; closing");
+                        return;
+                    }
+                }
             }
         };
         let head = match head {
