@@ -5,7 +5,8 @@
 //! returned; what counts is the session pool's one rule
 //! (`SessionError::is_l4_failure`: a connect failure, a reset or EOF before
 //! the response head, a garbage answer, and a malformed response body
-//! found while streaming it); a response head clears them. A response that
+//! found while streaming it; not an HTTP/2 stream the origin refused or
+//! reset while its connection lived); a response head clears them. A response that
 //! takes longer than `origin_timeout` is a 504 and not an L4 failure (a
 //! slow endpoint is not a dead server; the L7 check, with its own short
 //! timeout, is what catches a hung one). Whether a failed attempt may go to
