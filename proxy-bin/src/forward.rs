@@ -5,7 +5,8 @@
 //! returned; what counts is the session pool's one rule
 //! (`SessionError::is_l4_failure`: a connect failure, a reset or EOF before
 //! the response head, a garbage answer, and a malformed response body
-//! found while streaming it); a response head clears them. A response that
+//! found while streaming it; not an HTTP/2 stream the origin refused or
+//! reset while its connection lived); a response head clears them. A response that
 //! takes longer than `origin_timeout` is a 504 and not an L4 failure (a
 //! slow endpoint is not a dead server; the L7 check, with its own short
 //! timeout, is what catches a hung one). Whether a failed attempt may go to
@@ -649,8 +650,15 @@ fn upstream_request<B: ClientRequestBody>(
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => req.headers().get(header::HOST).cloned(),
     };
+    // `te: trailers` says the sender will not drop trailer fields (RFC 9110
+    // section 10.1.4), and gRPC origins refuse a call without it. It goes on
+    // only where that holds end to end: an HTTP/2 client (hyper relays
+    // trailers both ways) to an origin that may speak h2 (an `auto` one that
+    // settles on HTTP/1.1 drops it in the pool). HTTP/1.1 trailers are
+    // dropped on both sides, so TE stays hop-by-hop there.
+    let te_trailers = req.version() == Version::HTTP_2 && upstream.protocol != Protocol::Http1;
     let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
+    strip_hop_by_hop(headers, te_trailers);
     // What is added, in one rehash at most (the parser sizes the map to
     // what the client sent, plus a little).
     headers.reserve(4);
@@ -753,10 +761,15 @@ fn forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
 /// header the `Connection` header names. One pass over the few names a
 /// message has decides; most carry none of these (sixteen hashed removals
 /// per request showed in profiles).
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+///
+/// With `keep_te_trailers` (a request bound for HTTP/2), a `TE` that names
+/// `trailers` leaves as `te: trailers` alone: the one value HTTP/2 allows
+/// (RFC 9113 section 8.2.2); any other TE value goes.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
+    let te_trailers = keep_te_trailers && headers.get_all(header::TE).iter().any(names_trailers);
     let mut gone: Vec<HeaderName> = headers.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
     gone.extend(
         headers
@@ -769,6 +782,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in gone {
         headers.remove(name);
     }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Whether a `TE` value lists `trailers` (`trailers, deflate;q=0.5`).
+fn names_trailers(value: &HeaderValue) -> bool {
+    value.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -795,7 +816,7 @@ fn respond(
         .then(|| resp.headers().get(header::UPGRADE).cloned())
         .flatten();
     let headers = resp.headers_mut();
-    strip_hop_by_hop(headers);
+    strip_hop_by_hop(headers, false);
     if let Some(to) = switched {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, to);
@@ -831,9 +852,25 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
+        strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn te_trailers_alone_survives_for_h2() {
+        let strip = |te: &'static str, keep: bool| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_static("TE"));
+            h.insert(header::TE, HeaderValue::from_static(te));
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut h, keep);
+            h.get(header::TE).map(|v| v.to_str().unwrap_or("?").to_owned())
+        };
+        assert_eq!(strip("trailers", true).as_deref(), Some("trailers"));
+        assert_eq!(strip("deflate;q=0.5, Trailers", true).as_deref(), Some("trailers"), "other values go");
+        assert_eq!(strip("deflate", true), None);
+        assert_eq!(strip("trailers", false), None, "hop-by-hop to HTTP/1.1");
     }
 
     #[test]

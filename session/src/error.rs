@@ -27,6 +27,16 @@ pub enum ErrorKind {
     Protocol,
     /// The response head exceeded the configured limit.
     ResponseTooLarge,
+    /// The server refused the request's HTTP/2 stream unprocessed:
+    /// `REFUSED_STREAM`, or a graceful `GOAWAY` whose last stream id came
+    /// before it (RFC 9113 sections 8.7 and 6.8). Not the server's L4
+    /// fault; the request may go again, on a fresh connection or to
+    /// another server, whatever its method.
+    Refused,
+    /// The server reset the request's HTTP/2 stream (`RST_STREAM`) before
+    /// the response head: this request failed, its connection did not.
+    /// Not an L4 failure; the client gets 502.
+    StreamReset,
     /// Reading or writing a body failed after the response head (the
     /// server went away mid-body, or the request body's source failed).
     Body,
@@ -50,6 +60,8 @@ impl ErrorKind {
             Self::ClosedBeforeHead => "closed_before_head",
             Self::Protocol => "protocol_error",
             Self::ResponseTooLarge => "response_too_large",
+            Self::Refused => "stream_refused",
+            Self::StreamReset => "stream_reset",
             Self::Body => "body_error",
             Self::ResponseTimeout => "response_timeout",
             Self::UpgradeOverH2 => "upgrade_over_h2",

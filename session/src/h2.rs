@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
@@ -26,10 +26,35 @@ pub(crate) struct H2Conn {
     pub(crate) tx: http2::SendRequest<RequestBody>,
     pub(crate) id: u64,
     pub(crate) streams: Arc<AtomicUsize>,
-    /// The connection itself, shared with its driver task, to read the
-    /// server's SETTINGS_MAX_CONCURRENT_STREAMS (it may change at any time).
-    driver: Arc<Mutex<Driver>>,
+    /// The connection's dispatcher, shared with its driver task, to read
+    /// the server's SETTINGS_MAX_CONCURRENT_STREAMS (it may change at any
+    /// time) and to see a GOAWAY before a stream is handed out.
+    driver: Arc<Mutex<Driven>>,
     pub(crate) idle_since: Instant,
+}
+
+/// hyper's dispatcher for one connection (it takes requests from the
+/// `SendRequest` handles and opens their streams; the connection's I/O runs
+/// in a task of hyper's own), and the waker of the task that drives it.
+struct Driven {
+    /// `None` once it ended: the connection closed, or the server sent
+    /// GOAWAY (no new stream may open on it; the streams it still serves
+    /// live on in their own tasks). Dropping it hands every request still
+    /// queued for it back to its sender, unsent.
+    conn: Option<Driver>,
+    waker: Option<Waker>,
+}
+
+impl Driven {
+    /// Polls the dispatcher; `Ready` once it has ended.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(conn) = self.conn.as_mut() else { return Poll::Ready(()) };
+        if Pin::new(conn).poll(cx).is_ready() {
+            self.conn = None;
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
 }
 
 impl H2Conn {
@@ -49,16 +74,41 @@ impl H2Conn {
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| err(ErrorKind::Protocol).with_source(e))?;
-        let driver = Arc::new(Mutex::new(driver));
+        let driver = Arc::new(Mutex::new(Driven { conn: Some(driver), waker: None }));
         let driven = Arc::clone(&driver);
-        // Drive the connection; the pool reads its stream limit between polls.
-        tokio::spawn(std::future::poll_fn(move |cx| Pin::new(&mut *driven.lock()).poll(cx).map(|_| ())));
+        // Drive the dispatcher; the pool reads its stream limit between polls.
+        tokio::spawn(std::future::poll_fn(move |cx| {
+            let mut d = driven.lock();
+            if !d.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                d.waker = Some(cx.waker().clone());
+            }
+            d.poll(cx)
+        }));
         Ok(Self { tx, id, streams: Arc::new(AtomicUsize::new(1)), driver, idle_since: Instant::now() })
     }
 
-    /// Takes a stream slot if one is free under `cap` and the server's own limit.
+    /// Takes a stream slot if one is free under `cap` and the server's own
+    /// limit, and the connection may still open streams.
+    ///
+    /// # Race window
+    /// A GOAWAY wakes nobody on the dispatcher's side: hyper notices it
+    /// when the next request arrives, and fails that request (unsent). So
+    /// the dispatcher is polled here first, with its own task's waker (the
+    /// wake-ups it registers still go to that task): a connection whose
+    /// GOAWAY has been read is not handed out. One read after the check is
+    /// still the race above, which the request's retry on a fresh session
+    /// covers.
     pub(crate) fn try_stream(&self, cap: usize) -> Option<StreamGuard> {
-        let server_max = self.driver.lock().current_max_send_streams().max(1);
+        let mut driven = self.driver.lock();
+        if let Some(waker) = driven.waker.take() {
+            let ended = driven.poll(&mut Context::from_waker(&waker)).is_ready();
+            driven.waker = Some(waker);
+            if ended {
+                return None;
+            }
+        }
+        let server_max = driven.conn.as_ref()?.current_max_send_streams().max(1);
+        drop(driven);
         if self.streams.load(Ordering::Relaxed) < cap.min(server_max) {
             self.streams.fetch_add(1, Ordering::Relaxed);
             Some(StreamGuard(Arc::clone(&self.streams)))
@@ -77,6 +127,7 @@ impl H2Conn {
         self.streams.load(Ordering::Relaxed) > 0
     }
 
+    /// Whether it takes no more streams (closed, or drained after GOAWAY).
     pub(crate) fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
@@ -116,17 +167,55 @@ pub(crate) async fn send<S>(
     }
 }
 
-/// Maps hyper's error to a kind through its predicates (its text and
-/// `source()` chain are not stable).
+/// Maps hyper's error to a kind through its predicates (its text is not
+/// stable), and an HTTP/2 error through the `h2::Error` hyper keeps as its
+/// source: hyper has no predicate for a stream's fate, and that is where it
+/// reads a reason itself (as tonic does); the session tests pin it.
 fn classify(err: &hyper::Error) -> ErrorKind {
     if err.is_parse() || err.is_parse_status() || err.is_user() {
-        ErrorKind::Protocol
-    } else if err.is_incomplete_message() || err.is_canceled() || err.is_closed() {
+        return ErrorKind::Protocol;
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(e) = e.downcast_ref::<h2::Error>() {
+            return classify_h2(e);
+        }
+        source = e.source();
+    }
+    if err.is_incomplete_message() || err.is_canceled() || err.is_closed() {
         ErrorKind::ClosedBeforeHead
     } else if err.is_body_write_aborted() {
         ErrorKind::Body
     } else {
         // I/O errors (reset, broken pipe) surface without a predicate of their own.
+        ErrorKind::ClosedBeforeHead
+    }
+}
+
+/// What an HTTP/2 failure before the response head means.
+fn classify_h2(e: &h2::Error) -> ErrorKind {
+    let refused = e.reason() == Some(h2::Reason::REFUSED_STREAM);
+    if e.is_io() {
+        ErrorKind::ClosedBeforeHead
+    } else if e.is_reset() && e.is_remote() {
+        // One stream's fate; the connection lives on.
+        if refused { ErrorKind::Refused } else { ErrorKind::StreamReset }
+    } else if e.is_go_away() && e.is_remote() {
+        // Streams past a GOAWAY's last stream id were never processed; a
+        // graceful one (NO_ERROR) is a server draining, not failing.
+        if e.reason() == Some(h2::Reason::NO_ERROR) {
+            ErrorKind::Refused
+        } else {
+            ErrorKind::ClosedBeforeHead
+        }
+    } else if e.is_library() {
+        // hyper's h2 found the server's frames malformed: a garbage answer.
+        ErrorKind::Protocol
+    } else if e.is_reset() {
+        // Reset from our side: the request body failed (the client's own
+        // reset or a limit), which the caller already knows.
+        ErrorKind::Body
+    } else {
         ErrorKind::ClosedBeforeHead
     }
 }

@@ -26,7 +26,9 @@
 //!   connection is shared by concurrent requests (a stream slot each),
 //!   streams are counted against the server's `max_concurrent_streams` (and
 //!   our cap), a second connection opens only when the first is full, one
-//!   connect in flight per server.
+//!   connect in flight per server. A connection that got GOAWAY takes no
+//!   new stream; those on it finish. Bodies pass frame by frame, trailers
+//!   included (gRPC's status).
 //! - **Outcomes** ([`SessionError`], [`RetryPolicy`]): what happened,
 //!   whether the request was sent, whether the session was reused, and the
 //!   one place that decides whether a failure counts against the server

@@ -46,7 +46,11 @@ impl SessionError {
     ///
     /// Not L4: a response that did not come within the caller's timeout (a
     /// slow endpoint is not a dead server), a body cut short after a good
-    /// head, or an upgrade the session's protocol cannot carry.
+    /// head, an upgrade the session's protocol cannot carry, or an HTTP/2
+    /// stream the server refused or reset while the connection stayed up
+    /// (one request's failure, not the server's: a gRPC origin resets
+    /// streams in its normal course). A failed HTTP/2 connection is still
+    /// [`ErrorKind::ClosedBeforeHead`] or [`ErrorKind::Protocol`].
     pub fn is_l4_failure(&self) -> bool {
         self.is_connect()
             || matches!(
@@ -61,13 +65,16 @@ impl SessionError {
     /// answer (the classic keep-alive race: the server closed it idle as we
     /// wrote; pingora's `RetryType::ReusedOnly`). A health check retries any
     /// failure on a reused session. Never an upgrade refused over HTTP/2:
-    /// a fresh session speaks the same protocol.
+    /// a fresh session speaks the same protocol. Always a refused HTTP/2
+    /// stream, reused session or not: nothing of it was processed, and a
+    /// new connection starts with room for streams.
     ///
     /// A caller can resend only a request it still has whole.
     pub fn may_retry_on_fresh(&self, policy: RetryPolicy) -> bool {
-        self.is_reused()
-            && self.kind() != ErrorKind::UpgradeOverH2
-            && (policy.check || !self.is_sent() || self.kind() == ErrorKind::ClosedBeforeHead)
+        self.kind() == ErrorKind::Refused
+            || (self.is_reused()
+                && self.kind() != ErrorKind::UpgradeOverH2
+                && (policy.check || !self.is_sent() || self.kind() == ErrorKind::ClosedBeforeHead))
     }
 
     /// Whether the request may go to another server of the origin: one that
@@ -75,11 +82,13 @@ impl SessionError {
     /// (the origin answers 504 rather than wait again elsewhere), the
     /// client's own body failing, or an upgrade refused over HTTP/2 (the
     /// request's, not the server's: the origin's other servers speak the
-    /// same). A health check never moves.
+    /// same). A refused HTTP/2 stream counts as never having left (RFC 9113
+    /// section 8.7: nothing was processed), so any method may move. A
+    /// health check never moves.
     pub fn may_retry_elsewhere(&self, policy: RetryPolicy) -> bool {
         !policy.check
             && !matches!(self.kind(), ErrorKind::ResponseTimeout | ErrorKind::Body | ErrorKind::UpgradeOverH2)
-            && (!self.is_sent() || policy.idempotent)
+            && (!self.is_sent() || policy.idempotent || self.kind() == ErrorKind::Refused)
     }
 }
 
@@ -99,7 +108,7 @@ mod tests {
         for kind in [ConnectRefused, ConnectTimeout, Connect, ClosedBeforeHead, Protocol, ResponseTooLarge] {
             assert!(err(kind, true, false).is_l4_failure(), "{kind:?}");
         }
-        for kind in [ResponseTimeout, Body, UpgradeOverH2] {
+        for kind in [ResponseTimeout, Body, UpgradeOverH2, Refused, StreamReset] {
             assert!(!err(kind, true, false).is_l4_failure(), "{kind:?}");
         }
     }
@@ -113,6 +122,23 @@ mod tests {
         assert!(!e.may_retry_on_fresh(RetryPolicy::CHECK));
         assert!(!e.may_retry_elsewhere(get), "the request's fault, not the server's");
         assert!(e.to_string().contains("HTTP/2"), "{e}");
+    }
+
+    #[test]
+    fn a_refused_stream_goes_again_anywhere_whatever_the_method() {
+        let post = RetryPolicy::request(&Method::POST);
+        let e = err(ErrorKind::Refused, true, false);
+        assert!(!e.is_l4_failure());
+        assert!(e.may_retry_on_fresh(post), "a fresh session, even after a fresh one");
+        assert!(e.may_retry_elsewhere(post), "nothing was processed");
+        assert!(!e.may_retry_elsewhere(RetryPolicy::CHECK), "a check never moves");
+        let reset = err(ErrorKind::StreamReset, true, true);
+        assert!(!reset.is_l4_failure());
+        assert!(
+            !reset.may_retry_on_fresh(post) && !reset.may_retry_elsewhere(post),
+            "it may have been processed"
+        );
+        assert!(reset.may_retry_elsewhere(RetryPolicy::request(&Method::GET)));
     }
 
     #[test]

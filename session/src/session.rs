@@ -121,6 +121,12 @@ impl Session {
                     // future being dropped (a timeout, a caller that went away)
                     // must give the in-use slot back.
                     let in_use = InUseH1 { pool: &self.pool, target: self.target, armed: true };
+                    if self.target.protocol == crate::Protocol::Auto {
+                        // Made for either protocol, it may carry the
+                        // `te: trailers` HTTP/2 allows; on HTTP/1.1 TE is
+                        // hop-by-hop, and this client drops trailers.
+                        req.headers_mut().remove(http::header::TE);
+                    }
                     let home = H1Home { pool: Arc::clone(&self.pool), target: self.target };
                     let max_head = self.pool.config.max_response_head_bytes;
                     let sent = h1::send(conn, req, max_head, addr, reused, home, timeout).await;

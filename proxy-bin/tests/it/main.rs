@@ -7,6 +7,7 @@ mod check_config;
 mod cli;
 mod cluster;
 mod essentials;
+mod grpc;
 mod harness;
 mod hostile;
 mod proxy;

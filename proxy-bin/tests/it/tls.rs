@@ -19,19 +19,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::harness::*;
 
 /// A test PKI: a CA and the leaves it signs, as PEM for files.
-struct Pki {
-    ca: CertifiedIssuer<'static, KeyPair>,
+pub(crate) struct Pki {
+    pub(crate) ca: CertifiedIssuer<'static, KeyPair>,
 }
 
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-    key: PrivateKeyDer<'static>,
+pub(crate) struct Leaf {
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
+    pub(crate) der: CertificateDer<'static>,
+    pub(crate) key: PrivateKeyDer<'static>,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, "vigil test ca");
@@ -43,7 +43,7 @@ impl Pki {
     }
 
     /// A leaf for `names` (the first is its common name); expired with `expired`.
-    fn leaf(&self, names: &[&str], expired: bool) -> Leaf {
+    pub(crate) fn leaf(&self, names: &[&str], expired: bool) -> Leaf {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
         params.distinguished_name.push(DnType::CommonName, names[0]);
@@ -213,7 +213,7 @@ async fn a_bad_origin_certificate_takes_the_server_out_and_says_why() {
 }
 
 /// A rustls client trusting `ca`, offering `alpn`.
-fn client(ca: &CertificateDer<'static>, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+pub(crate) fn client(ca: &CertificateDer<'static>, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());

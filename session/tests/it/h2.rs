@@ -1,8 +1,11 @@
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use vigil_session::{Freshness, NoopObserver, Pool, PoolConfig, Target};
+use bytes::Bytes;
+use vigil_session::{ErrorKind, Freshness, NoopObserver, Pool, PoolConfig, RetryPolicy, Target};
 
-use crate::{concurrent, get, h2_origin, read_all};
+use crate::{Origin, Recorder, concurrent, counted, get, h2_origin, listen, read_all};
 
 #[tokio::test]
 async fn h2_multiplexes_concurrent_requests_on_one_connection() {
@@ -27,4 +30,127 @@ async fn a_second_h2_connection_opens_only_when_the_first_is_full() {
     // 12 concurrent streams at 4 per connection: exactly 3 connections.
     assert_eq!(origin.conns(), 3);
     assert_eq!(origin.requests(), 13);
+}
+
+/// An h2c origin on the h2 crate itself, to send what hyper's server never
+/// does: the first `refuse` streams it gets are refused (`REFUSED_STREAM`),
+/// the rest answered `ok`. `requests` counts the answered ones.
+async fn refusing_origin(refuse: usize) -> Origin {
+    let (l, _) = listen().await;
+    let seen = Arc::new(AtomicUsize::new(0));
+    counted(l, move |s, answered| {
+        let seen = Arc::clone(&seen);
+        tokio::spawn(async move {
+            let Ok(mut conn) = h2::server::handshake(s).await else { return };
+            while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                if seen.fetch_add(1, Ordering::SeqCst) < refuse {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    continue;
+                }
+                answered.fetch_add(1, Ordering::SeqCst);
+                if let Ok(mut body) = respond.send_response(http::Response::new(()), false) {
+                    let _ = body.send_data(Bytes::from_static(b"ok"), true);
+                }
+            }
+        });
+    })
+}
+
+fn post() -> http::Request<vigil_session::RequestBody> {
+    http::Request::post("/do").header("host", "origin.test").body(vigil_session::empty_body()).unwrap()
+}
+
+#[tokio::test]
+async fn a_refused_stream_is_not_l4_and_goes_again_on_a_fresh_connection() {
+    let origin = refusing_origin(1).await;
+    let rec = Arc::new(Recorder::default());
+    let pool = Pool::new(PoolConfig::default(), rec.clone());
+    let t = Target::h2c(origin.addr);
+
+    // What it is: the server's refusal of one stream, any method may move.
+    let refusing = refusing_origin(usize::MAX).await;
+    let session = pool.checkout(Target::h2c(refusing.addr), Freshness::IdlePreferred).await.unwrap();
+    let e = session.send(post()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+    assert!(!e.is_l4_failure(), "one stream's fate, not the server's");
+    let post_policy = RetryPolicy::request(&http::Method::POST);
+    assert!(e.may_retry_elsewhere(post_policy) && e.may_retry_on_fresh(post_policy));
+    assert_eq!(refusing.requests(), 0);
+
+    // A POST refused on a new connection goes once more, on a fresh one.
+    let resp = pool.request(t, Freshness::IdlePreferred, post()).await.unwrap();
+    assert_eq!(read_all(resp).await, "ok");
+    assert_eq!((origin.conns(), origin.requests()), (2, 1), "refused on the first, answered on the second");
+    assert!(rec.io_errors.lock().is_empty(), "no L4 failure: {:?}", rec.io_errors.lock());
+}
+
+/// An h2c origin on the h2 crate whose first connection takes one stream,
+/// then says GOAWAY (graceful) and answers that stream `held` only when
+/// `release` is notified; later connections answer `ok` at once.
+async fn draining_origin(goaway: Arc<tokio::sync::Notify>, release: Arc<tokio::sync::Notify>) -> Origin {
+    let (l, _) = listen().await;
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    counted(l, move |s, answered| {
+        let drain = first.swap(false, Ordering::SeqCst);
+        let (goaway, release) = (Arc::clone(&goaway), Arc::clone(&release));
+        tokio::spawn(async move {
+            let Ok(mut conn) = h2::server::handshake(s).await else { return };
+            while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                answered.fetch_add(1, Ordering::SeqCst);
+                if !drain {
+                    if let Ok(mut body) = respond.send_response(http::Response::new(()), false) {
+                        let _ = body.send_data(Bytes::from_static(b"ok"), true);
+                    }
+                    continue;
+                }
+                conn.graceful_shutdown();
+                goaway.notify_one();
+                let release = Arc::clone(&release);
+                tokio::spawn(async move {
+                    release.notified().await;
+                    if let Ok(mut body) = respond.send_response(http::Response::new(()), false) {
+                        let _ = body.send_data(Bytes::from_static(b"held"), true);
+                    }
+                });
+            }
+        });
+    })
+}
+
+#[tokio::test]
+async fn a_connection_that_got_goaway_is_not_handed_out_and_its_streams_finish() {
+    let (goaway, release) = (Arc::new(tokio::sync::Notify::new()), Arc::new(tokio::sync::Notify::new()));
+    let origin = draining_origin(Arc::clone(&goaway), Arc::clone(&release)).await;
+    let rec = Arc::new(Recorder::default());
+    let pool = Pool::new(PoolConfig::default(), rec.clone());
+    let t = Target::h2c(origin.addr);
+
+    let held = pool.checkout(t, Freshness::IdlePreferred).await.unwrap();
+    let drained_id = held.connection_id();
+    let held = tokio::spawn(held.send(get("/held")));
+    goaway.notified().await;
+
+    // Once the GOAWAY is read, checkouts get a new connection.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let session = loop {
+        let s = pool.checkout(t, Freshness::IdlePreferred).await.unwrap();
+        if s.connection_id() != drained_id {
+            break s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the drained connection is still handed out");
+        drop(s);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(read_all(session.send(get("/")).await.unwrap()).await, "ok");
+    for _ in 0..5 {
+        let s = pool.checkout(t, Freshness::IdlePreferred).await.unwrap();
+        assert_ne!(s.connection_id(), drained_id, "handed out again");
+    }
+
+    // The stream below the GOAWAY's last stream id completes.
+    release.notify_one();
+    let resp = tokio::time::timeout(Duration::from_secs(5), held).await.unwrap().unwrap().unwrap();
+    assert_eq!(read_all(resp).await, "held");
+    assert_eq!(origin.conns(), 2);
+    assert!(rec.io_errors.lock().is_empty(), "{:?}", rec.io_errors.lock());
 }

@@ -1,0 +1,326 @@
+//! gRPC through the real binary: a real gRPC client and server (tonic's
+//! core over hyper, prost messages derived by hand), h2c on both sides,
+//! and a call over the TLS listener (ALPN h2).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::uri::PathAndQuery;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tonic::{Code, Request, Response, Status, Streaming};
+use tonic_prost::ProstCodec;
+
+use crate::harness::*;
+
+/// The one message both ways.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Msg {
+    #[prost(string, tag = "1")]
+    text: String,
+    #[prost(uint32, tag = "2")]
+    n: u32,
+}
+
+fn msg(text: &str, n: u32) -> Msg {
+    Msg { text: text.to_owned(), n }
+}
+
+fn path(method: &str) -> PathAndQuery {
+    format!("/vigil.Test/{method}").parse().unwrap()
+}
+
+fn codec() -> ProstCodec<Msg, Msg> {
+    ProstCodec::default()
+}
+
+/// A tower service from a closure: what tonic's handlers are.
+#[derive(Clone)]
+struct Handler<F>(F);
+
+impl<F, Fut, Req, Resp> tower_service::Service<Request<Req>> for Handler<F>
+where
+    F: FnMut(Request<Req>) -> Fut,
+    Fut: Future<Output = Result<Response<Resp>, Status>>,
+{
+    type Response = Response<Resp>;
+    type Error = Status;
+    type Future = Fut;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Req>) -> Fut {
+        (self.0)(req)
+    }
+}
+
+/// What the gRPC origin saw.
+#[derive(Debug, Default)]
+struct Seen {
+    calls: AtomicU64,
+    /// Calls that came without `te: trailers` (refused, as real servers do).
+    without_te: AtomicU64,
+    /// A `Forever` stream found its client gone.
+    cancelled: AtomicBool,
+}
+
+/// A gRPC origin on `ip:port` (h2c, hyper's server, tonic's call handling):
+/// `Unary` echoes (`missing`: NOT_FOUND, a trailers-only answer); `Count`
+/// streams `n` messages, then OK (`fail`: NOT_FOUND in the trailers);
+/// `Sum` adds up a client stream; `Forever` streams until the client goes;
+/// `Reset` resets the stream before any answer.
+async fn grpc_origin(ip: &str, port: u16) -> (SocketAddr, Arc<Seen>) {
+    let addr = SocketAddr::new(ip.parse().unwrap(), port);
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let seen = Arc::new(Seen::default());
+    let s = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let s = Arc::clone(&s);
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| call(Arc::clone(&s), req));
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+async fn call(
+    seen: Arc<Seen>,
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<tonic::body::Body>, std::io::Error> {
+    seen.calls.fetch_add(1, Ordering::SeqCst);
+    if req.headers().get(http::header::TE).is_none_or(|v| v != "trailers") {
+        // What grpc-go and others answer to a call that lost its TE.
+        seen.without_te.fetch_add(1, Ordering::SeqCst);
+        return Ok(Status::internal("Missing :te header").into_http());
+    }
+    let mut grpc = tonic::server::Grpc::new(codec());
+    let resp = match req.uri().path() {
+        "/vigil.Test/Unary" => {
+            let unary = Handler(|req: Request<Msg>| async move {
+                let m = req.into_inner();
+                if m.text == "missing" {
+                    return Err(Status::not_found("no such thing"));
+                }
+                Ok(Response::new(msg(&format!("echo {}", m.text), m.n + 1)))
+            });
+            grpc.unary(unary, req).await
+        }
+        "/vigil.Test/Count" => {
+            let count = Handler(|req: Request<Msg>| async move {
+                let m = req.into_inner();
+                let mut out: Vec<Result<Msg, Status>> = (0..m.n).map(|i| Ok(msg("item", i))).collect();
+                if m.text == "fail" {
+                    out.push(Err(Status::not_found("ran out")));
+                }
+                Ok(Response::new(futures_util::stream::iter(out)))
+            });
+            grpc.server_streaming(count, req).await
+        }
+        "/vigil.Test/Sum" => {
+            let sum = Handler(|req: Request<Streaming<Msg>>| async move {
+                let mut stream = req.into_inner();
+                let mut total = msg("", 0);
+                while let Some(m) = stream.message().await? {
+                    total.text.push_str(&m.text);
+                    total.n += m.n;
+                }
+                Ok(Response::new(total))
+            });
+            grpc.client_streaming(sum, req).await
+        }
+        "/vigil.Test/Forever" => {
+            let forever =
+                Handler(move |_: Request<Msg>| {
+                    let seen = Arc::clone(&seen);
+                    async move {
+                        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Msg, Status>>(1);
+                        tokio::spawn(async move {
+                            for i in 0.. {
+                                if tx.send(Ok(msg("tick", i))).await.is_err() {
+                                    seen.cancelled.store(true, Ordering::SeqCst);
+                                    return;
+                                }
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                        });
+                        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                            rx.recv().await.map(|m| (m, rx))
+                        });
+                        Ok(Response::new(stream))
+                    }
+                });
+            grpc.server_streaming(forever, req).await
+        }
+        // hyper's server answers a failed service with RST_STREAM.
+        "/vigil.Test/Reset" => return Err(std::io::Error::other("reset")),
+        _ => Status::unimplemented("no such method").into_http(),
+    };
+    Ok(resp)
+}
+
+/// tonic's client over one hyper HTTP/2 connection (what tonic's own
+/// channel is, without its transport feature).
+#[derive(Clone)]
+struct H2(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+type Sent = Pin<Box<dyn Future<Output = Result<http::Response<hyper::body::Incoming>, hyper::Error>> + Send>>;
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for H2 {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = Sent;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Sent {
+        Box::pin(self.0.send_request(req))
+    }
+}
+
+/// A gRPC client over `io`, calling `origin` (`http://host`).
+async fn client<T>(io: T, origin: &str) -> tonic::client::Grpc<H2>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    tonic::client::Grpc::with_origin(H2(tx), origin.parse().unwrap())
+}
+
+async fn unary(c: &mut tonic::client::Grpc<H2>, m: Msg) -> Result<Msg, Status> {
+    c.ready().await.unwrap();
+    c.unary(Request::new(m), path("Unary"), codec()).await.map(Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_pass_through_h2c_with_their_trailers() {
+    let port = free_port(&["127.0.0.2"]);
+    let (addr, seen) = grpc_origin("127.0.0.2", port).await;
+    let rest =
+        remap("grpc.test", &format!("grpc.test:{port}"), &format!("[\"{addr}\"]"), "protocol = \"h2c\"");
+    let v = Vigil::start("grpc", "", &rest, "").await;
+    let mut c = client(TcpStream::connect(v.listen).await.unwrap(), "http://grpc.test").await;
+
+    // Unary calls, one client connection; OK arrives in the trailers.
+    for i in 0..5 {
+        let got = unary(&mut c, msg(&format!("call {i}"), i)).await;
+        assert_eq!(got.unwrap(), msg(&format!("echo call {i}"), i + 1));
+    }
+    // A trailers-only answer: the status is all there is.
+    let e = unary(&mut c, msg("missing", 0)).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (Code::NotFound, "no such thing"), "{e:?}");
+
+    // Server streaming: the messages, then the status in the trailers.
+    c.ready().await.unwrap();
+    let mut s =
+        c.server_streaming(Request::new(msg("", 3)), path("Count"), codec()).await.unwrap().into_inner();
+    for i in 0..3 {
+        assert_eq!(s.message().await.unwrap(), Some(msg("item", i)));
+    }
+    assert_eq!(s.message().await.unwrap(), None, "OK in the trailers");
+    c.ready().await.unwrap();
+    let mut s =
+        c.server_streaming(Request::new(msg("fail", 2)), path("Count"), codec()).await.unwrap().into_inner();
+    assert_eq!(s.message().await.unwrap(), Some(msg("item", 0)));
+    assert_eq!(s.message().await.unwrap(), Some(msg("item", 1)));
+    let e = s.message().await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (Code::NotFound, "ran out"), "{e:?}");
+
+    // Client streaming.
+    c.ready().await.unwrap();
+    let parts = futures_util::stream::iter([msg("a", 1), msg("b", 2), msg("c", 3)]);
+    let sum = c.client_streaming(Request::new(parts), path("Sum"), codec()).await.unwrap().into_inner();
+    assert_eq!(sum, msg("abc", 6));
+
+    // A call the client cancels mid-stream: the origin hears of it.
+    c.ready().await.unwrap();
+    let mut s =
+        c.server_streaming(Request::new(msg("", 0)), path("Forever"), codec()).await.unwrap().into_inner();
+    assert_eq!(s.message().await.unwrap(), Some(msg("tick", 0)));
+    assert_eq!(s.message().await.unwrap(), Some(msg("tick", 1)));
+    drop(s);
+    assert!(
+        wait_until(Duration::from_secs(5), || async { seen.cancelled.load(Ordering::SeqCst) }).await,
+        "the cancel did not reach the origin"
+    );
+
+    // The connection and the server took no harm.
+    assert_eq!(unary(&mut c, msg("after", 1)).await.unwrap(), msg("echo after", 2));
+    assert_eq!(seen.without_te.load(Ordering::SeqCst), 0, "a call lost its te: trailers");
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 11);
+    let server = v.server(addr).await;
+    assert_eq!(server["routable"], true, "{server}");
+    assert_eq!(server["l4"]["state"], "up", "{server}");
+    assert_eq!(server["l4"]["consecutive_failures"], 0, "{server}");
+    let metrics = get_raw(v.admin, "a", "/metrics").await.unwrap().2;
+    assert!(!metrics.contains("code=\"502\""), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_origin_resets_fails_the_call_not_the_server() {
+    let port = free_port(&["127.0.0.4"]);
+    let (addr, seen) = grpc_origin("127.0.0.4", port).await;
+    let rest =
+        remap("grpc.test", &format!("grpc.test:{port}"), &format!("[\"{addr}\"]"), "protocol = \"h2c\"");
+    let v = Vigil::start("grpcreset", "", &rest, "").await;
+    let mut c = client(TcpStream::connect(v.listen).await.unwrap(), "http://grpc.test").await;
+    for _ in 0..5 {
+        c.ready().await.unwrap();
+        let e = c.unary(Request::new(msg("", 0)), path("Reset"), codec()).await.unwrap_err();
+        assert!(e.message().contains("502 Bad Gateway"), "{e:?}");
+    }
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 5, "a POST whose stream was reset is not sent again");
+    let server = v.server(addr).await;
+    assert_eq!(server["l4"]["state"], "up", "{server}");
+    assert_eq!(server["l4"]["consecutive_failures"], 0, "{server}");
+    assert_eq!(unary(&mut c, msg("still", 0)).await.unwrap(), msg("echo still", 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_call_over_the_tls_listener() {
+    let pki = crate::tls::Pki::new();
+    let leaf = pki.leaf(&["grpc.test"], false);
+    let port = free_port(&["127.0.0.3"]);
+    let (addr, seen) = grpc_origin("127.0.0.3", port).await;
+    let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port(&["127.0.0.1"])).parse().unwrap();
+    let files: &[(&str, &[u8])] = &[("g.pem", leaf.cert_pem.as_bytes()), ("g.key", leaf.key_pem.as_bytes())];
+    let rest = format!(
+        "{}\n[[tls]]\ncert = \"g.pem\"\nkey = \"g.key\"\n",
+        remap("grpc.test", &format!("grpc.test:{port}"), &format!("[\"{addr}\"]"), "protocol = \"h2c\"")
+    );
+    let v = Vigil::start_with("grpctls", files, &format!("listen_tls = \"{tls_addr}\""), &rest, "").await;
+
+    let tcp = TcpStream::connect(tls_addr).await.unwrap();
+    let tls = crate::tls::client(pki.ca.der(), &[b"h2"])
+        .connect(ServerName::try_from("grpc.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let mut c = client(tls, "https://grpc.test").await;
+    assert_eq!(unary(&mut c, msg("over tls", 41)).await.unwrap(), msg("echo over tls", 42));
+    let e = unary(&mut c, msg("missing", 0)).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert_eq!(seen.without_te.load(Ordering::SeqCst), 0);
+    assert_eq!(v.server(addr).await["l4"]["consecutive_failures"], 0);
+}
