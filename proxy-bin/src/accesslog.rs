@@ -17,7 +17,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderValue, Method, Uri, Version};
@@ -29,6 +28,8 @@ use crate::config::{AccessLogConfig, AccessLogFormat};
 pub(crate) const MAX_PENDING: usize = 8 << 20;
 /// Bytes pending that wake the writer before its interval.
 const WAKE_AT: usize = 256 << 10;
+/// How long shutdown waits for the writer's last write.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Lines written and dropped, kept across log reopenings and reloads.
 #[derive(Debug, Default)]
@@ -43,7 +44,8 @@ pub(crate) struct LogCounters {
 pub(crate) struct AccessLog {
     shared: Arc<Shared>,
     pub(crate) config: AccessLogConfig,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Hears (or sees closed) when the writer thread has ended.
+    writer: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
 #[derive(Debug)]
@@ -94,14 +96,16 @@ impl AccessLog {
     pub(crate) fn start(config: AccessLogConfig, counters: Arc<LogCounters>) -> io::Result<Self> {
         let out = Out::open(config.path.as_ref())?;
         let shared = Arc::new(Shared { pending: Mutex::default(), wake: Condvar::new(), counters });
-        let writer = {
+        let (ended, done) = std::sync::mpsc::channel();
+        {
             let shared = Arc::clone(&shared);
             let (path, interval) = (config.path.clone(), config.flush_interval);
-            std::thread::Builder::new()
-                .name("vigil-access-log".into())
-                .spawn(move || write_loop(&shared, out, path, interval))?
-        };
-        Ok(Self { shared, config, writer: Mutex::new(Some(writer)) })
+            std::thread::Builder::new().name("vigil-access-log".into()).spawn(move || {
+                write_loop(&shared, out, path, interval);
+                let _ = ended.send(());
+            })?;
+        }
+        Ok(Self { shared, config, writer: Mutex::new(Some(done)) })
     }
 
     /// Asks the writer to reopen the file before its next write.
@@ -111,12 +115,15 @@ impl AccessLog {
         self.shared.wake.notify_one();
     }
 
-    /// Flushes what is pending and stops the writer, waiting for it (at
-    /// shutdown: lines logged after this are not written).
+    /// Flushes what is pending and stops the writer, waiting for it up to
+    /// [`CLOSE_WAIT`] (a writer stuck on a hung disk or a blocked stdout
+    /// must not keep the process from exiting). At shutdown: lines logged
+    /// after this are not written.
     pub(crate) fn close(&self) {
         self.stop();
-        if let Some(w) = self.writer.lock().take() {
-            let _ = w.join();
+        let Some(done) = self.writer.lock().take() else { return };
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done.recv_timeout(CLOSE_WAIT) {
+            tracing::warn!("the access log's writer is stuck; exiting without its last lines");
         }
     }
 
@@ -206,7 +213,9 @@ fn write_loop(shared: &Shared, mut out: Out, path: Option<PathBuf>, interval: Du
             // A burst that grew the buffer far beyond the usual does not
             // keep its memory.
             if p.buf.capacity() > 4 * WAKE_AT {
-                p.buf = Vec::new();
+                // Room for the usual, allocated here: requests then append
+                // under the lock without growing it.
+                p.buf = Vec::with_capacity(WAKE_AT);
             }
             taken
         };

@@ -68,6 +68,8 @@ pub(crate) struct Limits {
     pub(crate) body_timeout: Duration,
     /// How long an upgraded connection (WebSocket) may carry nothing either way.
     pub(crate) tunnel_idle_timeout: Duration,
+    /// How long a client may take nothing of a response being written.
+    pub(crate) send_timeout: Duration,
 }
 
 impl Limits {
@@ -237,6 +239,7 @@ struct RawLimits {
     keepalive_timeout: Option<Spanned<String>>,
     body_timeout: Option<Spanned<String>>,
     tunnel_idle_timeout: Option<Spanned<String>>,
+    send_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -665,6 +668,7 @@ impl Config {
             keepalive_timeout: cx.dur(&lim.keepalive_timeout, Duration::from_secs(75))?,
             body_timeout: cx.dur(&lim.body_timeout, Duration::from_secs(60))?,
             tunnel_idle_timeout: cx.dur(&lim.tunnel_idle_timeout, Duration::from_secs(3600))?,
+            send_timeout: cx.dur(&lim.send_timeout, Duration::from_secs(60))?,
         };
         let access_log = match &raw.access_log {
             None => None,

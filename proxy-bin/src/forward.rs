@@ -16,7 +16,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -97,8 +97,22 @@ pub(crate) struct Tunnel {
 impl Tunnel {
     /// Ends the tunnel: its log line says how many bytes the client got.
     pub(crate) fn finish(mut self, to_client: u64) {
-        if let Some(mut l) = self.log.take() {
+        if let Some(l) = self.log.as_mut() {
             l.bytes = to_client;
+        }
+    }
+
+    /// The tunnel never started: the client got `status` instead.
+    pub(crate) fn fail(mut self, status: StatusCode) {
+        if let Some(l) = self.log.as_mut() {
+            l.status = status.as_u16();
+        }
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        if let Some(l) = self.log.take() {
             l.log.log(&l.entry, l.status, l.bytes, clock());
         }
     }
@@ -172,9 +186,11 @@ struct ClientBody<B> {
     waiting: bool,
 }
 
-/// Why a client's body failed, if it did.
+/// Why a client's body failed, if it did; and whether the origin has
+/// answered (then `body_timeout` no longer applies: a gRPC stream or a long
+/// upload the origin already took on may pause as long as it likes).
 #[derive(Debug, Default)]
-pub(crate) struct BodyFailure(AtomicU8);
+pub(crate) struct BodyFailure(AtomicU8, AtomicBool);
 
 impl BodyFailure {
     const MALFORMED: u8 = 1;
@@ -183,6 +199,10 @@ impl BodyFailure {
 
     fn set(&self, why: u8) {
         let _ = self.0.compare_exchange(0, why, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn answered(&self) {
+        self.1.store(true, Ordering::Relaxed);
     }
 
     /// The answer a failed body gets: 400, 413 or 408.
@@ -254,6 +274,9 @@ impl<B: ClientRequestBody> Body for ClientBody<B> {
                 // Only the time the client keeps us waiting counts: the
                 // clock starts when a read finds nothing, not when the
                 // origin, slow to take the body, last polled.
+                if this.failed.1.load(Ordering::Relaxed) {
+                    return Poll::Pending;
+                }
                 let deadline = tokio::time::Instant::now() + this.timeout;
                 if !this.waiting {
                     this.waiting = true;
@@ -403,8 +426,10 @@ fn admit<B: ClientRequestBody>(
 /// `Upgrade`), if it does. `h2c` is declined (RFC 9113 deprecates the
 /// upgrade; prior knowledge is how h2c reaches us): the request is served
 /// as a plain one, its `Upgrade` dropped with the other hop-by-hop fields.
-fn upgrade_of<B>(req: &Request<B>) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 {
+fn upgrade_of<B: Body>(req: &Request<B>) -> Option<HeaderValue> {
+    // A request with a body is not switched: its body would have to be
+    // written out after the 101, unbounded, before the tunnel could start.
+    if req.version() != Version::HTTP_11 || req.body().size_hint().exact() != Some(0) {
         return None;
     }
     let h = req.headers();
@@ -537,6 +562,9 @@ fn forward<'a, B: ClientRequestBody>(
             }
             let (e, back) = match sent {
                 Ok(resp) => {
+                    if let Some(f) = &body_failed {
+                        f.answered();
+                    }
                     pick.server().report_l4_success(now);
                     return respond(resp, pick, room);
                 }
@@ -717,6 +745,18 @@ fn upstream_request<B: ClientRequestBody>(
 /// `trust` (the client is a proxy or CDN of the operator's) kept, the
 /// client's address appended to `X-Forwarded-For`.
 fn forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<HeaderValue>, trust: bool) {
+    if !trust {
+        // What a CGI-style backend reads as the same variable
+        // (`X_Forwarded_For` is HTTP_X_FORWARDED_FOR too), and RFC 7239's
+        // `Forwarded`: the client's word on either is not passed on.
+        let spoofs = |n: &HeaderName| n.as_str().starts_with("x_forwarded") || n == header::FORWARDED;
+        if headers.keys().any(spoofs) {
+            let gone: Vec<HeaderName> = headers.keys().filter(|n| spoofs(n)).cloned().collect();
+            for name in gone {
+                headers.remove(name);
+            }
+        }
+    }
     if trust {
         forwarded_for(headers, &peer.ip);
     } else {
@@ -777,7 +817,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            // The proxy's own fields are not the client's to remove.
+            .filter(|n| *n != X_REQUEST_ID),
     );
     for name in gone {
         headers.remove(name);

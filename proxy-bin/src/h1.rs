@@ -182,13 +182,13 @@ pub(crate) async fn serve_halves<R: ConnRead, W: AsyncWrite + Unpin + Send>(
     // How long a client may take to send a whole head
     // (`client_header_timeout`), and to start the next one on a keep-alive
     // connection (`limits.keepalive_timeout`).
-    let (head_timeout, keepalive_timeout, limits) = {
+    let (head_timeout, keepalive_timeout, send_timeout, limits) = {
         let c = shared.config.load();
-        (c.client_header_timeout, c.limits.keepalive_timeout, c.limits.head())
+        (c.client_header_timeout, c.limits.keepalive_timeout, c.limits.send_timeout, c.limits.head())
     };
     let timer = tokio::time::sleep(head_timeout);
     let mut timer = pin!(timer);
-    let mut out = Writer::default();
+    let mut out = Writer { q: WriteQueue::default(), send_timeout };
     let mut first = true;
     loop {
         if stop.stopping.load(Ordering::SeqCst) {
@@ -243,7 +243,7 @@ pub(crate) async fn serve_halves<R: ConnRead, W: AsyncWrite + Unpin + Send>(
                     _ => {}
                 }
                 tracing::debug!(reason = %refused, "request head refused");
-                let _ = refuse(&mut w, refused.status()).await;
+                let _ = tokio::time::timeout(send_timeout, refuse(&mut w, refused.status())).await;
                 // What the client still sends (the rest of a huge head) is
                 // read and dropped, briefly, so that it reads the answer
                 // rather than a reset.
@@ -264,7 +264,7 @@ pub(crate) async fn serve_halves<R: ConnRead, W: AsyncWrite + Unpin + Send>(
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             // Only an upgrade request gets one (the pool refuses a 101
             // nobody asked for): the connection becomes a tunnel.
-            tunnel(read, w, resp, &shared).await;
+            tunnel(read, w, resp, &shared, &stop).await;
             return;
         }
         let (begun, body_done) = {
@@ -297,14 +297,17 @@ pub(crate) async fn serve_halves<R: ConnRead, W: AsyncWrite + Unpin + Send>(
 }
 
 /// Writes the `101` and carries bytes both ways between the client and the
-/// origin's upgraded connection until either side closes, or nothing
-/// moves for `limits.tunnel_idle_timeout`. The origin's connection never
-/// goes back to the pool; the server counts the tunnel in flight.
+/// origin's upgraded connection until either side closes, nothing moves for
+/// `limits.tunnel_idle_timeout`, or the server stops (a tunnel may live for
+/// hours: the shutdown's drain does not wait for it). The origin's
+/// connection never goes back to the pool; the server counts the tunnel in
+/// flight.
 async fn tunnel<R: ConnRead, W: AsyncWrite + Unpin + Send>(
     read: SharedRead<R>,
     mut w: W,
     resp: Response<ProxyBody>,
     shared: &Shared,
+    stop: &Stop,
 ) {
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
@@ -315,17 +318,44 @@ async fn tunnel<R: ConnRead, W: AsyncWrite + Unpin + Send>(
         head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"\r\n");
-    let Some(upstream) = resp.into_body().into_tunnel() else { return };
-    // The request had no body: nothing else holds the read side.
-    let Ok(read) = Arc::try_unwrap(read) else { return };
+    let limits = shared.config.load().limits;
+    let Some(upstream) = resp.into_body().into_tunnel() else {
+        let _ = tokio::time::timeout(limits.send_timeout, refuse(&mut w, StatusCode::BAD_GATEWAY)).await;
+        return;
+    };
+    // The request had no body (see `forward::upgrade_of`): nothing else
+    // holds the read side.
+    let read = match Arc::try_unwrap(read) {
+        Ok(read) => read,
+        Err(_) => {
+            let _ = tokio::time::timeout(limits.send_timeout, refuse(&mut w, StatusCode::BAD_GATEWAY)).await;
+            upstream.fail(StatusCode::BAD_GATEWAY);
+            return;
+        }
+    };
     let ReadSide { io: client_r, buf: early, .. } = read.into_inner();
-    if write_all(&mut w, &head).await.is_err() {
+    if !matches!(tokio::time::timeout(limits.send_timeout, write_all(&mut w, &head)).await, Ok(Ok(()))) {
         return;
     }
-    let idle = shared.config.load().limits.tunnel_idle_timeout;
     let _open = shared.metrics.tunnel_opened();
     let mut upstream = upstream;
-    let (to_client, _) = crate::tunnel::run(client_r, early.freeze(), w, &mut upstream.io, idle).await;
+    let stopping = async {
+        let stopped = stop.notify.notified();
+        let mut stopped = pin!(stopped);
+        stopped.as_mut().enable();
+        if !stop.stopping.load(Ordering::SeqCst) {
+            stopped.await;
+        }
+    };
+    let (to_client, _) = crate::tunnel::run(
+        client_r,
+        early.freeze(),
+        w,
+        &mut upstream.io,
+        limits.tunnel_idle_timeout,
+        stopping,
+    )
+    .await;
     upstream.finish(to_client);
 }
 
@@ -498,6 +528,7 @@ fn poll_continue<R: ConnRead>(r: &mut ReadSide<R>, cx: &mut Context<'_>) -> Poll
 #[derive(Default)]
 struct Writer {
     q: WriteQueue,
+    send_timeout: Duration,
 }
 
 impl Writer {
@@ -581,8 +612,20 @@ impl Writer {
         Ok(keep)
     }
 
+    /// Writes out the queue. A client that takes nothing for
+    /// `limits.send_timeout` is cut off (it would hold the origin's
+    /// session, its queue room and the server's in-flight count); the timer
+    /// is armed only when the socket is full, not on every response.
     async fn flush(&mut self, w: &mut (impl AsyncWrite + Unpin)) -> io::Result<()> {
-        poll_fn(|cx| self.q.poll_flush(w, cx)).await
+        if let Poll::Ready(done) = poll_fn(|cx| Poll::Ready(self.q.poll_flush(w, cx))).await {
+            return done;
+        }
+        match tokio::time::timeout(self.send_timeout, poll_fn(|cx| self.q.poll_flush(w, cx))).await {
+            Ok(done) => done,
+            Err(_) => {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "the client took nothing for send_timeout"))
+            }
+        }
     }
 }
 

@@ -86,10 +86,15 @@ enum Kind {
     Admin,
 }
 
-fn builder(kind: Kind) -> auto::Builder<TokioExecutor> {
+fn builder(kind: Kind, max_head: usize) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).max_buf_size(1 << 20);
-    b.http2().timer(TokioTimer::new()).max_concurrent_streams(if kind == Kind::Admin { 16 } else { 256 });
+    // An h2 client's header block is bounded as an HTTP/1.1 head is
+    // (`limits.max_request_head`, as of the listener's start).
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(if kind == Kind::Admin { 16 } else { 256 })
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
     b
 }
 
@@ -101,7 +106,7 @@ async fn accept_loop(
     auto_max: usize,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = Arc::new(builder(kind));
+    let builder = Arc::new(builder(kind, shared.config.load().limits.max_request_head));
     let h1_stop = Arc::new(Stop::default());
     let grace = loop {
         tokio::select! {

@@ -15,14 +15,15 @@ const CHUNK: usize = 16 * 1024;
 /// sent after the upgrade request before the answer) and the origin's
 /// connection. A side that closes has its close passed on (the other side
 /// may still answer, as a WebSocket close handshake does); an error on
-/// either side, or `idle` without a byte either way, ends both. Returns
-/// the bytes sent to the client and to the origin.
+/// either side, `idle` without a byte either way, or `stop` ends both.
+/// Returns the bytes sent to the client and to the origin.
 pub(crate) async fn run<R, W, U>(
     client_r: R,
     early: Bytes,
     client_w: W,
     upstream: U,
     idle: Duration,
+    stop: impl Future<Output = ()>,
 ) -> (u64, u64)
 where
     R: AsyncRead + Unpin,
@@ -51,6 +52,7 @@ where
             }
         }
         () = idle_out => tracing::debug!(?idle, "tunnel idle past tunnel_idle_timeout; closing"),
+        () = stop => tracing::debug!("the server stops: tunnel closed"),
     }
     (to_client.load(Ordering::Relaxed), to_origin.load(Ordering::Relaxed))
 }
@@ -83,6 +85,8 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 
 #[cfg(test)]
 mod tests {
+    use std::future::pending;
+
     use super::*;
 
     #[tokio::test(start_paused = true)]
@@ -91,7 +95,14 @@ mod tests {
         let (origin, mut origin_peer) = tokio::io::duplex(1024);
         let (cr, cw) = tokio::io::split(client);
         let started = Instant::now();
-        let tunnel = tokio::spawn(run(cr, Bytes::from_static(b"early"), cw, origin, Duration::from_secs(10)));
+        let tunnel = tokio::spawn(run(
+            cr,
+            Bytes::from_static(b"early"),
+            cw,
+            origin,
+            Duration::from_secs(10),
+            pending(),
+        ));
         let mut got = [0u8; 5];
         origin_peer.read_exact(&mut got).await.unwrap_or_default();
         assert_eq!(&got, b"early", "what the client sent before the 101 goes first");
@@ -118,7 +129,7 @@ mod tests {
         let (client, mut client_peer) = tokio::io::duplex(1024);
         let (origin, mut origin_peer) = tokio::io::duplex(1024);
         let (cr, cw) = tokio::io::split(client);
-        let tunnel = tokio::spawn(run(cr, Bytes::new(), cw, origin, Duration::from_secs(60)));
+        let tunnel = tokio::spawn(run(cr, Bytes::new(), cw, origin, Duration::from_secs(60), pending()));
         client_peer.write_all(b"bye").await.unwrap_or_default();
         client_peer.shutdown().await.unwrap_or_default();
         let mut seen = Vec::new();
@@ -130,5 +141,24 @@ mod tests {
         client_peer.read_to_end(&mut back).await.unwrap_or_default();
         assert_eq!(back, b"ok");
         assert_eq!(tunnel.await.unwrap_or_default(), (2, 3));
+    }
+}
+
+#[cfg(test)]
+mod stop_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_server_stopping_closes_a_tunnel() {
+        let (client, _client_peer) = tokio::io::duplex(64);
+        let (origin, _origin_peer) = tokio::io::duplex(64);
+        let (cr, cw) = tokio::io::split(client);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let tunnel = tokio::spawn(run(cr, Bytes::new(), cw, origin, Duration::from_secs(3600), async {
+            let _ = rx.await;
+        }));
+        let _ = tx.send(());
+        let ended = tokio::time::timeout(Duration::from_secs(5), tunnel).await;
+        assert!(matches!(ended, Ok(Ok((0, 0)))), "{ended:?}");
     }
 }

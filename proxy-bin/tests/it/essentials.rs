@@ -309,3 +309,33 @@ async fn a_full_disk_drops_log_lines_and_never_a_request() {
     assert_eq!(metric(&v, "vigil_access_log_lines_total").await, 0.0);
     assert!(v.log().contains("access log write failed"), "said once: {}", v.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_closes_after_keepalive_timeout_not_the_header_timeout() {
+    let o = origins(&["127.0.0.2"]).await;
+    let origin = format!("app.test:{}", o[0].addr.port());
+    let v = Vigil::start(
+        "keepalive",
+        "client_header_timeout = \"10s\"",
+        &format!(
+            "[limits]\nkeepalive_timeout = \"300ms\"\n{}",
+            remap("www.app.test", &origin, &server_list(&o), "")
+        ),
+        "",
+    )
+    .await;
+    let mut c = TcpStream::connect(v.listen).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: www.app.test\r\n\r\n").await.unwrap();
+    let mut head = [0u8; 12];
+    c.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let answered = tokio::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "still open after 5 s");
+    let took = answered.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "closed after {took:?}: keepalive_timeout is 300 ms, the header timeout 10 s"
+    );
+}

@@ -44,8 +44,10 @@ async fn round_robin_split_and_forwarding_headers() {
     // Headers as the origin sees them.
     let req = Request::get("/headers")
         .header("host", "WWW.App.Test:8080")
-        .header("connection", "keep-alive, x-secret")
+        .header("connection", "keep-alive, x-secret, x-request-id")
         .header("x-secret", "hop")
+        .header("x_forwarded_for", "6.6.6.6")
+        .header("forwarded", "for=6.6.6.6")
         .header("keep-alive", "timeout=5")
         .header("x-forwarded-for", "10.1.1.1")
         .header("x-kept", "end-to-end")
@@ -62,6 +64,10 @@ async fn round_robin_split_and_forwarding_headers() {
     assert!(seen.contains("x-forwarded-host: WWW.App.Test:8080\n"), "{seen}");
     let id = seen.lines().find_map(|l| l.strip_prefix("x-request-id: ")).unwrap_or_default();
     assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "a generated id: {seen}");
+    // Neither the lookalike a CGI backend reads as X-Forwarded-For, nor
+    // RFC 7239's Forwarded, is the client's to set; nor can its
+    // `Connection` take the request id away.
+    assert!(!seen.contains("6.6.6.6"), "{seen}");
     assert!(seen.contains("x-kept: end-to-end\n"), "{seen}");
     assert!(!seen.contains("x-secret") && !seen.contains("keep-alive: timeout"), "{seen}");
 
