@@ -461,6 +461,7 @@ fn entry<B>(req: &Request<B>, peer: &Peer, request_id: Option<HeaderValue>) -> E
         start: clock(),
         time: std::time::SystemTime::now(),
         client: peer.addr,
+        client_text: peer.ip.clone(),
         method: req.method().clone(),
         uri: req.uri().clone(),
         version: req.version(),
