@@ -110,31 +110,14 @@ fn upstreams(
                 }
                 _ => None,
             };
-            let settings = |alpn, roots, client_auth| TlsSettings {
+            let tls_settings = TlsSettings {
                 server_name: t.sni.as_ref().map_or_else(|| key.host().to_owned(), |s| s.value.clone()),
                 roots,
                 client_auth,
                 insecure_skip_verify: t.insecure_skip_verify,
                 alpn,
             };
-            if alpn == Alpn::Auto {
-                // The files again: a profile owns what it was made from.
-                let roots = match &t.ca_file {
-                    None => Roots::System,
-                    Some(f) => Roots::Certificates(read_certs(f, "ca_file")?),
-                };
-                let client_auth = match (&t.client_cert, &t.client_key) {
-                    (Some(c), Some(k)) => {
-                        Some(ClientAuth { chain: read_certs(c, "client_cert")?, key: read_key(k)? })
-                    }
-                    _ => None,
-                };
-                // Errors are the same as the main profile's, reported below.
-                if let Ok(profile) = tls.profile(settings(Alpn::Http1, roots, client_auth)) {
-                    upgrades.insert(key.clone(), Upstream { protocol: Protocol::Http1, profile });
-                }
-            }
-            let profile = tls.profile(settings(alpn, roots, client_auth)).map_err(|e| {
+            let profile = tls.profile(tls_settings).map_err(|e| {
                 let message = format!("origin {key}: {e}");
                 match (&t.client_key, &t.sni, &t.ca_file) {
                     (Some(at), _, _) => at.error(message),
@@ -143,6 +126,13 @@ fn upstreams(
                     _ => FileError { file: String::new(), line: 0, column: 0, message },
                 }
             })?;
+            if alpn == Alpn::Auto {
+                // Its HTTP/1.1-only twin, for upgrades; made from the same
+                // settings, which just made a profile, so it cannot fail.
+                if let Ok(twin) = tls.with_alpn(profile, Alpn::Http1) {
+                    upgrades.insert(key.clone(), Upstream { protocol: Protocol::Http1, profile: twin });
+                }
+            }
             OriginUpstream { upstream: Upstream { protocol: alpn.protocol(), profile }, https: true }
         };
         if upstream.upstream.protocol == Protocol::Http1 {

@@ -604,12 +604,12 @@ impl Config {
             }
             let max_connections = o
                 .max_connections
-                .as_ref()
-                .map(|m| cx.int(&Some(m.clone()), 0, 1, 1_000_000, "max_connections"))
+                .is_some()
+                .then(|| cx.int(&o.max_connections, 0, 1, 1_000_000, "max_connections"))
                 .transpose()?
                 .map(|m| m as u32);
             let queue_timeout =
-                o.queue_timeout.as_ref().map(|q| cx.dur(&Some(q.clone()), Duration::ZERO)).transpose()?;
+                o.queue_timeout.is_some().then(|| cx.dur(&o.queue_timeout, Duration::ZERO)).transpose()?;
             if let (Some(q), None) = (&o.queue_timeout, max_connections) {
                 return Err(cx.err(q.span(), "queue_timeout needs max_connections"));
             }
@@ -658,8 +658,8 @@ impl Config {
                 as usize,
             max_request_body: lim
                 .max_request_body
-                .as_ref()
-                .map(|_| cx.size(&lim.max_request_body, 0, 1, u64::MAX >> 1, "max_request_body"))
+                .is_some()
+                .then(|| cx.size(&lim.max_request_body, 0, 1, u64::MAX >> 1, "max_request_body"))
                 .transpose()?,
             max_connections: match &lim.max_connections {
                 None => None,

@@ -13,7 +13,7 @@
 //! another server is the pool's rule too (`SessionError::may_retry_elsewhere`).
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -310,7 +310,6 @@ impl<B: ClientRequestBody> Body for ClientBody<B> {
 #[derive(Debug, Clone)]
 pub(crate) struct Peer {
     pub(crate) ip: HeaderValue,
-    pub(crate) addr: IpAddr,
     /// Came in over TLS (`X-Forwarded-Proto: https`).
     pub(crate) https: bool,
 }
@@ -318,7 +317,7 @@ pub(crate) struct Peer {
 impl Peer {
     pub(crate) fn new(addr: SocketAddr, https: bool) -> Self {
         let ip = HeaderValue::try_from(addr.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        Self { ip, addr: addr.ip(), https }
+        Self { ip, https }
     }
 }
 
@@ -453,14 +452,10 @@ fn finish(mut resp: Response<ProxyBody>, logged: Option<Box<Logged>>) -> Respons
 
 fn entry<B>(req: &Request<B>, peer: &Peer, request_id: Option<HeaderValue>) -> Entry {
     let h = req.headers();
-    let host = match req.uri().authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => h.get(header::HOST).cloned(),
-    };
+    let host = requested_host(req);
     Entry {
         start: clock(),
         time: std::time::SystemTime::now(),
-        client: peer.addr,
         client_text: peer.ip.clone(),
         method: req.method().clone(),
         uri: req.uri().clone(),
@@ -639,6 +634,15 @@ fn clock() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// The host the client asked for, as a field value: the absolute URI's
+/// authority, else its `Host`.
+fn requested_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+    match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    }
+}
+
 /// The client's host: the absolute URI's authority, else `Host`.
 fn client_host<B>(req: &Request<B>) -> Option<&str> {
     if let Some(h) = req.uri().host() {
@@ -666,18 +670,10 @@ fn upstream_request<B: ClientRequestBody>(
         Version::HTTP_10 => &VIA_10,
         _ => &VIA_11,
     };
-    let host = if route.preserve_host {
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            .or_else(|| req.headers().get(header::HOST).cloned())
-            .unwrap_or_else(|| route.host_header.clone())
-    } else {
-        route.host_header.clone()
-    };
-    let client_host = match req.uri().authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => req.headers().get(header::HOST).cloned(),
+    let client_host = requested_host(&req);
+    let host = match &client_host {
+        Some(h) if route.preserve_host => h.clone(),
+        _ => route.host_header.clone(),
     };
     // `te: trailers` says the sender will not drop trailer fields (RFC 9110
     // section 10.1.4), and gRPC origins refuse a call without it. It goes on

@@ -11,7 +11,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -166,6 +166,23 @@ struct Accepted {
     slot: Option<ClientSlot>,
 }
 
+/// An h2 client connection (h2c by prior knowledge, or h2 by ALPN), served
+/// by hyper and counted by the graceful shutdown's watcher.
+async fn serve_h2<I>(
+    io: I,
+    shared: Arc<Shared>,
+    peer: Peer,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| forward::serve(Arc::clone(&shared), peer.clone(), req));
+    if let Err(e) = watcher.watch(builder.serve_connection(TokioIo::new(io), svc).into_owned()).await {
+        tracing::debug!(error = %e, "h2 client connection ended with an error");
+    }
+}
+
 fn serve(
     accepted: Accepted,
     kind: Kind,
@@ -197,11 +214,8 @@ fn serve(
                     return;
                 }
                 drop(live); // hyper's graceful watcher counts this one
-                let io = TokioIo::new(h1::Prefixed::new(first.freeze(), stream));
-                let svc = service_fn(move |req| forward::serve(Arc::clone(&shared), peer.clone(), req));
-                if let Err(e) = watcher.watch(builder.serve_connection(io, svc).into_owned()).await {
-                    tracing::debug!(error = %e, "h2c client connection ended with an error");
-                }
+                let io = h1::Prefixed::new(first.freeze(), stream);
+                serve_h2(io, shared, peer, &builder, watcher).await;
             });
         }
         Kind::ProxyTls => {
@@ -222,11 +236,7 @@ fn serve(
                     return;
                 }
                 drop(live); // hyper's graceful watcher counts this one
-                let svc = service_fn(move |req| forward::serve(Arc::clone(&shared), peer.clone(), req));
-                let conn = builder.serve_connection(TokioIo::new(tls), svc).into_owned();
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!(error = %e, "h2 client connection over TLS ended with an error");
-                }
+                serve_h2(tls, shared, peer, &builder, watcher).await;
             });
         }
         Kind::Admin => {

@@ -26,7 +26,7 @@ use crate::connect::{Connect, ConnectFuture, Connection, Io, TcpConnect};
 use crate::{Profile, Protocol, Target};
 
 /// What a TLS connection to an origin presents and checks.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
     /// The name sent as SNI and that the certificate must be valid for.
     pub server_name: String,
@@ -42,7 +42,7 @@ pub struct TlsSettings {
 }
 
 /// Trust anchors for server certificates.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Roots {
     /// The system's (`/etc/ssl/certs` and its kin, via rustls-native-certs).
     System,
@@ -57,6 +57,12 @@ pub struct ClientAuth {
     pub chain: Vec<CertificateDer<'static>>,
     /// The leaf's private key.
     pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for ClientAuth {
+    fn clone(&self) -> Self {
+        Self { chain: self.chain.clone(), key: self.key.clone_key() }
+    }
 }
 
 /// The application protocols offered in the handshake.
@@ -104,6 +110,9 @@ pub enum TlsError {
     /// match, an unsupported key type).
     #[error("client certificate: {0}")]
     ClientAuth(rustls::Error),
+    /// A profile this connector did not make (or the plain one).
+    #[error("no TLS profile {0} here")]
+    Profile(u32),
 }
 
 /// Why a handshake failed, in a few words an operator can act on. The
@@ -323,6 +332,23 @@ impl TlsConnect {
         let id = next.len() as u32;
         self.profiles.store(Arc::new(next));
         Ok(Profile(id))
+    }
+
+    /// The profile that is `profile` but for what ALPN offers (an
+    /// HTTP/1.1-only twin of an `Auto` profile, for requests that must not
+    /// land on h2): made from the settings `profile` holds, files not read
+    /// again.
+    ///
+    /// # Errors
+    /// As [`TlsConnect::profile`]; an unknown or plain `profile` is
+    /// [`TlsError::Profile`].
+    pub fn with_alpn(&self, profile: Profile, alpn: Alpn) -> Result<Profile, TlsError> {
+        let settings = match profile {
+            Profile(n) if n > 0 => self.profiles.load().get(n as usize - 1).map(|p| p.settings.clone()),
+            Profile(_) => None,
+        };
+        let settings = settings.ok_or(TlsError::Profile(profile.0))?;
+        self.profile(TlsSettings { alpn, ..settings })
     }
 
     fn client_config(&self, settings: &TlsSettings) -> Result<ClientConfig, TlsError> {

@@ -29,12 +29,6 @@ fn fds(v: &Vigil) -> usize {
     std::fs::read_dir(format!("/proc/{}/fd", v.child.id())).map_or(0, Iterator::count)
 }
 
-/// The value of one metric series in `/metrics`, 0 when absent.
-async fn metric(v: &Vigil, series: &str) -> f64 {
-    let (_, _, text) = get_raw(v.admin, "admin", "/metrics").await.unwrap();
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
-}
-
 /// Writes `bytes` (as much as the proxy takes before closing), then reads
 /// the answer until the proxy closes; `None` if it is still open after 5 s.
 async fn exchange(addr: SocketAddr, bytes: &[u8]) -> Option<String> {
@@ -63,6 +57,7 @@ async fn limits_answer_with_their_status_close_and_leak_nothing() {
     // Warm up (the pool's connection, the runtime's threads), then count.
     assert_eq!(v.get("www.app.test", "/").await.0, StatusCode::OK);
     let baseline = fds(&v);
+    assert!(baseline > 0, "the proxy's descriptors can be counted");
     let h = "Host: www.app.test\r\n";
     let mut rss_after_first = 0;
 
@@ -93,6 +88,7 @@ async fn limits_answer_with_their_status_close_and_leak_nothing() {
         }
         if round == 0 {
             rss_after_first = rss_kib(&v);
+            assert!(rss_after_first > 0, "the proxy's memory can be read");
         }
     }
     let rss = rss_kib(&v);
@@ -113,7 +109,7 @@ async fn limits_answer_with_their_status_close_and_leak_nothing() {
     for (limit, at_least) in
         [("uri", 1.0), ("headers", 1.0), ("head", 1.0), ("body", 2.0), ("body_timeout", 1.0)]
     {
-        let n = metric(&v, &format!("vigil_limit_refusals_total{{limit=\"{limit}\"}}")).await;
+        let n = v.metric(&format!("vigil_limit_refusals_total{{limit=\"{limit}\"}}")).await;
         assert!(n >= at_least, "{limit}: counted {n}");
     }
     // Every refused connection is closed; what the proxy holds is back to
@@ -148,8 +144,8 @@ async fn connections_past_max_connections_are_closed_at_once_and_counted() {
     let mut out = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(2), fourth.read_to_end(&mut out)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed at once, not held: {read:?} {out:?}");
-    assert_eq!(metric(&v, "vigil_limit_refusals_total{limit=\"connections\"}").await, 1.0);
-    assert_eq!(metric(&v, "vigil_client_connections").await, 3.0);
+    assert_eq!(v.metric("vigil_limit_refusals_total{limit=\"connections\"}").await, 1.0);
+    assert_eq!(v.metric("vigil_client_connections").await, 3.0);
     // A slot frees when a connection closes.
     drop(held.pop());
     let ok = wait_until(Duration::from_secs(5), || async {
@@ -184,7 +180,7 @@ async fn an_origin_at_max_connections_queues_then_answers_503() {
     assert!(headers.contains_key("retry-after"));
     assert!(started.elapsed() >= Duration::from_millis(250), "it waited in the queue first");
     let series = format!("vigil_origin_queue_timeouts_total{{origin=\"{origin}\"}}");
-    assert_eq!(metric(&v, &series).await, 1.0);
+    assert_eq!(v.metric(&series).await, 1.0);
 
     // A request waiting when room frees gets it.
     let waiting = tokio::spawn({
@@ -196,7 +192,7 @@ async fn an_origin_at_max_connections_queues_then_answers_503() {
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(2), held.read_buf(&mut rest)).await;
     assert_eq!(waiting.await.unwrap(), Some(StatusCode::OK));
-    assert!(metric(&v, &format!("vigil_origin_queued_total{{origin=\"{origin}\"}}")).await >= 2.0);
+    assert!(v.metric(&format!("vigil_origin_queued_total{{origin=\"{origin}\"}}")).await >= 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,8 +280,8 @@ async fn the_access_log_writes_json_lines_and_reopens_on_sigusr1() {
     assert!(reopened, "no new file after SIGUSR1: {}", v.log());
     // Lines logged before the writer reopened went to the old file, after it.
     assert!(std::fs::read_to_string(&rotated).unwrap().lines().count() >= 2, "the old file keeps its lines");
-    assert!(metric(&v, "vigil_access_log_lines_total").await >= 3.0);
-    assert_eq!(metric(&v, "vigil_access_log_dropped_total").await, 0.0);
+    assert!(v.metric("vigil_access_log_lines_total").await >= 3.0);
+    assert_eq!(v.metric("vigil_access_log_dropped_total").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,11 +298,11 @@ async fn a_full_disk_drops_log_lines_and_never_a_request() {
         assert_eq!(v.get("www.app.test", "/").await.0, StatusCode::OK);
     }
     let dropped = wait_until(Duration::from_secs(5), || async {
-        metric(&v, "vigil_access_log_dropped_total").await >= 20.0
+        v.metric("vigil_access_log_dropped_total").await >= 20.0
     })
     .await;
     assert!(dropped, "lines that could not be written are counted: {}", v.log());
-    assert_eq!(metric(&v, "vigil_access_log_lines_total").await, 0.0);
+    assert_eq!(v.metric("vigil_access_log_lines_total").await, 0.0);
     assert!(v.log().contains("access log write failed"), "said once: {}", v.log());
 }
 

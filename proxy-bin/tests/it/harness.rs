@@ -305,6 +305,15 @@ impl Vigil {
         get_raw(self.listen, host, path).await.unwrap_or_else(|| panic!("no answer for GET {host}{path}"))
     }
 
+    /// The value of one metric series in `/metrics` (`name{labels}`), 0
+    /// when absent.
+    pub(crate) async fn metric(&self, series: &str) -> f64 {
+        let (_, _, text) = get_raw(self.admin, "admin", "/metrics").await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
     pub(crate) async fn hosts(&self) -> serde_json::Value {
         let (s, _, body) = get_raw(self.admin, "admin", "/hosts").await.unwrap();
         assert_eq!(s, StatusCode::OK);
@@ -440,3 +449,16 @@ pub(crate) async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     assert!(read.is_ok(), "the connection was not closed: {}", String::from_utf8_lossy(&out));
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Fast enough for tests, with room for a loaded CI machine: one slow
+/// check does not flip a server.
+pub(crate) const FAST_CHECKS: &str = r#"[defaults]
+interval = "150ms"
+unhealthy_interval = "150ms"
+timeout = "120ms"
+healthy_threshold = 1
+unhealthy_threshold = 2
+[[check]]
+origin = "app.test"
+path = "/healthz"
+"#;

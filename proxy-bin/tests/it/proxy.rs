@@ -11,19 +11,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::*;
 
-/// Fast enough for tests, with room for a loaded CI machine: one slow
-/// check does not flip a server.
-const FAST_CHECKS: &str = r#"[defaults]
-interval = "150ms"
-unhealthy_interval = "150ms"
-timeout = "120ms"
-healthy_threshold = 1
-unhealthy_threshold = 2
-[[check]]
-origin = "app.test"
-path = "/healthz"
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_split_and_forwarding_headers() {
     let o = origins(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]).await;

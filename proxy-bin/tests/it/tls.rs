@@ -114,17 +114,6 @@ fn https_remap(host: &str, origin: &str, servers: &str, extra: &str) -> String {
     )
 }
 
-const CHECKS: &str = r#"[defaults]
-interval = "200ms"
-unhealthy_interval = "200ms"
-timeout = "150ms"
-healthy_threshold = 1
-unhealthy_threshold = 2
-[[check]]
-origin = "app.test"
-path = "/healthz"
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_origins_and_their_checks_ride_pooled_tls_sessions() {
     let pki = Pki::new();
@@ -139,7 +128,7 @@ async fn https_origins_and_their_checks_ride_pooled_tls_sessions() {
         let rest = https_remap("www.app.test", &format!("app.test:{port}"), &servers, &extra);
         let ca_pem = pki.ca_pem();
         let files: &[(&str, &[u8])] = &[("ca.pem", ca_pem.as_bytes())];
-        let v = Vigil::start_with(name, files, "", &rest, CHECKS).await;
+        let v = Vigil::start_with(name, files, "", &rest, FAST_CHECKS).await;
         // The first request starts the checks; it and the first check may
         // each open a connection before either has a session to resume.
         assert_eq!(v.get("www.app.test", "/").await.0, StatusCode::OK);

@@ -40,13 +40,6 @@ async fn websocket_echo(ip: &str) -> SocketAddr {
     addr
 }
 
-async fn metric(v: &Vigil, series: &str) -> f64 {
-    let (_, _, text) = get_raw(v.admin, "admin", "/metrics").await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websockets_tunnel_through_and_the_server_counts_them_in_flight() {
     let echo = websocket_echo("127.0.0.2").await;
@@ -73,19 +66,19 @@ async fn websockets_tunnel_through_and_the_server_counts_them_in_flight() {
     let server = v.server(echo).await;
     assert_eq!(server["pool"], serde_json::json!({"idle": 0, "in_use": 1}), "{server}");
     let in_flight = format!("vigil_server_in_flight{{origin=\"{origin}\",server=\"{echo}\"}}");
-    assert_eq!(metric(&v, &in_flight).await, 1.0);
-    assert_eq!(metric(&v, "vigil_tunnels_open").await, 1.0);
+    assert_eq!(v.metric(&in_flight).await, 1.0);
+    assert_eq!(v.metric("vigil_tunnels_open").await, 1.0);
 
     ws.close(None).await.unwrap();
     while let Some(Ok(_)) = ws.next().await {}
     let released = wait_until(Duration::from_secs(5), || async {
-        metric(&v, "vigil_tunnels_open").await == 0.0 && metric(&v, &in_flight).await == 0.0
+        v.metric("vigil_tunnels_open").await == 0.0 && v.metric(&in_flight).await == 0.0
     })
     .await;
     assert!(released, "the tunnel's end releases the server: {}", v.log());
     let server = v.server(echo).await;
     assert_eq!(server["pool"], serde_json::json!({"idle": 0, "in_use": 0}), "never back in the pool: {server}");
-    assert_eq!(metric(&v, "vigil_tunnels_total").await, 1.0);
+    assert_eq!(v.metric("vigil_tunnels_total").await, 1.0);
 
     // A quiet tunnel is closed after tunnel_idle_timeout.
     let stream = TcpStream::connect(v.listen).await.unwrap();

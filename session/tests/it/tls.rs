@@ -151,6 +151,28 @@ async fn https_sessions_are_reused_and_fresh_ones_resume() {
 }
 
 #[tokio::test]
+async fn an_http1_twin_of_an_auto_profile_speaks_http1_to_a_server_that_prefers_h2() {
+    let pki = Pki::new("test ca");
+    let origin = tls_origin(pki.leaf(&["app.test"], false), &[b"h2", b"http/1.1"], None).await;
+    let tls = Arc::new(TlsConnect::new());
+    let auto = tls.profile(settings("app.test", pki.root(), Alpn::Auto)).unwrap();
+    let twin = tls.with_alpn(auto, Alpn::Http1).unwrap();
+    assert_ne!(twin, auto);
+    assert_eq!(tls.with_alpn(auto, Alpn::Http1).unwrap(), twin, "made once");
+    assert_eq!(
+        tls.profile(settings("app.test", pki.root(), Alpn::Http1)).unwrap(),
+        twin,
+        "the same settings"
+    );
+    assert!(tls.with_alpn(Profile::PLAIN, Alpn::Http1).is_err(), "the plain profile has no TLS settings");
+    // Offered only http/1.1, the server cannot pick h2: an HTTP/1.1 session
+    // over it works (over h2 it would be garbage).
+    let target = Target::new(origin.addr, Protocol::Http1).with_profile(twin);
+    let resp = pool(&tls).request(target, Freshness::IdlePreferred, get("/")).await.unwrap();
+    assert_eq!(read_all(resp).await, "ok");
+}
+
+#[tokio::test]
 async fn auto_speaks_what_alpn_settled_on() {
     let pki = Pki::new("test ca");
     let h2 = tls_origin(pki.leaf(&["app.test"], false), &[b"h2", b"http/1.1"], None).await;
