@@ -262,6 +262,18 @@ impl Origin {
         server.record_check(result, &policy, now)
     }
 
+    /// [`Origin::record_check`] for a check sent to another port of
+    /// `server` ([`Server::record_check_on_other_port`]: L4 state untouched).
+    pub fn record_check_on_other_port(
+        &self,
+        server: &Server,
+        result: &CheckResult,
+        now: Instant,
+    ) -> Option<L7Flip> {
+        let policy = self.state.load().check?;
+        server.record_check_on_other_port(result, &policy, now)
+    }
+
     // ---- writers (config apply, DNS) -----------------------------------
 
     pub(crate) fn hub_emit(&self, event: Event) {

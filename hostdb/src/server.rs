@@ -298,6 +298,28 @@ impl Server {
     /// check also clears L4 failures (SPEC: "a passing L7 check also clears
     /// L4-down"). Returns the flip, if the L7 state changed.
     pub fn record_check(&self, result: &CheckResult, policy: &L7Policy, now: Instant) -> Option<L7Flip> {
+        self.record(result, policy, now, true)
+    }
+
+    /// Records a result of a check sent to another port of this server (an
+    /// admin port beside the service port): judged like any check, but a
+    /// pass says nothing of the service port, so L4 state is left as it is.
+    pub fn record_check_on_other_port(
+        &self,
+        result: &CheckResult,
+        policy: &L7Policy,
+        now: Instant,
+    ) -> Option<L7Flip> {
+        self.record(result, policy, now, false)
+    }
+
+    fn record(
+        &self,
+        result: &CheckResult,
+        policy: &L7Policy,
+        now: Instant,
+        clears_l4: bool,
+    ) -> Option<L7Flip> {
         let flip = {
             let _w = self.l7_writer.lock();
             let (next, flip) = self.l7.load().apply(result, policy, now);
@@ -307,7 +329,7 @@ impl Server {
         if let Some(f) = flip {
             self.emit_l7(f, result.detail.clone(), crate::Source::Local);
         }
-        if result.passed {
+        if result.passed && clears_l4 {
             self.report_l4_success(now);
         }
         flip

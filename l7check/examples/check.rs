@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vigil_hostdb::{HostDb, HostDbConfig, L7State, OriginKey, OriginSpec, ServerSource};
-use vigil_l7check::{Checker, CheckerOptions, HealthChecks, HttpProbe};
+use vigil_l7check::{Checker, CheckerOptions, HealthChecks, PoolProbe};
 use vigil_session::{NoopObserver, Pool, PoolConfig};
 
 const CHECKS: &str = r#"
@@ -78,7 +78,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })?;
     let pool = Pool::new(PoolConfig::default(), Arc::new(NoopObserver));
     let checker =
-        Checker::new(db.clone(), Arc::new(HttpProbe::new(pool)), checks_file, CheckerOptions::default());
+        Checker::new(db.clone(), Arc::new(PoolProbe::new(pool)), checks_file, CheckerOptions::default());
     let origin = db.origin_by_key(&key).ok_or("no origin")?;
 
     tokio::time::sleep(Duration::from_millis(300)).await;

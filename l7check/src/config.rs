@@ -106,6 +106,74 @@ pub struct StatusRange {
 pub struct Check {
     /// Which origins it applies to.
     pub origin: OriginPattern,
+    /// What is sent and how the answer is judged.
+    pub kind: CheckKind,
+    /// `port`: check this port of each server's address instead of the
+    /// service port. Its failures are check failures, never L4 failures of
+    /// the service port, and its passes do not clear the service port's
+    /// L4-down (see `docs/configuration.md`).
+    pub port: Option<u16>,
+    /// Timing and hysteresis.
+    pub settings: Settings,
+    /// Where the check's `kind` is written (or the check itself, when
+    /// `kind` is left to its default): for errors that need the main config
+    /// too (a gRPC check on an origin that speaks HTTP/1.1).
+    pub at: Position,
+}
+
+impl Check {
+    /// The HTTP check, if this is one.
+    pub fn http(&self) -> Option<&HttpCheck> {
+        match &self.kind {
+            CheckKind::Http(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// Where the check is sent for `server`: its address, on `port` when set.
+    pub fn addr_for(&self, server: std::net::SocketAddr) -> std::net::SocketAddr {
+        match self.port {
+            Some(port) => std::net::SocketAddr::new(server.ip(), port),
+            None => server,
+        }
+    }
+}
+
+/// A line and column in the health-check file (1-based, in characters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+}
+
+/// What a check sends and how it judges the answer (`kind`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckKind {
+    /// `"http"` (the default): a GET or HEAD over the pooled sessions.
+    Http(HttpCheck),
+    /// `"grpc"`: `grpc.health.v1.Health/Check` over the pooled h2 sessions.
+    Grpc(GrpcCheck),
+    /// `"tcp"`: a connection of its own, then send and expect steps.
+    Tcp(TcpCheck),
+}
+
+impl CheckKind {
+    /// `"http"`, `"grpc"` or `"tcp"`: the name the file, `/hosts` and the
+    /// metrics use.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Http(_) => "http",
+            Self::Grpc(_) => "grpc",
+            Self::Tcp(_) => "tcp",
+        }
+    }
+}
+
+/// An HTTP check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpCheck {
     /// `GET` or `HEAD`.
     pub method: http::Method,
     /// Request path (with query, if any).
@@ -118,20 +186,130 @@ pub struct Check {
     pub expect_status: Vec<StatusRange>,
     /// Required substring of the first 64 KiB of the body.
     pub expect_body: Option<String>,
-    /// Timing and hysteresis.
-    pub settings: Settings,
+    /// A header the response must carry.
+    pub expect_header: Option<HeaderExpect>,
 }
 
-impl Check {
+impl HttpCheck {
     /// Whether `status` is accepted.
     pub fn status_ok(&self, status: u16) -> bool {
         self.expect_status.iter().any(|r| (r.lo..=r.hi).contains(&status))
     }
 }
 
+/// `expect_header`: a response header field the check requires.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderExpect {
+    /// The field's name.
+    pub name: http::HeaderName,
+    /// What its value must be; one matching field is enough.
+    pub value: HeaderValueMatch,
+}
+
+/// How an expected header's value is judged.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeaderValueMatch {
+    /// Only `name`: the field must be present.
+    Present,
+    /// `value`: exactly this value.
+    Equals(http::HeaderValue),
+    /// `regex`: a value the pattern matches (unanchored unless it says so).
+    Regex(Pattern),
+}
+
+impl HeaderExpect {
+    /// Whether `headers` satisfy this expectation.
+    pub fn satisfied_by(&self, headers: &http::HeaderMap) -> bool {
+        headers.get_all(&self.name).iter().any(|v| match &self.value {
+            HeaderValueMatch::Present => true,
+            HeaderValueMatch::Equals(want) => v == want,
+            HeaderValueMatch::Regex(re) => re.is_match(v.as_bytes()),
+        })
+    }
+}
+
+/// A gRPC health check (`grpc.health.v1.Health/Check`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrpcCheck {
+    /// `service`: the service asked about; empty: the server as a whole.
+    pub service: String,
+    /// `host`: the request's authority; `None`: the origin's host.
+    pub host: Option<String>,
+    /// `headers`: extra request metadata.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+/// A TCP check: connect, then each step in order; no steps: connect only.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TcpCheck {
+    /// The dialogue.
+    pub steps: Vec<TcpStep>,
+}
+
+/// One step of a TCP check.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TcpStep {
+    /// `send` / `send_hex`: write these bytes.
+    Send(Vec<u8>),
+    /// `expect` / `expect_hex` / `expect_regex`: read until the answer
+    /// (since the previous expectation's match) holds this.
+    Expect(Expect),
+}
+
+/// What a TCP check's `expect` step waits for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expect {
+    /// `expect` / `expect_hex`: these bytes, anywhere.
+    Contains(Vec<u8>),
+    /// `expect_regex`: a match of the pattern.
+    Regex(Pattern),
+}
+
+/// A compiled regular expression over bytes (the `regex` crate: linear
+/// time whatever the input, so an origin cannot make a check slow).
+#[derive(Debug, Clone)]
+pub struct Pattern(regex::bytes::Regex);
+
+impl Pattern {
+    /// Compiles `pattern`.
+    ///
+    /// # Errors
+    /// What the regex crate says is wrong with it.
+    pub fn new(pattern: &str) -> Result<Self, String> {
+        regex::bytes::RegexBuilder::new(pattern)
+            .size_limit(1 << 20)
+            .build()
+            .map(Self)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Whether it matches somewhere in `haystack`.
+    pub fn is_match(&self, haystack: &[u8]) -> bool {
+        self.0.is_match(haystack)
+    }
+
+    /// Where it first matches in `haystack`.
+    pub fn find(&self, haystack: &[u8]) -> Option<Range<usize>> {
+        self.0.find(haystack).map(|m| m.range())
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct HealthChecks {
+    /// The file's name, as given to [`HealthChecks::parse`].
+    pub file: String,
     /// `[defaults]`.
     pub defaults: Settings,
     /// The `[[check]]`s, in file order.
@@ -152,9 +330,10 @@ impl HealthChecks {
     /// "#;
     /// let hc = vigil_l7check::HealthChecks::parse(text, "healthchecks.toml")?;
     /// let check = hc.matching(&"app.internal:8080".parse()?).unwrap();
-    /// assert_eq!(check.path, "/healthz");
+    /// let http = check.http().unwrap();
+    /// assert_eq!(http.path, "/healthz");
     /// assert_eq!(check.settings.interval, std::time::Duration::from_secs(5));
-    /// assert!(check.status_ok(302) && !check.status_ok(503));
+    /// assert!(http.status_ok(302) && !http.status_ok(503));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
@@ -167,16 +346,26 @@ impl HealthChecks {
         let defaults = raw.defaults.resolve(&Settings::default(), &err)?;
         let mut checks: Vec<Check> = Vec::with_capacity(raw.check.len());
         for raw in raw.check {
+            let table = raw.span();
             let raw = raw.into_inner();
             let (origin_text, origin_span) = (raw.origin.get_ref().clone(), raw.origin.span());
-            let check = raw.resolve(&defaults, &err)?;
+            let at_span = raw.kind.as_ref().map_or(table, Spanned::span);
+            let at = error_at(file, text, Some(at_span), "");
+            let at = Position { line: at.line, column: at.column };
+            let check = raw.resolve(&defaults, at, &err)?;
             // Two checks for the same pattern: the second would never apply.
             if checks.iter().any(|c| c.origin == check.origin) {
                 return Err(err(origin_span, format!("origin {origin_text:?} has two [[check]]s")));
             }
             checks.push(check);
         }
-        Ok(Self { defaults, checks })
+        Ok(Self { file: file.to_owned(), defaults, checks })
+    }
+
+    /// An error at `at` in this file (for what only the main config shows,
+    /// such as a gRPC check on an origin that cannot speak h2).
+    pub fn error_at(&self, at: Position, message: impl Into<String>) -> FileError {
+        FileError { file: self.file.clone(), line: at.line, column: at.column, message: message.into() }
     }
 
     /// The check for `origin`: `host:port` beats `host` beats `*.suffix`
@@ -225,12 +414,20 @@ enum StatusEntry {
 #[serde(deny_unknown_fields)]
 struct RawCheck {
     origin: Spanned<String>,
+    kind: Option<Spanned<String>>,
+    port: Option<Spanned<i64>>,
+    // http
     method: Option<Spanned<String>>,
     path: Option<Spanned<String>>,
     host: Option<Spanned<String>>,
     headers: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     expect_status: Option<Spanned<Vec<Spanned<StatusEntry>>>>,
     expect_body: Option<Spanned<String>>,
+    expect_header: Option<Spanned<RawHeaderExpect>>,
+    // grpc
+    service: Option<Spanned<String>>,
+    // tcp
+    steps: Option<Spanned<Vec<Spanned<RawStep>>>>,
     // [defaults] keys, overridable per check (serde's flatten cannot be
     // combined with deny_unknown_fields, so they are listed again).
     interval: Option<Spanned<String>>,
@@ -241,6 +438,24 @@ struct RawCheck {
     jitter: Option<Spanned<String>>,
     idle_after: Option<Spanned<String>>,
     fresh_connect_every: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderExpect {
+    name: Spanned<String>,
+    value: Option<Spanned<String>>,
+    regex: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    send: Option<Spanned<String>>,
+    send_hex: Option<Spanned<String>>,
+    expect: Option<Spanned<String>>,
+    expect_hex: Option<Spanned<String>>,
+    expect_regex: Option<Spanned<String>>,
 }
 
 type ErrFn<'a> = dyn Fn(Range<usize>, String) -> FileError + 'a;
@@ -339,9 +554,116 @@ fn resolve_settings(
     Ok(Settings { interval, unhealthy_interval, timeout, policy, jitter, idle_after, fresh_connect_every })
 }
 
+/// A kind-specific key: its name, where it is written, the kinds it belongs to.
+type KindKey<'a> = (&'a str, Option<Range<usize>>, &'a [&'a str]);
+
+/// Most bytes a TCP check's `send` or `expect` may hold, and most steps.
+const MAX_STEP_BYTES: usize = 64 * 1024;
+const MAX_STEPS: usize = 64;
+
 impl RawCheck {
-    fn resolve(self, defaults: &Settings, err: &ErrFn<'_>) -> Result<Check, FileError> {
+    fn resolve(self, defaults: &Settings, at: Position, err: &ErrFn<'_>) -> Result<Check, FileError> {
         let origin = OriginPattern::parse(self.origin.get_ref()).map_err(|m| err(self.origin.span(), m))?;
+        let kind = match &self.kind {
+            None => "http",
+            Some(k) => match k.get_ref().as_str() {
+                kind @ ("http" | "grpc" | "tcp") => kind,
+                other => {
+                    return Err(err(
+                        k.span(),
+                        format!("kind must be \"http\", \"grpc\" or \"tcp\", not {other:?}"),
+                    ));
+                }
+            },
+        };
+        // Keys that belong to another kind are refused, never ignored.
+        let span = |v: &Option<Spanned<String>>| v.as_ref().map(Spanned::span);
+        let keys: [KindKey<'_>; 10] = [
+            ("method", span(&self.method), &["http"]),
+            ("path", span(&self.path), &["http"]),
+            ("host", span(&self.host), &["http", "grpc"]),
+            ("headers", self.headers.as_ref().map(Spanned::span), &["http", "grpc"]),
+            ("expect_status", self.expect_status.as_ref().map(Spanned::span), &["http"]),
+            ("expect_body", span(&self.expect_body), &["http"]),
+            ("expect_header", self.expect_header.as_ref().map(Spanned::span), &["http"]),
+            ("service", span(&self.service), &["grpc"]),
+            ("steps", self.steps.as_ref().map(Spanned::span), &["tcp"]),
+            ("fresh_connect_every", self.fresh_connect_every.as_ref().map(Spanned::span), &["http", "grpc"]),
+        ];
+        for (key, at, kinds) in keys {
+            if let Some(at) = at.filter(|_| !kinds.contains(&kind)) {
+                let why = if key == "fresh_connect_every" {
+                    " (a tcp check opens a connection of its own every time)"
+                } else {
+                    ""
+                };
+                return Err(err(at, format!("`{key}` does not apply to a {kind} check{why}")));
+            }
+        }
+        let port = match &self.port {
+            None => None,
+            Some(p) => match u16::try_from(*p.get_ref()) {
+                Ok(port) if port > 0 => Some(port),
+                _ => return Err(err(p.span(), format!("port must be from 1 to 65535, not {}", p.get_ref()))),
+            },
+        };
+        let host = match &self.host {
+            None => None,
+            Some(h) => {
+                let text = h.get_ref();
+                http::HeaderValue::from_str(text)
+                    .ok()
+                    .filter(|_| !text.is_empty() && !text.contains(char::is_whitespace))
+                    .ok_or_else(|| {
+                        err(h.span(), format!("host {text:?} is not a valid Host header value"))
+                    })?;
+                Some(text.clone())
+            }
+        };
+        let headers = match &self.headers {
+            None => Vec::new(),
+            Some(map) => request_headers(map, kind, err)?,
+        };
+        let kind = match kind {
+            "grpc" => {
+                let service = self.service.as_ref().map(|s| s.get_ref().clone()).unwrap_or_default();
+                if service.len() > 1024 {
+                    let at = self.service.as_ref().map_or(0..0, Spanned::span);
+                    return Err(err(at, "service names longer than 1 KiB are not supported".into()));
+                }
+                CheckKind::Grpc(GrpcCheck { service, host, headers })
+            }
+            "tcp" => {
+                let steps = match &self.steps {
+                    None => Vec::new(),
+                    Some(list) if list.get_ref().len() > MAX_STEPS => {
+                        return Err(err(list.span(), format!("a tcp check has at most {MAX_STEPS} steps")));
+                    }
+                    Some(list) => {
+                        list.get_ref().iter().map(|step| step_of(step, err)).collect::<Result<_, _>>()?
+                    }
+                };
+                CheckKind::Tcp(TcpCheck { steps })
+            }
+            _ => CheckKind::Http(self.http(host, headers, err)?),
+        };
+        let settings = resolve_settings(
+            defaults,
+            [&self.interval, &self.unhealthy_interval, &self.timeout, &self.idle_after],
+            [&self.healthy_threshold, &self.unhealthy_threshold, &self.fresh_connect_every],
+            &self.jitter,
+            err,
+        )?;
+        Ok(Check { origin, kind, port, settings, at })
+    }
+
+    /// The HTTP kind's keys.
+    fn http(
+        &self,
+        host: Option<String>,
+        headers: Vec<(http::HeaderName, http::HeaderValue)>,
+        err: &ErrFn<'_>,
+    ) -> Result<HttpCheck, FileError> {
         let method = match &self.method {
             None => http::Method::GET,
             Some(m) => match m.get_ref().to_ascii_uppercase().as_str() {
@@ -363,38 +685,6 @@ impl RawCheck {
                 text.clone()
             }
         };
-        let host = match &self.host {
-            None => None,
-            Some(h) => {
-                let text = h.get_ref();
-                http::HeaderValue::from_str(text)
-                    .ok()
-                    .filter(|_| !text.is_empty() && !text.contains(char::is_whitespace))
-                    .ok_or_else(|| {
-                        err(h.span(), format!("host {text:?} is not a valid Host header value"))
-                    })?;
-                Some(text.clone())
-            }
-        };
-        let mut headers = Vec::new();
-        if let Some(map) = &self.headers {
-            for (name, value) in map.get_ref() {
-                let n = http::HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|_| err(map.span(), format!("invalid header name {name:?}")))?;
-                if n == http::header::HOST
-                    || n == http::header::CONTENT_LENGTH
-                    || n == http::header::TRANSFER_ENCODING
-                {
-                    return Err(err(
-                        map.span(),
-                        format!("header {name:?} is set by the checker (use `host` for Host)"),
-                    ));
-                }
-                let v = http::HeaderValue::from_str(value.get_ref())
-                    .map_err(|_| err(value.span(), format!("invalid value for header {name:?}")))?;
-                headers.push((n, v));
-            }
-        }
         let expect_status = match &self.expect_status {
             None => vec![StatusRange { lo: 200, hi: 399 }],
             Some(list) if list.get_ref().is_empty() => {
@@ -414,15 +704,120 @@ impl RawCheck {
             }
             other => other.as_ref().map(|b| b.get_ref().clone()),
         };
-        let settings = resolve_settings(
-            defaults,
-            [&self.interval, &self.unhealthy_interval, &self.timeout, &self.idle_after],
-            [&self.healthy_threshold, &self.unhealthy_threshold, &self.fresh_connect_every],
-            &self.jitter,
-            err,
-        )?;
-        Ok(Check { origin, method, path, host, headers, expect_status, expect_body, settings })
+        let expect_header = self.expect_header.as_ref().map(|h| header_expect(h, err)).transpose()?;
+        Ok(HttpCheck { method, path, host, headers, expect_status, expect_body, expect_header })
     }
+}
+
+/// `headers`: names and values the http crate takes, none of those the
+/// checker sets itself.
+fn request_headers(
+    map: &Spanned<BTreeMap<String, Spanned<String>>>,
+    kind: &str,
+    err: &ErrFn<'_>,
+) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, FileError> {
+    let mut headers = Vec::new();
+    for (name, value) in map.get_ref() {
+        let n = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| err(map.span(), format!("invalid header name {name:?}")))?;
+        let grpc_owned = kind == "grpc" && (n == http::header::CONTENT_TYPE || n == http::header::TE);
+        if n == http::header::HOST
+            || n == http::header::CONTENT_LENGTH
+            || n == http::header::TRANSFER_ENCODING
+            || grpc_owned
+        {
+            return Err(err(
+                map.span(),
+                format!("header {name:?} is set by the checker (use `host` for Host)"),
+            ));
+        }
+        let v = http::HeaderValue::from_str(value.get_ref())
+            .map_err(|_| err(value.span(), format!("invalid value for header {name:?}")))?;
+        headers.push((n, v));
+    }
+    Ok(headers)
+}
+
+fn header_expect(raw: &Spanned<RawHeaderExpect>, err: &ErrFn<'_>) -> Result<HeaderExpect, FileError> {
+    let h = raw.get_ref();
+    let name = http::HeaderName::from_bytes(h.name.get_ref().as_bytes())
+        .map_err(|_| err(h.name.span(), format!("invalid header name {:?}", h.name.get_ref())))?;
+    let value = match (&h.value, &h.regex) {
+        (Some(_), Some(r)) => {
+            return Err(err(r.span(), "expect_header takes `value` or `regex`, not both".into()));
+        }
+        (Some(v), None) => HeaderValueMatch::Equals(
+            http::HeaderValue::from_str(v.get_ref())
+                .map_err(|_| err(v.span(), format!("invalid header value {:?}", v.get_ref())))?,
+        ),
+        (None, Some(r)) => HeaderValueMatch::Regex(regex_at(r, err)?),
+        (None, None) => HeaderValueMatch::Present,
+    };
+    Ok(HeaderExpect { name, value })
+}
+
+fn regex_at(r: &Spanned<String>, err: &ErrFn<'_>) -> Result<Pattern, FileError> {
+    Pattern::new(r.get_ref()).map_err(|e| {
+        // The regex crate's message spans lines (the pattern, a caret, the
+        // reason): keep it on one.
+        let why = e.lines().last().unwrap_or("").trim().trim_start_matches("error: ");
+        err(r.span(), format!("invalid regex {:?}: {why}", r.get_ref()))
+    })
+}
+
+/// One `steps` entry: a table with exactly one of the step keys.
+fn step_of(raw: &Spanned<RawStep>, err: &ErrFn<'_>) -> Result<TcpStep, FileError> {
+    let s = raw.get_ref();
+    let given = [&s.send, &s.send_hex, &s.expect, &s.expect_hex, &s.expect_regex];
+    if given.iter().filter(|v| v.is_some()).count() != 1 {
+        return Err(err(
+            raw.span(),
+            "each step is one of { send = \"…\" }, { send_hex = \"…\" }, { expect = \"…\" }, { expect_hex = \"…\" } or { expect_regex = \"…\" }".into(),
+        ));
+    }
+    let sized = |v: &Spanned<String>, bytes: Vec<u8>| -> Result<Vec<u8>, FileError> {
+        match bytes.len() {
+            0 => Err(err(v.span(), "a step's bytes must not be empty".into())),
+            n if n > MAX_STEP_BYTES => Err(err(v.span(), "a step's bytes are limited to 64 KiB".into())),
+            _ => Ok(bytes),
+        }
+    };
+    let hex = |v: &Spanned<String>| -> Result<Vec<u8>, FileError> {
+        sized(v, parse_hex(v.get_ref()).map_err(|m| err(v.span(), m))?)
+    };
+    Ok(if let Some(v) = &s.send {
+        TcpStep::Send(sized(v, v.get_ref().as_bytes().to_vec())?)
+    } else if let Some(v) = &s.send_hex {
+        TcpStep::Send(hex(v)?)
+    } else if let Some(v) = &s.expect {
+        TcpStep::Expect(Expect::Contains(sized(v, v.get_ref().as_bytes().to_vec())?))
+    } else if let Some(v) = &s.expect_hex {
+        TcpStep::Expect(Expect::Contains(hex(v)?))
+    } else if let Some(v) = &s.expect_regex {
+        sized(v, v.get_ref().as_bytes().to_vec())?;
+        TcpStep::Expect(Expect::Regex(regex_at(v, err)?))
+    } else {
+        unreachable!("exactly one key was counted above")
+    })
+}
+
+/// Hex digits, two per byte, spaces allowed between bytes (`"2a 31 0d 0a"`).
+fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
+    let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    let bad = || format!("invalid hex {text:?}: expected pairs of hex digits, like \"2a 31 0d 0a\"");
+    if !digits.len().is_multiple_of(2) {
+        return Err(bad());
+    }
+    digits
+        .chunks(2)
+        .map(|pair| {
+            let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+            match (digit(pair[0]), digit(pair[1])) {
+                (Some(hi), Some(lo)) => Ok(hi << 4 | lo),
+                _ => Err(bad()),
+            }
+        })
+        .collect()
 }
 
 fn parse_status(entry: &Spanned<StatusEntry>, err: &ErrFn<'_>) -> Result<StatusRange, FileError> {

@@ -12,7 +12,7 @@
 //!   server is checked every `interval` (± jitter), every
 //!   `unhealthy_interval` while unhealthy; checks stop after `idle_after`
 //!   without a request. Checks in flight are bounded.
-//! - [`Probe`] and [`HttpProbe`]: one check, judged by status ranges and an
+//! - [`Probe`] and [`PoolProbe`]: one check, judged by status ranges and an
 //!   optional body substring, one timeout for everything, redirects never
 //!   followed, a failure on a reused session retried once on a fresh one.
 //!
@@ -27,9 +27,14 @@
 #![warn(missing_docs)]
 
 mod config;
+mod grpc;
 mod probe;
 mod scheduler;
+mod tcp;
 
-pub use config::{Check, HealthChecks, OriginPattern, Settings, StatusRange};
-pub use probe::{HttpProbe, MAX_BODY, OriginUpstream, Probe, ProbeFuture, ProbeOutcome, ProbeRequest};
+pub use config::{
+    Check, CheckKind, Expect, GrpcCheck, HeaderExpect, HeaderValueMatch, HealthChecks, HttpCheck,
+    OriginPattern, Pattern, Position, Settings, StatusRange, TcpCheck, TcpStep,
+};
+pub use probe::{MAX_BODY, OriginUpstream, PoolProbe, Probe, ProbeFuture, ProbeOutcome, ProbeRequest};
 pub use scheduler::{CheckFilter, Checker, CheckerMetrics, CheckerOptions, ResultHook};

@@ -4,12 +4,13 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::time::Duration;
 
+use bytes::Bytes;
 use vigil_hostdb::{CheckResult, OriginKey};
-use vigil_session::{Fetched, Freshness, Pool, Protocol, RetryPolicy, SessionError, Upstream, empty_body};
+use vigil_session::{Fetched, Freshness, Pool, Protocol, RetryPolicy, SessionError, Upstream};
 
 use crate::Check;
+use crate::config::{CheckKind, GrpcCheck, HttpCheck};
 
 /// Most body a check reads (SPEC: `expect_body` is looked for in the first 64 KiB).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -61,77 +62,147 @@ pub struct ProbeOutcome {
 /// The boxed future a [`Probe`] returns.
 pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = ProbeOutcome> + Send + 'a>>;
 
-/// Performs one check. [`HttpProbe`] is the real one.
+/// Performs one check. [`PoolProbe`] is the real one.
 pub trait Probe: Send + Sync + 'static {
     /// Checks `req.server` once, within `req.check.settings.timeout`.
     fn probe<'a>(&'a self, req: ProbeRequest<'a>) -> ProbeFuture<'a>;
 }
 
-/// HTTP checks over the shared session pool.
+/// Every kind of check, HTTP and gRPC over the shared session pool, TCP on
+/// connections of its own.
 ///
-/// The request: the check's method and path, Host from the check (default:
-/// the origin's host, with its port unless 80), the check's headers, no
-/// body. Redirects are never followed (a 3xx is judged like any status).
-/// One timeout covers connect, response head and body. A failure on a
-/// reused session (it may have died idle, or sit behind a dead path) is
-/// retried once on a fresh connection before it counts
+/// **HTTP**: the check's method and path, Host from the check (default:
+/// the origin's host, with its port unless it is the scheme's default),
+/// the check's headers, no body. Redirects are never followed (a 3xx is
+/// judged like any status).
+///
+/// **gRPC**: `POST /grpc.health.v1.Health/Check` with the check's service
+/// name, over the origin's h2 sessions (the ones user traffic uses);
+/// `SERVING` passes, anything else fails with what it was.
+///
+/// For both, one timeout covers connect, response head and body, and a
+/// failure on a reused session (it may have died idle, or sit behind a
+/// dead path) is retried once on a fresh connection before it counts
 /// ([`RetryPolicy::CHECK`]); what counts at L4 is the pool's one rule
 /// ([`SessionError::is_l4_failure`]), the same as for a proxied request.
+///
+/// **TCP**: a connection of its own (a line protocol is no HTTP session to
+/// share), then the `send` and `expect` steps; connect failures and resets
+/// count at L4.
+///
+/// A check with a `port` of its own counts nothing at L4: its failures are
+/// failed checks, with the port in the detail.
 #[derive(Debug, Clone)]
-pub struct HttpProbe {
+pub struct PoolProbe {
     pool: Pool,
 }
 
-impl HttpProbe {
+impl PoolProbe {
     /// Probes through `pool` (the same pool user requests use).
     pub fn new(pool: Pool) -> Self {
         Self { pool }
     }
 }
 
-impl Probe for HttpProbe {
+impl Probe for PoolProbe {
     fn probe<'a>(&'a self, req: ProbeRequest<'a>) -> ProbeFuture<'a> {
         Box::pin(async move {
             let start = tokio::time::Instant::now();
-            let freshness = if req.fresh { Freshness::Fresh } else { Freshness::IdlePreferred };
-            let target = req.upstream.upstream.target(req.server);
-            let fetched = match build_request(&req) {
-                Ok(request) => {
-                    let timeout = req.check.settings.timeout;
-                    self.pool.fetch(target, freshness, request, timeout, MAX_BODY, RetryPolicy::CHECK).await
+            let addr = req.check.addr_for(req.server);
+            let timeout = req.check.settings.timeout;
+            let (passed, detail, l4_failure) = match &req.check.kind {
+                CheckKind::Http(http) => {
+                    let fetched = self.fetch(&req, addr, build_http(&req, http)).await;
+                    judge_http(http, fetched)
                 }
-                // Unreachable with a validated config: a header the http crate refuses.
-                Err(e) => return judge(req.check, Err(Failure::Request(e)), start.elapsed()),
+                CheckKind::Grpc(grpc) => {
+                    let fetched = self.fetch(&req, addr, build_grpc(&req, grpc)).await;
+                    match fetched {
+                        Ok(f) => match crate::grpc::judge(&f) {
+                            Ok(detail) => (true, detail, false),
+                            Err(detail) => (false, detail, false),
+                        },
+                        Err(e) => failure(e),
+                    }
+                }
+                CheckKind::Tcp(tcp) => {
+                    let seen = crate::tcp::check(addr, tcp, timeout).await;
+                    (seen.passed, seen.detail, seen.l4_failure)
+                }
             };
-            judge(req.check, fetched.map_err(Failure::Session), start.elapsed())
+            // Another port's failures are the check's, not the service port's.
+            let (detail, l4_failure) = match req.check.port {
+                Some(port) if !passed => (format!("port {port}: {detail}"), false),
+                _ => (detail, l4_failure),
+            };
+            let result = CheckResult { passed, detail: detail.into(), latency: start.elapsed() };
+            ProbeOutcome { result, l4_failure }
         })
+    }
+}
+
+impl PoolProbe {
+    /// Sends a check's request over the pool to `addr` (the server, or the
+    /// check's own port of it).
+    async fn fetch(
+        &self,
+        req: &ProbeRequest<'_>,
+        addr: SocketAddr,
+        request: Result<http::Request<Bytes>, http::Error>,
+    ) -> Result<Fetched, Failure> {
+        let request = request.map_err(Failure::Request)?;
+        let freshness = if req.fresh { Freshness::Fresh } else { Freshness::IdlePreferred };
+        let target = req.upstream.upstream.target(addr);
+        let timeout = req.check.settings.timeout;
+        self.pool
+            .fetch(target, freshness, request, timeout, MAX_BODY, RetryPolicy::CHECK)
+            .await
+            .map_err(Failure::Session)
     }
 }
 
 /// Why a check got no response to judge.
 enum Failure {
     Session(SessionError),
+    /// Unreachable with a validated config: a header the http crate refuses.
     Request(http::Error),
 }
 
-fn judge(check: &Check, fetched: Result<Fetched, Failure>, latency: Duration) -> ProbeOutcome {
-    let (passed, detail, l4_failure): (bool, String, bool) = match fetched {
-        Ok(f) => {
-            let status = f.head.status.as_u16();
-            let body_ok =
-                check.expect_body.as_ref().is_none_or(|needle| contains(&f.body, needle.as_bytes()));
-            if !check.status_ok(status) {
-                (false, status.to_string(), false)
-            } else if !body_ok {
-                (false, format!("{status}, body without expected text"), false)
-            } else {
-                (true, status.to_string(), false)
-            }
-        }
-        Err(Failure::Session(e)) => (false, e.detail(), e.is_l4_failure()),
-        Err(Failure::Request(e)) => (false, format!("invalid check request: {e}"), false),
+fn failure(e: Failure) -> (bool, String, bool) {
+    match e {
+        Failure::Session(e) => (false, e.detail(), e.is_l4_failure()),
+        Failure::Request(e) => (false, format!("invalid check request: {e}"), false),
+    }
+}
+
+fn judge_http(check: &HttpCheck, fetched: Result<Fetched, Failure>) -> (bool, String, bool) {
+    let f = match fetched {
+        Ok(f) => f,
+        Err(e) => return failure(e),
     };
-    ProbeOutcome { result: CheckResult { passed, detail: detail.into(), latency }, l4_failure }
+    let status = f.head.status.as_u16();
+    if !check.status_ok(status) {
+        return (false, status.to_string(), false);
+    }
+    if let Some(needle) = &check.expect_body
+        && !contains(&f.body, needle.as_bytes())
+    {
+        return (false, format!("{status}, body without expected text"), false);
+    }
+    if let Some(want) = &check.expect_header
+        && !want.satisfied_by(&f.head.headers)
+    {
+        let detail = match f.head.headers.get(&want.name) {
+            None => format!("{status}, no {} header", want.name),
+            Some(v) => format!(
+                "{status}, {}: {:?} not as expected",
+                want.name,
+                v.as_bytes().escape_ascii().to_string()
+            ),
+        };
+        return (false, detail, false);
+    }
+    (true, status.to_string(), false)
 }
 
 /// The Host header value for `origin`: host, plus the port unless it is
@@ -143,24 +214,44 @@ pub(crate) fn default_host(origin: &OriginKey, https: bool) -> String {
     if origin.port() == default { host } else { format!("{host}:{}", origin.port()) }
 }
 
-fn build_request(req: &ProbeRequest<'_>) -> Result<http::Request<vigil_session::RequestBody>, http::Error> {
+/// A request line and Host for `path` as the origin's protocol wants it:
+/// HTTP/1.1 takes the origin form plus Host; h2 wants the authority in the
+/// URI; a protocol settled by ALPN gets the absolute form and no Host,
+/// which either protocol's client turns into what it needs.
+fn builder(req: &ProbeRequest<'_>, host: Option<&String>, path: &str) -> http::request::Builder {
     let https = req.upstream.https;
-    let host = req.check.host.clone().unwrap_or_else(|| default_host(req.origin, https));
-    // HTTP/1.1 takes the origin form plus Host; h2 wants the authority in
-    // the URI; a protocol settled by ALPN gets the absolute form and no
-    // Host, which either protocol's client turns into what it needs.
-    let mut builder = http::Request::builder().method(req.check.method.clone());
-    builder = match req.upstream.upstream.protocol {
-        Protocol::Http1 => builder.uri(req.check.path.as_str()).header(http::header::HOST, &host),
+    let host = host.cloned().unwrap_or_else(|| default_host(req.origin, https));
+    let builder = http::Request::builder();
+    match req.upstream.upstream.protocol {
+        Protocol::Http1 => builder.uri(path).header(http::header::HOST, &host),
         Protocol::H2 | Protocol::Auto => {
             let scheme = if https { "https" } else { "http" };
-            builder.uri(format!("{scheme}://{host}{}", req.check.path))
+            builder.uri(format!("{scheme}://{host}{path}"))
         }
-    };
-    for (name, value) in &req.check.headers {
+    }
+}
+
+fn build_http(req: &ProbeRequest<'_>, check: &HttpCheck) -> Result<http::Request<Bytes>, http::Error> {
+    let mut builder = builder(req, check.host.as_ref(), &check.path).method(check.method.clone());
+    for (name, value) in &check.headers {
         builder = builder.header(name, value);
     }
-    builder.body(empty_body())
+    builder.body(Bytes::new())
+}
+
+fn build_grpc(req: &ProbeRequest<'_>, check: &GrpcCheck) -> Result<http::Request<Bytes>, http::Error> {
+    // The server's deadline is the check's timeout (gRPC's `grpc-timeout`,
+    // in milliseconds: at most 8 digits).
+    let deadline = req.check.settings.timeout.as_millis().min(99_999_999);
+    let mut builder = builder(req, check.host.as_ref(), crate::grpc::PATH)
+        .method(http::Method::POST)
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .header("grpc-timeout", format!("{deadline}m"));
+    for (name, value) in &check.headers {
+        builder = builder.header(name, value);
+    }
+    builder.body(crate::grpc::request(&check.service))
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

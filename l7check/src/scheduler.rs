@@ -42,8 +42,9 @@ impl Default for CheckerOptions {
     }
 }
 
-/// Called with every check result (for per-server metrics).
-pub type ResultHook = Arc<dyn Fn(&OriginKey, SocketAddr, &CheckResult) + Send + Sync>;
+/// Called with every check result, and the check that gave it (for
+/// per-server metrics by kind).
+pub type ResultHook = Arc<dyn Fn(&OriginKey, SocketAddr, &Check, &CheckResult) + Send + Sync>;
 
 /// Asked before each check whether this node should send it (a cluster
 /// member answers no for servers another node checks).
@@ -132,6 +133,11 @@ impl Checker {
     /// new checks up at their next step; an origin that lost its check stops.
     pub fn set_config(&self, config: HealthChecks) {
         *self.inner.config.write() = Arc::new(config);
+    }
+
+    /// The health-check file in force.
+    pub fn config(&self) -> Arc<HealthChecks> {
+        Arc::clone(&self.inner.config.read())
     }
 
     /// Sets how each origin's servers are reached (the protocol, the
@@ -410,17 +416,22 @@ fn spawn_check(
         let outcome = inner.probe.probe(req).await;
         inner.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
         let now = Instant::now().into_std();
-        if outcome.l4_failure {
+        // A check on a port of its own never speaks for the service port.
+        if outcome.l4_failure && check.port.is_none() {
             server.report_l4_failure_because(now, &outcome.result.detail);
         }
-        origin.record_check(&server, &outcome.result, now);
+        if check.port.is_some() {
+            origin.record_check_on_other_port(&server, &outcome.result, now);
+        } else {
+            origin.record_check(&server, &outcome.result, now);
+        }
         let unhealthy = server.l7_state() == L7State::Unhealthy;
         let _ = done.send(Done { server: server.addr(), at: Instant::now(), unhealthy });
         let counter = if outcome.result.passed { &inner.metrics.passed } else { &inner.metrics.failed };
         counter.fetch_add(1, Ordering::Relaxed);
         let hook = inner.hook.read().clone();
         if let Some(hook) = hook {
-            hook(origin.key(), server.addr(), &outcome.result);
+            hook(origin.key(), server.addr(), &check, &outcome.result);
         }
     });
 }

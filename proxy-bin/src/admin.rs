@@ -79,8 +79,21 @@ pub(crate) fn hosts(shared: &Shared) -> serde_json::Value {
         PoolView { idle: c.idle, in_use: c.in_use }
     });
     let mut doc = serde_json::to_value(&view).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}));
-    // An origin with `max_connections`: its bound and what is in flight against it.
     if let Some(origins) = doc.get_mut("origins").and_then(serde_json::Value::as_array_mut) {
+        // The check that applies: its kind, and the port it goes to when not the service's.
+        let checks = shared.checker.config();
+        for o in origins.iter_mut() {
+            let key = o["origin"].as_str().and_then(|k| k.parse::<vigil_hostdb::OriginKey>().ok());
+            let check = key.as_ref().and_then(|k| checks.matching(k));
+            if let (Some(check), serde_json::Value::Object(o)) = (check, o) {
+                let mut c = serde_json::json!({"kind": check.kind.name()});
+                if let Some(port) = check.port {
+                    c["port"] = port.into();
+                }
+                o.insert("check".into(), c);
+            }
+        }
+        // An origin with `max_connections`: its bound and what is in flight against it.
         for (key, q) in routes.queues() {
             let at = origins.iter_mut().find(|o| o["origin"] == key.as_str());
             if let Some(serde_json::Value::Object(o)) = at {

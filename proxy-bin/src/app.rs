@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use vigil_cluster::{Cluster, ClusterConfig, ClusterKey};
 use vigil_hostdb::conf::FileError;
 use vigil_hostdb::{HickoryResolver, HostDb, HostDbConfig, OriginKey};
-use vigil_l7check::{Checker, CheckerOptions, HealthChecks, HttpProbe, OriginUpstream};
+use vigil_l7check::{CheckKind, Checker, CheckerOptions, HealthChecks, OriginUpstream, PoolProbe};
 use vigil_session::tls::{Alpn, ClientAuth, Roots, TlsConnect, TlsSettings};
 use vigil_session::{Pool, PoolConfig, Protocol, Upstream};
 
@@ -64,12 +64,51 @@ pub(crate) fn load(path: &Path, tls: &TlsConnect) -> Result<Loaded, String> {
     // without a resolver is checked at apply).
     let hostdb = hostdb_config(&config, &checks)?;
     let (upstreams, upgrades) = upstreams(&config, &hostdb, tls).map_err(|e| e.to_string())?;
+    check_kinds_fit(&checks, &upstreams).map_err(|e| e.to_string())?;
     let certificates = if config.certificates.is_empty() {
         None
     } else {
         Some(Certificates::load(&config.certificates).map_err(|e| e.to_string())?)
     };
     Ok(Loaded { config, checks, hostdb, cluster_key, upstreams, upgrades, certificates })
+}
+
+/// What only both files together show: a gRPC check needs an origin that
+/// speaks h2 (`h2c`, or `h2` or `auto` over TLS: `auto` is judged by what
+/// ALPN settles), and a TCP check's `send`/`expect` steps are plain TCP, so
+/// on the service port of a TLS origin they would talk to a TLS server.
+/// The error is at the check's `kind`.
+fn check_kinds_fit(
+    checks: &HealthChecks,
+    upstreams: &HashMap<OriginKey, OriginUpstream>,
+) -> Result<(), FileError> {
+    let mut origins: Vec<_> = upstreams.iter().collect();
+    origins.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    for (key, upstream) in origins {
+        let Some(check) = checks.matching(key) else { continue };
+        match &check.kind {
+            CheckKind::Grpc(_) if upstream.upstream.protocol == Protocol::Http1 => {
+                return Err(checks.error_at(
+                    check.at,
+                    format!(
+                        "a grpc check needs an origin that speaks h2, and {key} is reached over HTTP/1.1 \
+                         (set its protocol to \"h2c\", or \"h2\" or \"auto\" over TLS, or give it a check of its own)"
+                    ),
+                ));
+            }
+            CheckKind::Tcp(tcp) if upstream.https && check.port.is_none() && !tcp.steps.is_empty() => {
+                return Err(checks.error_at(
+                    check.at,
+                    format!(
+                        "a tcp check's steps are plain TCP, and {key} is reached over TLS \
+                         (check connect-only, or give the check the `port` of a plain-TCP service)"
+                    ),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// How every origin is reached: plain ones by their protocol, https ones
@@ -269,13 +308,15 @@ impl Shared {
         );
         let checker = Checker::new(
             db.clone(),
-            Arc::new(HttpProbe::new(pool.clone())),
+            Arc::new(PoolProbe::new(pool.clone())),
             checks,
             CheckerOptions::default(),
         );
         checker.set_upstreams(upstreams.clone());
         let m = Arc::clone(&metrics);
-        checker.on_result(Arc::new(move |origin, server, result| m.check(origin, server, result.passed)));
+        checker.on_result(Arc::new(move |origin, server, check, result| {
+            m.check(origin, server, check.kind.name(), result.passed);
+        }));
         let m = Arc::clone(&metrics);
         db.subscribe(Arc::new(move |e: &vigil_hostdb::Event| m.on_event(e)));
         let cluster = match (&config.cluster, cluster_key) {

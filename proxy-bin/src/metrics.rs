@@ -49,6 +49,15 @@ struct ServerResult {
     result: &'static str,
 }
 
+/// A check's labels: `kind` is `http`, `grpc` or `tcp`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CheckLabels {
+    origin: Arc<str>,
+    server: Addr,
+    kind: &'static str,
+    result: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ServerLabels {
     origin: Arc<str>,
@@ -123,7 +132,7 @@ impl Drop for TunnelOpen {
 pub(crate) struct Metrics {
     requests: Family<RequestLabels, Counter>,
     connects: Family<ServerResult, Counter>,
-    checks: Family<ServerResult, Counter>,
+    checks: Family<CheckLabels, Counter>,
     transitions: Family<TransitionLabels, Counter>,
     reloads: Family<ResultLabel, Counter>,
     /// Requests refused for ambiguous framing (see `framing`).
@@ -167,10 +176,10 @@ impl Metrics {
         self.requests.get_or_create(&RequestLabels { origin: Arc::clone(origin), code }).clone()
     }
 
-    pub(crate) fn check(&self, origin: &OriginKey, server: SocketAddr, passed: bool) {
+    pub(crate) fn check(&self, origin: &OriginKey, server: SocketAddr, kind: &'static str, passed: bool) {
         let result = if passed { "pass" } else { "fail" };
         self.checks
-            .get_or_create(&ServerResult { origin: origin_label(origin), server: Addr(server), result })
+            .get_or_create(&CheckLabels { origin: origin_label(origin), server: Addr(server), kind, result })
             .inc();
     }
 
@@ -254,7 +263,11 @@ impl Metrics {
             "TCP connects to servers (requests and checks), by result",
             self.connects.clone(),
         );
-        r.register("vigil_health_checks", "L7 health checks, by server and result", self.checks.clone());
+        r.register(
+            "vigil_health_checks",
+            "L7 health checks, by server, kind (http, grpc, tcp) and result",
+            self.checks.clone(),
+        );
         r.register(
             "vigil_health_transitions",
             "L7 state changes, by server and new state",

@@ -94,7 +94,13 @@ pub(crate) fn render(hosts: &Value) -> String {
         "SERVER", "ROUTABLE", "L4", "L7", "MAINT", "LAST CHECK", "LATENCY", "IDLE/USE"
     );
     for o in origins {
-        let checking = if o["checking"].as_bool() == Some(true) { "checks running" } else { "checks idle" };
+        let kind = match (o["check"]["kind"].as_str(), o["check"]["port"].as_u64()) {
+            (Some(kind), Some(port)) => format!("{kind} checks on port {port}"),
+            (Some(kind), None) => format!("{kind} checks"),
+            (None, _) => "checks".to_owned(),
+        };
+        let checking = if o["checking"].as_bool() == Some(true) { "running" } else { "idle" };
+        let checking = format!("{kind} {checking}");
         let last = match o["last_request_ms_ago"].as_u64() {
             Some(ms) => format!("last request {} ago", human_ms(ms)),
             None => "no request yet".to_owned(),
@@ -172,7 +178,7 @@ mod tests {
     #[test]
     fn renders_every_server_with_its_states() {
         let v = serde_json::json!({"node": "edge-1", "origins": [{"origin": "app:8080", "checking": true,
-            "last_request_ms_ago": 120, "lb": "round_robin", "servers": [
+            "last_request_ms_ago": 120, "lb": "round_robin", "check": {"kind": "grpc", "port": 9000}, "servers": [
             {"addr": "127.0.0.2:8080", "routable": true, "maintenance": false,
              "l4": {"state": "up", "consecutive_failures": 0, "down_for_ms": 0},
              "l7": {"state": "healthy", "last_check_ms_ago": 800, "last_result": "pass", "last_detail": "200",
@@ -182,7 +188,10 @@ mod tests {
              "l7": {"state": "unhealthy", "source": "cluster:edge-2"}, "pool": {"idle": 0, "in_use": 0}}]}]});
         let t = render(&v);
         assert!(t.starts_with("node edge-1 · 1 origin(s)\n"), "{t}");
-        assert!(t.contains("app:8080  (round_robin, checks running, last request 120 ms ago)"), "{t}");
+        assert!(
+            t.contains("app:8080  (round_robin, grpc checks on port 9000 running, last request 120 ms ago)"),
+            "{t}"
+        );
         let lines: Vec<&str> = t.lines().collect();
         assert!(
             lines[3].contains("127.0.0.2:8080") && lines[3].contains("healthy") && lines[3].contains("3/1")

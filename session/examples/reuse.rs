@@ -59,7 +59,7 @@ async fn main() -> Result<(), vigil_session::BoxError> {
         let body = resp.into_body().collect().await?.to_bytes();
         println!("request {i}: {status} {body:?}, reused session: {reused}");
     }
-    let check = http::Request::get("/healthz").header("host", "origin.example").body(empty_body())?;
+    let check = http::Request::get("/healthz").header("host", "origin.example").body(bytes::Bytes::new())?;
     let fetched = pool
         .fetch(target, Freshness::IdlePreferred, check, Duration::from_secs(1), 64 * 1024, RetryPolicy::CHECK)
         .await?;

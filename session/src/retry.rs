@@ -22,6 +22,8 @@ pub struct Fetched {
     pub head: http::response::Parts,
     /// The body's first bytes, up to the limit asked for.
     pub body: Bytes,
+    /// The trailer fields, if the body ended with some (gRPC's status).
+    pub trailers: Option<http::HeaderMap>,
     /// More body followed the limit (it was not read; the session closed).
     pub truncated: bool,
 }
@@ -123,12 +125,14 @@ impl Pool {
         }
     }
 
-    /// Sends a request without a body and reads the answer into memory:
-    /// its head and at most `max_body` bytes of its body, all within
-    /// `timeout` (connect included). A failure the `policy` allows to be
-    /// retried on a fresh session (see [`SessionError::may_retry_on_fresh`];
-    /// [`RetryPolicy::CHECK`]: any failure on a reused one) is tried once
-    /// more, with what is left of the time (at least half of it).
+    /// Sends a small request held in memory (a health check's: no body, or
+    /// a few bytes such as a gRPC message) and reads the answer into
+    /// memory: its head, at most `max_body` bytes of its body, and its
+    /// trailers, all within `timeout` (connect included). A failure the
+    /// `policy` allows to be retried on a fresh session (see
+    /// [`SessionError::may_retry_on_fresh`]; [`RetryPolicy::CHECK`]: any
+    /// failure on a reused one) is tried once more, the same request on a
+    /// fresh connection, with what is left of the time (at least half of it).
     ///
     /// # Errors
     /// A [`SessionError`]; [`ErrorKind::ResponseTimeout`] when the whole
@@ -137,27 +141,40 @@ impl Pool {
         &self,
         target: Target,
         freshness: Freshness,
-        req: http::Request<RequestBody>,
+        req: http::Request<Bytes>,
         timeout: Duration,
         max_body: usize,
         policy: RetryPolicy,
     ) -> Result<Fetched, SessionError> {
         let start = tokio::time::Instant::now();
-        let mut req = req;
+        let (head, body) = req.into_parts();
+        let mut req = http::Request::from_parts(head, body_of(&body));
+        // hyper's h2 client takes a sent request whole: keep a copy of the
+        // head for a retry (only a reused session's failure has one).
+        // HTTP/1.1 hands the request back.
+        let replay =
+            (target.protocol != Protocol::Http1 && freshness != Freshness::Fresh).then(|| copy_head(&req));
         let e = match self.fetch_once(target, freshness, &mut req, timeout, max_body).await {
             Ok(fetched) => return Ok(fetched),
             Err(e) => e,
         };
-        if !e.may_retry_on_fresh(policy) || !req.body().is_end_stream() {
-            return Err(self.inner.report(e));
-        }
-        tracing::debug!(server = %target.addr, error = %e, "reused session failed; retrying on a fresh one");
+        let again = match (e.1, replay) {
+            (true, _) => Some(req),
+            (false, replay) => replay,
+        };
+        let Some(mut again) = again.filter(|_| e.0.may_retry_on_fresh(policy)) else {
+            return Err(self.inner.report(e.0));
+        };
+        tracing::debug!(server = %target.addr, error = %e.0, "reused session failed; retrying on a fresh one");
+        *again.body_mut() = body_of(&body);
         let left = timeout.saturating_sub(start.elapsed()).max(timeout / 2);
-        self.fetch_once(target, Freshness::Fresh, &mut req, left, max_body)
+        self.fetch_once(target, Freshness::Fresh, &mut again, left, max_body)
             .await
-            .map_err(|e| self.inner.report(e))
+            .map_err(|(e, _)| self.inner.report(e))
     }
 
+    /// One try of [`Pool::fetch`]; a failure says whether `req` is still
+    /// whole (its head; the body is the caller's to put back).
     async fn fetch_once(
         &self,
         target: Target,
@@ -165,23 +182,30 @@ impl Pool {
         req: &mut http::Request<RequestBody>,
         timeout: Duration,
         max_body: usize,
-    ) -> Result<Fetched, SessionError> {
+    ) -> Result<Fetched, (SessionError, bool)> {
         let addr = target.addr;
         let mut reused = false;
         let exchange = async {
-            let session = self.checkout(target, freshness).await?;
+            let session = self.checkout(target, freshness).await.map_err(|e| (e, true))?;
             reused = session.is_reused();
-            let resp = session.send_keeping(req, None).await.map_err(|(e, _)| e)?;
+            let resp = session.send_keeping(req, None).await?;
             let (head, mut body) = resp.into_parts();
             let mut seen = BytesMut::new();
             let mut truncated = false;
+            let mut trailers = None;
             // Read to the end (so the session can be reused) or to the limit.
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| match e.downcast::<SessionError>() {
-                    Ok(e) => *e,
-                    Err(e) => SessionError::new(ErrorKind::Body, addr).sent(true).with_source(e),
+                    Ok(e) => (*e, false),
+                    Err(e) => (SessionError::new(ErrorKind::Body, addr).sent(true).with_source(e), false),
                 })?;
-                let Ok(data) = frame.into_data() else { continue };
+                let data = match frame.into_data() {
+                    Ok(data) => data,
+                    Err(frame) => {
+                        trailers = frame.into_trailers().ok();
+                        continue;
+                    }
+                };
                 let room = max_body - seen.len();
                 seen.extend_from_slice(&data[..data.len().min(room)]);
                 if data.len() > room {
@@ -189,13 +213,20 @@ impl Pool {
                     break;
                 }
             }
-            Ok(Fetched { head, body: seen.freeze(), truncated })
+            Ok(Fetched { head, body: seen.freeze(), trailers, truncated })
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(SessionError::new(ErrorKind::ResponseTimeout, addr).sent(true).reused(reused)),
+            Err(_) => {
+                Err((SessionError::new(ErrorKind::ResponseTimeout, addr).sent(true).reused(reused), false))
+            }
         }
     }
+}
+
+/// A fetch's body: empty, or the bytes in memory.
+fn body_of(bytes: &Bytes) -> RequestBody {
+    if bytes.is_empty() { crate::empty_body() } else { crate::full_body(bytes.clone()) }
 }
 
 /// For h2, a copy of a body-less request to send it again: HTTP/1.1 keeps
@@ -209,8 +240,7 @@ fn h2_replay(target: Target, req: &http::Request<RequestBody>) -> Option<Box<htt
     req.body().is_end_stream().then(|| Box::new(copy_head(req)))
 }
 
-/// A copy of a body-less request's head, to send it again.
-#[cold]
+/// A copy of a request's head (with an empty body), to send it again.
 fn copy_head(req: &http::Request<RequestBody>) -> http::Request<RequestBody> {
     let mut copy = http::Request::new(crate::empty_body());
     *copy.method_mut() = req.method().clone();

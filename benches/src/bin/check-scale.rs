@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use vigil_benches::arg;
 use vigil_hostdb::{HostDb, HostDbConfig, OriginKey, OriginSpec, ServerSource};
-use vigil_l7check::{Checker, CheckerOptions, HealthChecks, HttpProbe};
+use vigil_l7check::{Checker, CheckerOptions, HealthChecks, PoolProbe};
 use vigil_session::{NoopObserver, Pool, PoolConfig};
 
 const PORT: u16 = 18_181;
@@ -152,10 +152,10 @@ async fn harness() {
     let pool = Pool::new(PoolConfig { max_idle_per_server: 4, ..Default::default() }, Arc::new(NoopObserver));
     let max_in_flight = arg("--max-in-flight", CheckerOptions::default().max_in_flight as u64) as usize;
     let options = CheckerOptions { max_in_flight };
-    let checker = Checker::new(db.clone(), Arc::new(HttpProbe::new(pool.clone())), hc, options);
+    let checker = Checker::new(db.clone(), Arc::new(PoolProbe::new(pool.clone())), hc, options);
     let failures: Arc<parking_lot::Mutex<HashMap<String, u64>>> = Arc::default();
     let f = Arc::clone(&failures);
-    checker.on_result(Arc::new(move |_, _, r| {
+    checker.on_result(Arc::new(move |_, _, _, r| {
         if !r.passed {
             *f.lock().entry(r.detail.to_string()).or_default() += 1;
         }

@@ -127,6 +127,20 @@ async fn passing_l7_check_clears_l4_down() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_pass_on_another_port_says_nothing_of_the_service_ports_l4() {
+    let s = addrs(1, 80);
+    let db = db_with(s.clone(), LbPolicy::RoundRobin, L4Policy::default());
+    let origin = db.origin("app:80").unwrap();
+    let server = origin.server(s[0]).unwrap();
+    server.report_l4_failure(now());
+    for _ in 0..3 {
+        origin.record_check_on_other_port(&server, &CheckResult::pass("200", Duration::ZERO), now());
+    }
+    assert_eq!(server.l4_state(now()), L4State::Down, "the admin port answering does not reopen the service");
+    assert_eq!(server.l7_state(), vigil_hostdb::L7State::Healthy, "but it is the L7 verdict");
+}
+
+#[tokio::test(start_paused = true)]
 async fn errors_say_what_the_client_gets() {
     let s = addrs(2, 80);
     let db = db_with(s.clone(), LbPolicy::RoundRobin, L4Policy::default());

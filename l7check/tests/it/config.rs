@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use vigil_hostdb::OriginKey;
-use vigil_l7check::{HealthChecks, OriginPattern, StatusRange};
+use vigil_l7check::{CheckKind, Expect, HealthChecks, OriginPattern, StatusRange, TcpCheck, TcpStep};
 
 /// SPEC's example file, verbatim.
 const SPEC_EXAMPLE: &str = r#"[defaults]
@@ -47,8 +47,10 @@ fn the_spec_example_parses_to_what_it_says() {
     );
     assert_eq!((d.policy.healthy_threshold, d.policy.unhealthy_threshold), (2, 3));
     assert_eq!((d.jitter, d.idle_after, d.fresh_connect_every), (0.10, Duration::from_secs(300), 0));
-    let c = &hc.checks[0];
-    assert_eq!(c.origin, OriginPattern::Host("app.internal".into()));
+    let check = &hc.checks[0];
+    assert_eq!(check.origin, OriginPattern::Host("app.internal".into()));
+    assert_eq!((check.kind.name(), check.port), ("http", None));
+    let c = check.http().unwrap();
     assert_eq!(
         (c.method.as_str(), c.path.as_str(), c.host.as_deref()),
         ("GET", "/healthz", Some("app.internal"))
@@ -57,7 +59,7 @@ fn the_spec_example_parses_to_what_it_says() {
     assert_eq!((c.headers[0].0.as_str(), c.headers[0].1.to_str().unwrap()), ("user-agent", "vigil-health/1"));
     assert_eq!(c.expect_status, [StatusRange { lo: 200, hi: 299 }, StatusRange { lo: 304, hi: 304 }]);
     assert_eq!(c.expect_body.as_deref(), Some("OK"));
-    assert_eq!(c.settings, d, "no overrides: the defaults");
+    assert_eq!(check.settings, d, "no overrides: the defaults");
     assert!(c.status_ok(204) && c.status_ok(304) && !c.status_ok(302) && !c.status_ok(503));
 }
 
@@ -75,11 +77,12 @@ fn per_check_overrides_and_defaults_status() {
         "hc.toml",
     )
     .unwrap();
-    let c = hc.matching(&key("a:8080")).unwrap();
-    assert_eq!(c.settings.interval, Duration::from_millis(500));
-    assert_eq!(c.settings.timeout, Duration::from_millis(200));
-    assert_eq!(c.settings.policy.healthy_threshold, 1);
-    assert_eq!(c.settings.unhealthy_interval, Duration::from_secs(2), "not overridden: the default's");
+    let check = hc.matching(&key("a:8080")).unwrap();
+    assert_eq!(check.settings.interval, Duration::from_millis(500));
+    assert_eq!(check.settings.timeout, Duration::from_millis(200));
+    assert_eq!(check.settings.policy.healthy_threshold, 1);
+    assert_eq!(check.settings.unhealthy_interval, Duration::from_secs(2), "not overridden: the default's");
+    let c = check.http().unwrap();
     assert_eq!(c.method, http::Method::HEAD);
     assert_eq!(c.path, "/");
     assert_eq!(c.expect_status, [StatusRange { lo: 200, hi: 399 }]);
@@ -105,7 +108,7 @@ path = "/host-port"
         "hc.toml",
     )
     .unwrap();
-    let path = |o: &str| hc.matching(&key(o)).map(|c| c.path.as_str());
+    let path = |o: &str| hc.matching(&key(o)).map(|c| c.http().unwrap().path.as_str());
     assert_eq!(path("app.internal:8080"), Some("/host-port"));
     assert_eq!(path("app.internal:9090"), Some("/host"));
     assert_eq!(path("api.app.internal:80"), Some("/longer-suffix"));
@@ -171,4 +174,109 @@ fn columns_count_characters_not_bytes() {
     // "é" is two bytes: the column of the bad value must still be 10.
     let e = HealthChecks::parse("# café\n[defaults]\njitter = \"é\"\n", "hc.toml").unwrap_err();
     assert_eq!((e.line, e.column), (3, 10), "{e}");
+}
+
+#[test]
+fn grpc_tcp_and_http_kinds_parse_with_their_keys() {
+    let hc = HealthChecks::parse(
+        r#"
+[[check]]
+origin = "api.internal"
+kind = "grpc"
+service = "orders.v1.Orders"
+headers = { "x-token" = "t" }
+port = 9001
+
+[[check]]
+origin = "redis.internal"
+kind = "tcp"
+steps = [{ send = "PING\r\n" }, { expect = "+PONG" }, { send_hex = "2a 31 0d 0a" }, { expect_regex = "^:\\d+" }, { expect_hex = "0D0a" }]
+
+[[check]]
+origin = "db.internal"
+kind = "tcp"
+
+[[check]]
+origin = "web.internal"
+expect_header = { name = "X-DB", regex = "^(ok|degraded)$" }
+
+[[check]]
+origin = "web2.internal"
+expect_header = { name = "x-ready", value = "yes" }
+
+[[check]]
+origin = "web3.internal"
+expect_header = { name = "x-ready" }
+"#,
+        "hc.toml",
+    )
+    .unwrap();
+    let get = |o: &str| hc.matching(&key(o)).unwrap();
+    let grpc = get("api.internal:50051");
+    assert_eq!((grpc.kind.name(), grpc.port), ("grpc", Some(9001)));
+    let CheckKind::Grpc(g) = &grpc.kind else { panic!("{grpc:?}") };
+    assert_eq!((g.service.as_str(), g.headers.len()), ("orders.v1.Orders", 1));
+    assert_eq!(grpc.addr_for("10.0.0.1:50051".parse().unwrap()), "10.0.0.1:9001".parse().unwrap());
+    assert_eq!((grpc.at.line, grpc.at.column), (4, 8), "where its kind is written");
+
+    let CheckKind::Tcp(tcp) = &get("redis.internal:6379").kind else { panic!() };
+    assert_eq!(tcp.steps.len(), 5);
+    assert_eq!(tcp.steps[0], TcpStep::Send(b"PING\r\n".to_vec()), "TOML's escapes");
+    assert_eq!(tcp.steps[1], TcpStep::Expect(Expect::Contains(b"+PONG".to_vec())));
+    assert_eq!(tcp.steps[2], TcpStep::Send(b"*1\r\n".to_vec()));
+    assert!(matches!(&tcp.steps[3], TcpStep::Expect(Expect::Regex(re)) if re.is_match(b":12\r\n")));
+    assert_eq!(tcp.steps[4], TcpStep::Expect(Expect::Contains(b"\r\n".to_vec())));
+    let connect_only = get("db.internal:5432");
+    assert_eq!(connect_only.kind, CheckKind::Tcp(TcpCheck::default()));
+    assert_eq!((connect_only.at.line, connect_only.at.column), (16, 8));
+    let web = get("web.internal:80");
+    assert_eq!((web.kind.name(), web.at.line), ("http", 18), "no `kind`: where the check starts");
+
+    let headers = |o: &str, h: &[(&str, &str)]| {
+        let mut map = http::HeaderMap::new();
+        for (k, v) in h {
+            map.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        get(o).http().unwrap().expect_header.as_ref().unwrap().satisfied_by(&map)
+    };
+    assert!(headers("web.internal", &[("x-db", "degraded")]));
+    assert!(!headers("web.internal", &[("x-db", "down")]));
+    assert!(headers("web.internal", &[("x-db", "down"), ("x-db", "ok")]), "one matching field is enough");
+    assert!(headers("web2.internal", &[("x-ready", "yes")]));
+    assert!(!headers("web2.internal", &[("x-ready", "yes!")]), "value is exact");
+    assert!(headers("web3.internal", &[("x-ready", "")]));
+    assert!(!headers("web3.internal", &[]));
+}
+
+#[test]
+fn kind_specific_mistakes_are_errors_where_they_stand() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("kind = \"udp\"", "3:8", "kind must be"),
+        ("kind = \"tcp\"\npath = \"/\"", "4:8", "`path` does not apply to a tcp check"),
+        ("kind = \"grpc\"\nexpect_status = [200]", "4:17", "`expect_status` does not apply to a grpc check"),
+        ("service = \"x\"", "3:11", "`service` does not apply to a http check"),
+        ("steps = []", "3:9", "`steps` does not apply to a http check"),
+        ("kind = \"tcp\"\nfresh_connect_every = 2", "4:23", "opens a connection of its own"),
+        ("port = 0", "3:8", "port must be from 1 to 65535"),
+        ("port = 70000", "3:8", "port must be from 1 to 65535"),
+        ("kind = \"tcp\"\nsteps = [{ expect_regex = \"(unclosed\" }]", "4:27", "invalid regex"),
+        ("kind = \"tcp\"\nsteps = [{ send = \"PING\\q\" }]", "4:", "escape"),
+        ("kind = \"tcp\"\nsteps = [{ send_hex = \"0g\" }]", "4:23", "invalid hex"),
+        ("kind = \"tcp\"\nsteps = [{ send_hex = \"abc\" }]", "4:23", "invalid hex"),
+        ("kind = \"tcp\"\nsteps = [{ send_hex = \"+a\" }]", "4:23", "invalid hex"),
+        ("kind = \"tcp\"\nsteps = [{ send = \"\" }]", "4:19", "must not be empty"),
+        ("kind = \"tcp\"\nsteps = [{ send = \"a\", expect = \"b\" }]", "4:10", "each step is one of"),
+        ("kind = \"tcp\"\nsteps = [{ sned = \"a\" }]", "4:12", "unknown field"),
+        ("expect_header = { name = \"bad name\" }", "3:26", "invalid header name"),
+        ("expect_header = { name = \"x\", value = \"a\", regex = \"b\" }", "3:52", "not both"),
+        ("expect_header = { name = \"x\", regex = \"[\" }", "3:39", "invalid regex"),
+        ("kind = \"grpc\"\nheaders = { \"content-type\" = \"x\" }", "4:11", "set by the checker"),
+    ];
+    for (body, at, what) in cases {
+        let text = format!("[[check]]\norigin = \"a\"\n{body}\n");
+        let e = error(&text);
+        assert!(e.starts_with(at), "{text:?}: expected at {at}, got {e}");
+        assert!(e.to_lowercase().contains(&what.to_lowercase()), "{text:?}: expected {what:?} in {e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
 }

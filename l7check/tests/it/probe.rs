@@ -12,7 +12,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vigil_hostdb::OriginKey;
-use vigil_l7check::{HealthChecks, HttpProbe, OriginUpstream, Probe, ProbeOutcome, ProbeRequest};
+use vigil_l7check::{HealthChecks, OriginUpstream, PoolProbe, Probe, ProbeOutcome, ProbeRequest};
 use vigil_session::{NoopObserver, Pool, PoolConfig};
 
 /// A real origin: `/healthz` answers `status` with body "OK <host>"; `/hang`
@@ -91,7 +91,7 @@ fn check(extra: &str) -> HealthChecks {
 async fn run(pool: &Pool, hc: &HealthChecks, server: SocketAddr, fresh: bool) -> ProbeOutcome {
     let key: OriginKey = "app:8080".parse().unwrap();
     let c = hc.matching(&key).unwrap();
-    let probe = HttpProbe::new(pool.clone());
+    let probe = PoolProbe::new(pool.clone());
     probe
         .probe(ProbeRequest { origin: &key, server, upstream: OriginUpstream::default(), check: c, fresh })
         .await
@@ -224,7 +224,7 @@ async fn end_to_end_an_origin_answering_503_turns_unhealthy_and_recovers() {
         ..Default::default()
     })
     .unwrap();
-    let checker = Checker::new(db.clone(), Arc::new(HttpProbe::new(pool())), hc, CheckerOptions::default());
+    let checker = Checker::new(db.clone(), Arc::new(PoolProbe::new(pool())), hc, CheckerOptions::default());
     let origin = db.origin("app:8080").unwrap();
     let (good, bad) = (origin.server(o.addr).unwrap(), origin.server(refused).unwrap());
 
@@ -247,4 +247,118 @@ async fn end_to_end_an_origin_answering_503_turns_unhealthy_and_recovers() {
     assert!(checks >= 6, "{checks}");
     assert_eq!(o.conns.load(Ordering::SeqCst), 1, "{checks} checks over one pooled session");
     assert!(checker.metrics().failed() >= 2 && checker.metrics().passed() >= 4);
+}
+
+/// Runs the check for `app:8080` from a whole health-check file `text`.
+async fn run_file(text: &str, server: SocketAddr) -> ProbeOutcome {
+    let hc = HealthChecks::parse(&format!("[defaults]\ntimeout = \"300ms\"\n{text}"), "hc.toml").unwrap();
+    run(&pool(), &hc, server, false).await
+}
+
+#[tokio::test]
+async fn expect_header_needs_the_field_and_value_it_names() {
+    let reply = b"HTTP/1.1 200 OK\r\nx-db: degraded\r\ncontent-length: 2\r\n\r\nOK";
+    let server = raw_origin(reply).await;
+    let file = |h: &str| format!("[[check]]\norigin = \"app\"\nexpect_header = {h}\n");
+    let out = run_file(&file("{ name = \"x-db\", regex = \"^(ok|degraded)$\" }"), server).await;
+    assert_eq!((out.result.passed, &*out.result.detail), (true, "200"), "{out:?}");
+    let out = run_file(&file("{ name = \"x-db\", value = \"ok\" }"), server).await;
+    assert_eq!((out.result.passed, out.l4_failure), (false, false));
+    assert_eq!(&*out.result.detail, "200, x-db: \"degraded\" not as expected");
+    let out = run_file(&file("{ name = \"x-ready\" }"), server).await;
+    assert_eq!(&*out.result.detail, "200, no x-ready header");
+}
+
+/// A line-protocol server (Redis-like): `PING` gets `reply`, `QUIT` closes;
+/// `SLOW` never answers. Counts connections.
+async fn line_server(reply: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&conns);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let mut line = Vec::new();
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    line.extend_from_slice(&buf[..n]);
+                    while let Some(end) = line.windows(2).position(|w| w == b"\r\n") {
+                        let cmd: Vec<u8> = line.drain(..end + 2).collect();
+                        match &cmd[..end] {
+                            b"PING" => {
+                                let _ = s.write_all(reply.as_bytes()).await;
+                            }
+                            b"QUIT" => return,
+                            b"SLOW" => tokio::time::sleep(Duration::from_secs(3600)).await,
+                            _ => {
+                                let _ = s.write_all(b"-ERR unknown command\r\n").await;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[tokio::test]
+async fn tcp_checks_connect_send_and_expect_on_connections_of_their_own() {
+    let tcp = |steps: &str| format!("[[check]]\norigin = \"app\"\nkind = \"tcp\"\n{steps}\n");
+    let (good, conns) = line_server("+PONG\r\n").await;
+    let ping = tcp("steps = [{ send = \"PING\\r\\n\" }, { expect = \"+PONG\" }, { send = \"QUIT\\r\\n\" }]");
+    for _ in 0..3 {
+        let out = run_file(&ping, good).await;
+        assert_eq!((out.result.passed, &*out.result.detail), (true, "tcp: ok"), "{out:?}");
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), 3, "a connection of its own, every time");
+
+    let out = run_file(&tcp(""), good).await;
+    assert_eq!((out.result.passed, &*out.result.detail), (true, "tcp: connected"));
+
+    let regex = tcp("steps = [{ send = \"PING\\r\\n\" }, { expect_regex = \"^\\\\+(PONG|OK)\\r\\n$\" }]");
+    assert!(run_file(&regex, good).await.result.passed);
+
+    let (bad, _) = line_server("-ERR loading\r\n").await;
+    let out = run_file(&ping, bad).await;
+    assert_eq!((out.result.passed, out.l4_failure), (false, false));
+    assert_eq!(&*out.result.detail, r#"tcp: expected "+PONG", got "-ERR loading\r\n" (timeout)"#);
+    let quit = tcp("steps = [{ send = \"QUIT\\r\\n\" }, { expect = \"+OK\" }]");
+    let out = run_file(&quit, good).await;
+    assert_eq!(&*out.result.detail, r#"tcp: expected "+OK", got "" (closed)"#);
+
+    let slow = tcp("steps = [{ send = \"SLOW\\r\\n\" }, { expect = \"+OK\" }]");
+    let out = run_file(&slow, good).await;
+    assert_eq!(&*out.result.detail, r#"tcp: expected "+OK", got "" (timeout)"#);
+    assert!(!out.l4_failure, "an answer that does not come is the check's failure");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let out = run_file(&ping, closed).await;
+    assert_eq!((&*out.result.detail, out.l4_failure), ("tcp: connect refused", true));
+}
+
+#[tokio::test]
+async fn a_check_on_another_port_never_counts_at_l4_and_names_its_port() {
+    let admin = origin().await;
+    let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let port = admin.addr.port();
+    // The service port refuses; the admin port on the same address answers.
+    let out = run_file(&format!("[[check]]\norigin = \"app\"\nport = {port}\n"), service).await;
+    assert!(out.result.passed, "{out:?}");
+    assert_eq!(admin.requests.load(Ordering::SeqCst), 1);
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    for kind in ["http", "tcp"] {
+        let file = format!("[[check]]\norigin = \"app\"\nkind = \"{kind}\"\nport = {closed}\n");
+        let out = run_file(&file, admin.addr).await;
+        assert!(!out.result.passed && !out.l4_failure, "{kind}: {out:?}");
+        assert!(out.result.detail.starts_with(&format!("port {closed}: ")), "{kind}: {out:?}");
+        assert!(out.result.detail.contains("refused"), "{kind}: {out:?}");
+    }
 }

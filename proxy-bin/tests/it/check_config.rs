@@ -141,6 +141,29 @@ fn a_bad_health_check_file_names_its_own_file() {
 }
 
 #[test]
+fn a_check_kind_the_origin_cannot_carry_is_an_error_at_the_kind() {
+    // SPEC's origin speaks HTTP/1.1: no gRPC.
+    let hc = "[[check]]\norigin = \"app.internal\"\nkind = \"grpc\"\n";
+    let (code, _, err) = check("grpchttp1", SPEC_MAIN, Some(hc));
+    assert_eq!(code, 1);
+    assert!(err.contains("healthchecks.toml:3:8: a grpc check needs an origin that speaks h2"), "{err}");
+    let h2c = SPEC_MAIN.replace("protocol = \"http1\"", "protocol = \"h2c\"");
+    assert_eq!(check("grpch2c", &h2c, Some(hc)).0, 0, "h2c carries it");
+
+    // Send and expect steps in plain TCP to a TLS port.
+    let https = SPEC_MAIN
+        .replace("to = \"http://app.internal:8080\"", "to = \"https://app.internal:8443\"")
+        .replace("app.internal:8080\"]", "app.internal:8443\"]")
+        .replace("protocol = \"http1\"", "protocol = \"auto\"");
+    let steps = "[[check]]\norigin = \"app.internal\"\nkind = \"tcp\"\nsteps = [{ send = \"x\" }]\n";
+    let (code, _, err) = check("tcptls", &https, Some(steps));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("healthchecks.toml:3:8: a tcp check's steps are plain TCP"), "{err}");
+    let on_port = format!("{steps}port = 6379\n");
+    assert_eq!(check("tcptlsport", &https, Some(&on_port)).0, 0, "another port may be plain TCP");
+}
+
+#[test]
 fn warnings_for_an_off_loopback_admin_and_an_unused_origin() {
     let main = "[proxy]\nlisten = \"127.0.0.1:8080\"\nadmin = \"0.0.0.0:9090\"\n[origins.\"idle:80\"]\nservers = [\"127.0.0.2:80\"]\n";
     let (code, _, err) = check("warn", main, Some(""));

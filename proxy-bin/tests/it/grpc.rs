@@ -64,22 +64,68 @@ where
     }
 }
 
+/// `grpc.health.v1.HealthCheckRequest`, derived by hand as `Msg` is.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    service: String,
+}
+
+/// `grpc.health.v1.HealthCheckResponse` (its enum is an int32 on the wire).
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckResponse {
+    #[prost(int32, tag = "1")]
+    status: i32,
+}
+
+const SERVING: i32 = 1;
+const NOT_SERVING: i32 = 2;
+
 /// What the gRPC origin saw.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Seen {
     calls: AtomicU64,
+    /// Connections accepted.
+    conns: AtomicU64,
+    /// `Health/Check` calls, and what they answer (a `ServingStatus`).
+    health_checks: AtomicU64,
+    health: std::sync::atomic::AtomicI32,
     /// Calls that came without `te: trailers` (refused, as real servers do).
     without_te: AtomicU64,
     /// A `Forever` stream found its client gone.
     cancelled: AtomicBool,
 }
 
+impl Default for Seen {
+    fn default() -> Self {
+        Self {
+            calls: AtomicU64::new(0),
+            conns: AtomicU64::new(0),
+            health_checks: AtomicU64::new(0),
+            health: SERVING.into(),
+            without_te: AtomicU64::new(0),
+            cancelled: AtomicBool::new(false),
+        }
+    }
+}
+
 /// A gRPC origin on `ip:port` (h2c, hyper's server, tonic's call handling):
 /// `Unary` echoes (`missing`: NOT_FOUND, a trailers-only answer); `Count`
 /// streams `n` messages, then OK (`fail`: NOT_FOUND in the trailers);
 /// `Sum` adds up a client stream; `Forever` streams until the client goes;
-/// `Reset` resets the stream before any answer.
+/// `Reset` resets the stream before any answer. `grpc.health.v1.Health/Check`
+/// answers as the standard health service does: the `health` status for
+/// the server (`""`) or `vigil.Test`, NOT_FOUND for any other service.
 async fn grpc_origin(ip: &str, port: u16) -> (SocketAddr, Arc<Seen>) {
+    grpc_origin_with(ip, port, None).await
+}
+
+/// [`grpc_origin`], over TLS when given an acceptor (ALPN h2).
+async fn grpc_origin_with(
+    ip: &str,
+    port: u16,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (SocketAddr, Arc<Seen>) {
     let addr = SocketAddr::new(ip.parse().unwrap(), port);
     let listener = TcpListener::bind(addr).await.unwrap();
     let seen = Arc::new(Seen::default());
@@ -87,12 +133,18 @@ async fn grpc_origin(ip: &str, port: u16) -> (SocketAddr, Arc<Seen>) {
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let s = Arc::clone(&s);
+            s.conns.fetch_add(1, Ordering::SeqCst);
+            let (s, tls) = (Arc::clone(&s), tls.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req| call(Arc::clone(&s), req));
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                let _ = match tls {
+                    None => h2.serve_connection(TokioIo::new(stream), svc).await,
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(tls) => h2.serve_connection(TokioIo::new(tls), svc).await,
+                        Err(_) => return,
+                    },
+                };
             });
         }
     });
@@ -103,6 +155,9 @@ async fn call(
     seen: Arc<Seen>,
     req: http::Request<hyper::body::Incoming>,
 ) -> Result<http::Response<tonic::body::Body>, std::io::Error> {
+    if req.uri().path() == "/grpc.health.v1.Health/Check" {
+        return Ok(health(seen, req).await);
+    }
     seen.calls.fetch_add(1, Ordering::SeqCst);
     if req.headers().get(http::header::TE).is_none_or(|v| v != "trailers") {
         // What grpc-go and others answer to a call that lost its TE.
@@ -172,6 +227,24 @@ async fn call(
         _ => Status::unimplemented("no such method").into_http(),
     };
     Ok(resp)
+}
+
+async fn health(
+    seen: Arc<Seen>,
+    req: http::Request<hyper::body::Incoming>,
+) -> http::Response<tonic::body::Body> {
+    seen.health_checks.fetch_add(1, Ordering::SeqCst);
+    let mut grpc = tonic::server::Grpc::new(ProstCodec::<HealthCheckResponse, HealthCheckRequest>::default());
+    let check = Handler(move |req: Request<HealthCheckRequest>| {
+        let status = seen.health.load(Ordering::SeqCst);
+        async move {
+            match req.into_inner().service.as_str() {
+                "" | "vigil.Test" => Ok(Response::new(HealthCheckResponse { status })),
+                other => Err(Status::not_found(format!("unknown service {other}"))),
+            }
+        }
+    });
+    grpc.unary(check, req).await
 }
 
 /// tonic's client over one hyper HTTP/2 connection (what tonic's own
@@ -323,4 +396,123 @@ async fn a_grpc_call_over_the_tls_listener() {
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     assert_eq!(seen.without_te.load(Ordering::SeqCst), 0);
     assert_eq!(v.server(addr).await["l4"]["consecutive_failures"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_checks_share_the_user_traffic_connection_and_follow_the_serving_status() {
+    let port = free_port(&["127.0.0.5"]);
+    let (addr, seen) = grpc_origin("127.0.0.5", port).await;
+    let servers = format!("[\"{addr}\"]");
+    let rest = format!(
+        "{}{}",
+        remap("grpc.test", &format!("grpc.test:{port}"), &servers, "protocol = \"h2c\""),
+        remap("other.test", &format!("other.test:{port}"), &servers, "protocol = \"h2c\"")
+    );
+    let checks = FAST_CHECKS.replace(
+        "origin = \"app.test\"\npath = \"/healthz\"",
+        "origin = \"grpc.test\"\nkind = \"grpc\"\nservice = \"vigil.Test\"",
+    );
+    let hc = format!("{checks}[[check]]\norigin = \"other.test\"\nkind = \"grpc\"\nservice = \"nope\"\n");
+    let v = Vigil::start("grpchealth", "", &rest, &hc).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(seen.health_checks.load(Ordering::SeqCst), 0, "lazy: no check before a request");
+
+    let mut c = client(TcpStream::connect(v.listen).await.unwrap(), "http://grpc.test").await;
+    assert_eq!(unary(&mut c, msg("hi", 1)).await.unwrap(), msg("echo hi", 2));
+    let detail = |v: serde_json::Value| v["l7"]["last_detail"].as_str().unwrap_or("").to_owned();
+    let grpc_test = format!("grpc.test:{port}");
+    let server = || server_of(&v, &grpc_test);
+    let served = wait_until(Duration::from_secs(5), || async {
+        let s = server().await;
+        s["l7"]["state"] == "healthy" && detail(s) == "grpc: SERVING"
+    })
+    .await;
+    assert!(served, "{}", server().await);
+    let hosts = v.hosts().await;
+    let origin =
+        hosts["origins"].as_array().unwrap().iter().find(|o| o["origin"] == format!("grpc.test:{port}"));
+    assert_eq!(origin.unwrap()["check"], serde_json::json!({"kind": "grpc"}), "{hosts}");
+
+    seen.health.store(NOT_SERVING, Ordering::SeqCst);
+    let down = wait_until(Duration::from_secs(5), || async {
+        let s = server().await;
+        s["l7"]["state"] == "unhealthy" && detail(s) == "grpc: NOT_SERVING"
+    })
+    .await;
+    assert!(down, "{}", server().await);
+    assert_eq!(server().await["l4"]["state"], "up", "a NOT_SERVING answer is no L4 failure");
+    seen.health.store(SERVING, Ordering::SeqCst);
+    assert!(
+        wait_until(Duration::from_secs(5), || async { server().await["l7"]["state"] == "healthy" }).await,
+        "{}",
+        server().await
+    );
+
+    // A status other than OK fails with the status and its message.
+    let (status, _, _) = v.get("other.test", "/").await;
+    assert_ne!(status, http::StatusCode::NOT_FOUND, "routed");
+    let other_test = format!("other.test:{port}");
+    let other = wait_until(Duration::from_secs(5), || async {
+        detail(server_of(&v, &other_test).await) == "grpc: NOT_FOUND: unknown service nope"
+    })
+    .await;
+    assert!(other, "{}", v.hosts().await);
+
+    // Steady state: the checks rode the one h2 connection user calls use.
+    let checks = seen.health_checks.load(Ordering::SeqCst);
+    assert!(checks >= 4, "{checks}");
+    assert_eq!(unary(&mut c, msg("after", 1)).await.unwrap(), msg("echo after", 2));
+    assert_eq!(
+        seen.conns.load(Ordering::SeqCst),
+        1,
+        "{checks} checks and the user's calls on one connection"
+    );
+    let series = format!(
+        "vigil_health_checks_total{{origin=\"grpc.test:{port}\",server=\"{addr}\",kind=\"grpc\",result=\"pass\"}}"
+    );
+    assert!(v.metric(&series).await >= 2.0, "{series}");
+}
+
+/// The one server of `origin` in `/hosts`.
+async fn server_of(v: &Vigil, origin: &str) -> serde_json::Value {
+    let hosts = v.hosts().await;
+    let o = hosts["origins"].as_array().unwrap().iter().find(|o| o["origin"] == origin).cloned();
+    o.map(|o| o["servers"][0].clone()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_checks_over_tls_use_the_h2_session_alpn_settled() {
+    let pki = crate::tls::Pki::new();
+    let leaf = pki.leaf(&["grpc.test"], false);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der.clone()], leaf.key.clone_key())
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let port = free_port(&["127.0.0.9"]);
+    let (addr, seen) = grpc_origin_with("127.0.0.9", port, Some(acceptor)).await;
+    let rest = format!(
+        "[[remap]]\nfrom = \"grpc.test\"\nto = \"https://grpc.test:{port}\"\n\n[origins.\"grpc.test:{port}\"]\nservers = [\"{addr}\"]\nca_file = \"ca.pem\"\nprotocol = \"auto\"\n"
+    );
+    let checks = FAST_CHECKS
+        .replace("origin = \"app.test\"\npath = \"/healthz\"", "origin = \"grpc.test\"\nkind = \"grpc\"");
+    let ca_pem = pki.ca_pem();
+    let files: &[(&str, &[u8])] = &[("ca.pem", ca_pem.as_bytes())];
+    let v = Vigil::start_with("grpchealthtls", files, "", &rest, &checks).await;
+
+    let mut c = client(TcpStream::connect(v.listen).await.unwrap(), "http://grpc.test").await;
+    assert_eq!(unary(&mut c, msg("tls", 1)).await.unwrap(), msg("echo tls", 2));
+    let origin = format!("grpc.test:{port}");
+    let served = wait_until(Duration::from_secs(5), || async {
+        let s = server_of(&v, &origin).await;
+        s["l7"]["last_detail"] == "grpc: SERVING" && seen.health_checks.load(Ordering::SeqCst) >= 4
+    })
+    .await;
+    assert!(served, "{}", server_of(&v, &origin).await);
+    assert_eq!(unary(&mut c, msg("again", 1)).await.unwrap(), msg("echo again", 2));
+    assert_eq!(seen.conns.load(Ordering::SeqCst), 1, "checks and calls share one TLS h2 connection");
 }

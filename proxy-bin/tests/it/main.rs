@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod check_config;
+mod checks;
 mod cli;
 mod cluster;
 mod essentials;
