@@ -52,6 +52,7 @@ pub fn config(n: usize, lb: LbPolicy) -> HostDbConfig {
                 servers: ServerSource::Static((0..SERVERS_PER_ORIGIN).map(|j| server_addr(i, j)).collect()),
                 lb,
                 check: Some(L7Policy::default()),
+                policy: Default::default(),
             })
             .collect(),
     }

@@ -25,6 +25,7 @@ fn db(server: SocketAddr) -> Result<HostDb, Box<dyn std::error::Error>> {
             servers: ServerSource::Static(vec![server]),
             lb: Default::default(),
             check: Some(L7Policy { healthy_threshold: 1, unhealthy_threshold: 1 }),
+            policy: Default::default(),
         }],
         ..Default::default()
     })?;

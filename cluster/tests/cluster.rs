@@ -35,6 +35,7 @@ fn db() -> HostDb {
             servers: ServerSource::Static(servers()),
             lb: Default::default(),
             check: Some(L7Policy { healthy_threshold: 2, unhealthy_threshold: 3 }),
+            policy: Default::default(),
         }],
         ..Default::default()
     })

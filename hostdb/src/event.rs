@@ -57,6 +57,28 @@ pub enum Event {
         /// Servers that left.
         removed: Vec<SocketAddr>,
     },
+    /// Outlier detection ejected a server, or its ejection ended (its time
+    /// ran out, or a check passed).
+    Outlier {
+        /// The origin.
+        origin: OriginKey,
+        /// The server.
+        server: SocketAddr,
+        /// `true`: ejected; `false`: back.
+        ejected: bool,
+    },
+    /// An origin entered or left panic: too few routable servers under its
+    /// `panic_threshold`, so it routes across all not in maintenance.
+    Panic {
+        /// The origin.
+        origin: OriginKey,
+        /// Whether it is in panic now.
+        on: bool,
+        /// Routable servers when it changed.
+        routable: usize,
+        /// Servers not in maintenance.
+        total: usize,
+    },
     /// DNS for an origin failed (first failure of a run) or recovered.
     Dns {
         /// The origin.
@@ -130,5 +152,18 @@ fn log(event: &Event) {
             %origin, %error, "DNS lookup failing; serving the last answer"
         ),
         Event::Dns { origin, error: None } => tracing::info!(%origin, "DNS lookup recovered"),
+        Event::Outlier { origin, server, ejected: true } => {
+            tracing::warn!(%origin, %server, "ejected: failing user requests in a row")
+        }
+        Event::Outlier { origin, server, ejected: false } => {
+            tracing::warn!(%origin, %server, "ejection over")
+        }
+        Event::Panic { origin, on: true, routable, total } => tracing::error!(
+            %origin, routable, total,
+            "panic: too few routable servers; routing across every server not in maintenance"
+        ),
+        Event::Panic { origin, on: false, routable, total } => {
+            tracing::warn!(%origin, routable, total, "panic over")
+        }
     }
 }

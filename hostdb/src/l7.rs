@@ -214,6 +214,25 @@ impl L7Status {
     }
 }
 
+impl L7Status {
+    /// The status after the server signalled it is going away (a
+    /// `vigil-health: down` answer): unhealthy at once, whatever the
+    /// thresholds; passes count from zero.
+    pub fn signalled(&self, result: &CheckResult, now: Instant) -> (Self, Option<L7Flip>) {
+        let next = Self {
+            state: L7State::Unhealthy,
+            consecutive_passes: 0,
+            consecutive_failures: self.consecutive_failures.saturating_add(1),
+            last_check: Some(now),
+            last_result: Some(result.clone()),
+            source: Source::Local,
+        };
+        let flip =
+            (self.state != L7State::Unhealthy).then_some(L7Flip { from: self.state, to: L7State::Unhealthy });
+        (next, flip)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

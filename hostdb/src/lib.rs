@@ -66,6 +66,7 @@ mod key;
 mod l4;
 mod l7;
 mod origin;
+pub mod policy;
 mod select;
 mod server;
 mod snapshot;
@@ -81,6 +82,9 @@ pub use key::{DEFAULT_PORT, OriginKey, parse_server_addr};
 pub use l4::{L4Policy, L4State};
 pub use l7::{CheckResult, L7Flip, L7Policy, L7State, L7Status, Source};
 pub use origin::{DnsStatus, Origin, OriginSpec, ServerSource};
+pub use policy::{OriginPolicy, OutlierPolicy};
 pub use select::{Attempt, LbPolicy, Pick};
 pub use server::Server;
-pub use snapshot::{DnsView, HostsView, L4View, L7View, OriginView, PoolView, ServerView};
+pub use snapshot::{
+    DnsView, HostsView, L4View, L7View, OriginView, OutlierView, PoolView, ServerView, SlowStartView,
+};

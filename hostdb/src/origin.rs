@@ -11,8 +11,9 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::Mutex;
 
 use crate::event::Event;
+use crate::policy::OriginPolicy;
 use crate::select::{self, Attempt, LazyMs, LbPolicy, Pick, Ring};
-use crate::server::{Hub, Server};
+use crate::server::{Hub, OriginHealth, Server};
 use crate::{CheckResult, L7Flip, L7Policy, OriginKey, SelectError};
 
 /// Where an origin's servers come from.
@@ -37,17 +38,32 @@ pub struct OriginSpec {
     /// The L7 hysteresis when a health check matches this origin; `None`
     /// leaves its servers `unchecked` (L4 status only).
     pub check: Option<L7Policy>,
+    /// Weights, slow start, panic threshold, outlier detection (all off by
+    /// default).
+    pub policy: OriginPolicy,
 }
 
 impl OriginSpec {
     /// An origin with a static server list, round robin, no health check.
     pub fn with_servers(key: OriginKey, servers: Vec<SocketAddr>) -> Self {
-        Self { key, servers: ServerSource::Static(servers), lb: LbPolicy::RoundRobin, check: None }
+        Self {
+            key,
+            servers: ServerSource::Static(servers),
+            lb: LbPolicy::RoundRobin,
+            check: None,
+            policy: OriginPolicy::default(),
+        }
     }
 
     /// An origin resolved through DNS, round robin, no health check.
     pub fn with_dns(key: OriginKey) -> Self {
-        Self { key, servers: ServerSource::Dns, lb: LbPolicy::RoundRobin, check: None }
+        Self {
+            key,
+            servers: ServerSource::Dns,
+            lb: LbPolicy::RoundRobin,
+            check: None,
+            policy: OriginPolicy::default(),
+        }
     }
 }
 
@@ -60,6 +76,22 @@ pub(crate) struct OriginState {
     pub(crate) lb: LbPolicy,
     pub(crate) check: Option<L7Policy>,
     pub(crate) dns: bool,
+    /// The policy as configured (weights before run-time changes).
+    pub(crate) policy: Arc<OriginPolicy>,
+    /// What selection uses: `None` when the origin has no traffic policy
+    /// (the plain, fastest path).
+    traffic: Option<Traffic>,
+}
+
+/// An origin's traffic policy compiled for selection.
+#[derive(Debug)]
+struct Traffic {
+    /// Effective weights by server index (configured, or set at run time).
+    weights: Box<[u32]>,
+    /// The smooth weighted round-robin cycle (`None`: weights all equal).
+    sequence: Option<Box<[u32]>>,
+    slow_start_ms: u64,
+    panic: Option<u8>,
 }
 
 /// What DNS last did for an origin.
@@ -96,6 +128,15 @@ pub struct Origin {
     writer: Mutex<()>,
     pub(crate) dns_task: Mutex<Option<tokio::task::AbortHandle>>,
     pub(crate) ready: tokio::sync::watch::Sender<bool>,
+    /// Shared with the servers: their routability changes.
+    health: Arc<OriginHealth>,
+    /// The panic verdict, and the `health.version` it was made at.
+    panic: AtomicBool,
+    panic_at: AtomicU64,
+    /// Weights set at run time (`POST /weight`), until the next apply.
+    weight_overrides: Mutex<HashMap<SocketAddr, u32>>,
+    /// Whether outlier detection is on (so a response costs nothing when off).
+    outlier_on: AtomicBool,
 }
 
 impl fmt::Debug for Origin {
@@ -129,6 +170,8 @@ impl Origin {
                 lb: spec.lb,
                 check: spec.check,
                 dns,
+                policy: Arc::default(),
+                traffic: None,
             }),
             rr: AtomicUsize::new(0),
             last_request_ms: AtomicU64::new(NEVER),
@@ -137,6 +180,11 @@ impl Origin {
             writer: Mutex::new(()),
             dns_task: Mutex::new(None),
             ready: tokio::sync::watch::Sender::new(!dns),
+            health: Arc::default(),
+            panic: AtomicBool::new(false),
+            panic_at: AtomicU64::new(u64::MAX),
+            weight_overrides: Mutex::new(HashMap::new()),
+            outlier_on: AtomicBool::new(false),
         };
         origin.reconfigure(spec);
         origin
@@ -195,6 +243,9 @@ impl Origin {
             return Err(SelectError::NoServers);
         }
         let mut clock = LazyMs::new(self.hub.epoch, now);
+        if let Some(traffic) = &state.traffic {
+            return self.select_policy(&state, traffic, attempt, &mut clock, now);
+        }
         let found = match (state.lb, &state.ring, attempt.hash()) {
             (LbPolicy::LeastRequests, ..) => select::least_requests(servers, attempt, &mut clock),
             (LbPolicy::ConsistentHash, Some(ring), Some(hash)) => {
@@ -216,6 +267,150 @@ impl Origin {
             None if attempt.tried() > 0 => Err(SelectError::Exhausted),
             None => Err(SelectError::NoneRoutable { retry_after: self.retry_after(servers, now) }),
         }
+    }
+
+    /// [`Origin::select`] for an origin with a traffic policy.
+    #[inline(never)]
+    fn select_policy(
+        &self,
+        state: &OriginState,
+        traffic: &Traffic,
+        attempt: &mut Attempt,
+        clock: &mut LazyMs,
+        now: Instant,
+    ) -> Result<Pick, SelectError> {
+        let servers = &*state.servers;
+        let policy = select::Policy {
+            weights: &traffic.weights,
+            sequence: traffic.sequence.as_deref(),
+            slow_start_ms: traffic.slow_start_ms,
+            panic: traffic.panic.is_some_and(|t| self.in_panic(servers, t, clock)),
+        };
+        let found = match (state.lb, &state.ring, attempt.hash()) {
+            (LbPolicy::LeastRequests, ..) => policy.least_requests(servers, attempt, clock),
+            (LbPolicy::ConsistentHash, Some(ring), Some(hash)) => {
+                ring.walk_policy(&policy, servers, hash, attempt, clock)
+            }
+            _ => {
+                let n = self.rr.load(Ordering::Relaxed);
+                self.rr.store(n.wrapping_add(1), Ordering::Relaxed);
+                policy.round_robin(servers, n, attempt, clock)
+            }
+        };
+        match found {
+            Some((i, probe)) => Ok(Pick::new(&servers[i], probe, attempt)),
+            None if attempt.tried() > 0 => Err(SelectError::Exhausted),
+            None => Err(SelectError::NoneRoutable { retry_after: self.retry_after(servers, now) }),
+        }
+    }
+
+    /// Whether the origin is in panic (fewer than `threshold` percent of its
+    /// servers not in maintenance are routable). Counted again only after a
+    /// server's routability changed; a change of verdict is logged once, as
+    /// an event.
+    fn in_panic(&self, servers: &[Arc<Server>], threshold: u8, clock: &mut LazyMs) -> bool {
+        let version = self.health.version.load(Ordering::Relaxed);
+        if self.panic_at.load(Ordering::Acquire) == version {
+            return self.panic.load(Ordering::Relaxed);
+        }
+        let now_ms = clock.get();
+        let candidates = servers.iter().filter(|s| !s.maintenance());
+        let (mut total, mut routable) = (0, 0);
+        for s in candidates {
+            total += 1;
+            if s.admit_at(now_ms) == crate::server::Admit::Yes {
+                routable += 1;
+            }
+        }
+        let on = crate::policy::panics(routable, total, threshold);
+        let was = self.panic.swap(on, Ordering::Relaxed);
+        self.panic_at.store(version, Ordering::Release);
+        if was != on {
+            self.hub.subscribers.emit(Event::Panic { origin: self.key.clone(), on, routable, total });
+        }
+        on
+    }
+
+    /// Whether the origin is in panic now (as of the last change counted).
+    pub fn panicking(&self) -> bool {
+        self.state.load().traffic.as_ref().is_some_and(|t| t.panic.is_some())
+            && self.panic.load(Ordering::Relaxed)
+    }
+
+    /// The weights in force, by server (configured, or set at run time).
+    pub fn weights(&self) -> Vec<(SocketAddr, u32)> {
+        let state = self.state.load();
+        state
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let w = state.traffic.as_ref().map_or(crate::policy::DEFAULT_WEIGHT, |t| t.weights[i]);
+                (s.addr(), w)
+            })
+            .collect()
+    }
+
+    /// The origin's traffic policy as configured.
+    pub fn policy(&self) -> Arc<OriginPolicy> {
+        Arc::clone(&self.state.load().policy)
+    }
+
+    /// Sets `server`'s weight (0 to [`MAX_WEIGHT`](crate::policy::MAX_WEIGHT);
+    /// 0 drains it) until the next apply. Returns the weight it had.
+    ///
+    /// # Errors
+    /// The server is not in this origin, or the weight is out of range.
+    pub fn set_weight(&self, server: SocketAddr, weight: u32) -> Result<u32, String> {
+        if weight > crate::policy::MAX_WEIGHT {
+            return Err(format!("weight must be from 0 to {}, not {weight}", crate::policy::MAX_WEIGHT));
+        }
+        let _w = self.writer.lock();
+        let cur = self.state.load_full();
+        let Some(i) = cur.servers.iter().position(|s| s.addr() == server) else {
+            return Err(format!("{server} is not a server of {}", self.key));
+        };
+        let old = cur.traffic.as_ref().map_or(crate::policy::DEFAULT_WEIGHT, |t| t.weights[i]);
+        self.weight_overrides.lock().insert(server, weight);
+        self.swap(&cur, None, cur.lb, cur.check, cur.dns, Arc::clone(&cur.policy));
+        Ok(old)
+    }
+
+    /// Reports a user request's response `status` from `server`, for outlier
+    /// detection: a run of failing answers ejects it (see
+    /// [`OutlierPolicy`](crate::policy::OutlierPolicy)). Costs one relaxed
+    /// load when the origin does not detect outliers.
+    #[inline]
+    pub fn report_response(&self, server: &Server, status: u16, now: Instant) {
+        if self.outlier_on.load(Ordering::Relaxed) {
+            self.outlier_response(server, status, now);
+        }
+    }
+
+    #[inline(never)]
+    fn outlier_response(&self, server: &Server, status: u16, now: Instant) {
+        let state = self.state.load();
+        let Some(policy) = state.policy.outlier else { return };
+        let run = server.outlier_response(policy.counts(status));
+        if run < policy.consecutive {
+            return;
+        }
+        let now_ms = self.hub.epoch.ms(now);
+        let ejected = state.servers.iter().filter(|s| s.is_ejected(now)).count();
+        if server.is_ejected(now)
+            || !crate::policy::may_eject(ejected, state.servers.len(), policy.max_percent)
+        {
+            return;
+        }
+        let time = crate::policy::ejection_time(&policy, server.ejection_count() + 1);
+        server.eject(now_ms + crate::time::ceil_ms(time));
+    }
+
+    /// The server answered a user request with `vigil-health: down` or
+    /// `drain` (`detail` says which): see [`Server::signal_unhealthy`].
+    pub fn signal_unhealthy(&self, server: &Server, detail: &str, now: Instant) -> Option<L7Flip> {
+        self.state.load().check?;
+        server.signal_unhealthy(&CheckResult::fail(detail, Duration::ZERO), now)
     }
 
     /// The soonest an L4-down server (not otherwise out) may be retried.
@@ -285,16 +480,20 @@ impl Origin {
     pub(crate) fn reconfigure(&self, spec: &OriginSpec) -> bool {
         let _w = self.writer.lock();
         let cur = self.state.load_full();
+        // An apply (a reload) sets the configured weights again.
+        self.weight_overrides.lock().clear();
+        let policy = Arc::new(spec.policy.clone());
+        self.outlier_on.store(policy.outlier.is_some(), Ordering::Relaxed);
         let addrs: Vec<SocketAddr> = match &spec.servers {
             ServerSource::Static(list) => list.clone(),
             // Switching to DNS keeps the current servers until DNS answers.
             ServerSource::Dns if cur.dns => {
-                return self.swap(&cur, None, spec.lb, spec.check, true);
+                return self.swap(&cur, None, spec.lb, spec.check, true, policy);
             }
             ServerSource::Dns => cur.servers.iter().map(|s| s.addr()).collect(),
         };
         let dns = spec.servers == ServerSource::Dns;
-        self.swap(&cur, Some(&addrs), spec.lb, spec.check, dns)
+        self.swap(&cur, Some(&addrs), spec.lb, spec.check, dns, policy)
     }
 
     /// Installs a DNS answer. Returns whether the server list changed.
@@ -304,7 +503,7 @@ impl Origin {
         if !cur.dns {
             return false; // reconfigured to a static list meanwhile
         }
-        self.swap(&cur, Some(addrs), cur.lb, cur.check, true)
+        self.swap(&cur, Some(addrs), cur.lb, cur.check, true, Arc::clone(&cur.policy))
     }
 
     /// Called with `writer` held. Builds and publishes the next state.
@@ -315,6 +514,7 @@ impl Origin {
         lb: LbPolicy,
         check: Option<L7Policy>,
         dns: bool,
+        policy: Arc<OriginPolicy>,
     ) -> bool {
         let checked = check.is_some();
         let check_toggled = cur.check.is_some() != checked;
@@ -328,14 +528,34 @@ impl Origin {
             }
         }
         let list_changed = !added.is_empty() || !removed.is_empty();
-        // Rebuilt on every swap: swaps are rare (apply, DNS change) and a
-        // ring of 1 000 servers builds in well under a millisecond.
-        let ring = (lb == LbPolicy::ConsistentHash).then(|| Ring::build(&servers));
-        self.state.store(Arc::new(OriginState { servers, ring, lb, check, dns }));
+        let traffic = self.traffic(&servers, &policy);
+        // Rebuilt on every swap: swaps are rare (apply, DNS change, a weight
+        // set) and a ring of 1 000 servers builds in well under a millisecond.
+        let ring = (lb == LbPolicy::ConsistentHash)
+            .then(|| Ring::build(&servers, traffic.as_ref().map(|t| &*t.weights)));
+        self.state.store(Arc::new(OriginState { servers, ring, lb, check, dns, policy, traffic }));
         if list_changed {
+            self.health.version.fetch_add(1, Ordering::Relaxed);
             self.hub.subscribers.emit(Event::Servers { origin: self.key.clone(), added, removed });
         }
         list_changed
+    }
+
+    /// The traffic policy compiled for `servers`: `None` when it changes
+    /// nothing (equal weights, no slow start, no panic threshold), so such an
+    /// origin selects on the plain path.
+    fn traffic(&self, servers: &[Arc<Server>], policy: &OriginPolicy) -> Option<Traffic> {
+        let overrides = self.weight_overrides.lock();
+        let weights: Box<[u32]> = servers
+            .iter()
+            .map(|s| overrides.get(&s.addr()).copied().unwrap_or_else(|| policy.weight_of(s.addr())))
+            .collect();
+        let sequence = crate::policy::wrr_sequence(&weights);
+        let slow_start_ms = policy.slow_start.map_or(0, crate::time::ceil_ms);
+        if sequence.is_none() && slow_start_ms == 0 && policy.panic_threshold.is_none() {
+            return None;
+        }
+        Some(Traffic { weights, sequence, slow_start_ms, panic: policy.panic_threshold })
     }
 
     /// The new list in the order given, reusing records for addresses that stay.
@@ -346,6 +566,9 @@ impl Origin {
         checked: bool,
     ) -> (Arc<[Arc<Server>]>, Vec<SocketAddr>, Vec<SocketAddr>) {
         let by_addr: HashMap<SocketAddr, &Arc<Server>> = old.iter().map(|s| (s.addr(), s)).collect();
+        // A server joining a running origin starts its slow start (one in
+        // the first list, or the first DNS answer, does not).
+        let joined_ms = (!old.is_empty()).then(|| self.hub.epoch.ms(tokio::time::Instant::now().into_std()));
         let mut added = Vec::new();
         let mut seen = HashMap::with_capacity(addrs.len());
         let mut servers = Vec::with_capacity(addrs.len());
@@ -357,12 +580,17 @@ impl Origin {
                 Some(s) => servers.push(Arc::clone(s)),
                 None => {
                     added.push(addr);
-                    servers.push(Arc::new(Server::new(
+                    let server = Server::new(
                         self.key.clone(),
                         addr,
                         Arc::clone(&self.hub),
+                        Arc::clone(&self.health),
                         checked,
-                    )));
+                    );
+                    if let Some(ms) = joined_ms {
+                        server.start_ramp(ms);
+                    }
+                    servers.push(Arc::new(server));
                 }
             }
         }

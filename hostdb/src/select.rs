@@ -178,18 +178,13 @@ fn consider(s: &Server, attempt: &Attempt, clock: &mut LazyMs) -> Option<bool> {
     }
 }
 
-/// First server from `start` onwards (wrapping) that can take the request.
+/// First index from `start` onwards (wrapping, `n` in all) that `accept`
+/// takes.
 #[inline]
-fn scan(
-    servers: &[Arc<Server>],
-    start: usize,
-    attempt: &Attempt,
-    clock: &mut LazyMs,
-) -> Option<(usize, bool)> {
-    let n = servers.len();
+fn scan(n: usize, start: usize, mut accept: impl FnMut(usize) -> Option<bool>) -> Option<(usize, bool)> {
     let mut i = start;
     for _ in 0..n {
-        if let Some(probe) = consider(&servers[i], attempt, clock) {
+        if let Some(probe) = accept(i) {
             return Some((i, probe));
         }
         i += 1;
@@ -206,7 +201,7 @@ pub(crate) fn round_robin(
     attempt: &Attempt,
     clock: &mut LazyMs,
 ) -> Option<(usize, bool)> {
-    scan(servers, counter % servers.len(), attempt, clock)
+    scan(servers.len(), counter % servers.len(), |i| consider(&servers[i], attempt, clock))
 }
 
 /// Power of two choices over requests in flight. A due retry probe met on
@@ -217,22 +212,205 @@ pub(crate) fn least_requests(
     clock: &mut LazyMs,
 ) -> Option<(usize, bool)> {
     let n = servers.len();
+    let mut accept = |i: usize| consider(&servers[i], attempt, clock);
     if n == 1 {
-        return scan(servers, 0, attempt, clock);
+        return scan(n, 0, accept);
     }
+    let (a, b) = two_random(n);
+    let first = scan(n, a, &mut accept)?;
+    if first.1 {
+        return Some(first);
+    }
+    match scan(n, b, &mut accept) {
+        Some(second) if second.1 => Some(second),
+        Some(second) if servers[second.0].in_flight() < servers[first.0].in_flight() => Some(second),
+        _ => Some(first),
+    }
+}
+
+/// Two distinct random indices below `n` (at least 2).
+fn two_random(n: usize) -> (usize, usize) {
     let a = fastrand::usize(..n);
     let mut b = fastrand::usize(..n - 1);
     if b >= a {
         b += 1;
     }
-    let first = scan(servers, a, attempt, clock)?;
-    if first.1 {
-        return Some(first);
+    (a, b)
+}
+
+// ---- origins with a traffic policy -----------------------------------------
+
+/// What selection needs when an origin has a traffic policy (weights, slow
+/// start, panic): origins without one take the plain functions above.
+pub(crate) struct Policy<'a> {
+    /// Effective weights, by server index.
+    pub(crate) weights: &'a [u32],
+    /// The smooth weighted round-robin cycle, unless the weights are equal.
+    pub(crate) sequence: Option<&'a [u32]>,
+    /// Slow-start window in ms (0: off).
+    pub(crate) slow_start_ms: u64,
+    /// In panic: every server not in maintenance is a candidate, whatever
+    /// its health.
+    pub(crate) panic: bool,
+}
+
+/// What [`Policy::consider`] says of a server.
+enum Verdict {
+    /// It takes the request (`true`: as the L4 retry probe).
+    Take(bool),
+    /// It could, but its slow start declined this time: the choice if no
+    /// other server takes the request.
+    Ramping,
+    No,
+}
+
+impl Policy<'_> {
+    /// [`consider`] with weights (0: drained), panic and slow start. `key`:
+    /// the consistent-hash key, which makes a ramping server's choice the
+    /// same for the same key (its share of keys grows with the ramp).
+    #[inline]
+    fn consider(
+        &self,
+        servers: &[Arc<Server>],
+        i: usize,
+        attempt: &Attempt,
+        clock: &mut LazyMs,
+        key: Option<u64>,
+    ) -> Verdict {
+        let s = &servers[i];
+        if self.weights[i] == 0 || (attempt.len != 0 && attempt.has_tried(s.id())) {
+            return Verdict::No;
+        }
+        let probe = if self.panic {
+            if s.maintenance() {
+                return Verdict::No;
+            }
+            false
+        } else {
+            match s.admit(|| clock.get()) {
+                Admit::Yes => false,
+                Admit::Probe if s.claim_probe(clock.get()) => true,
+                Admit::Probe | Admit::No => return Verdict::No,
+            }
+        };
+        if self.slow_start_ms > 0 && !probe {
+            let factor = self.ramp(s, clock);
+            if factor < 1.0 {
+                let draw = match key {
+                    // The same key and server draw the same number.
+                    Some(k) => {
+                        (xxh3_64_with_seed(&k.to_le_bytes(), s.id()) >> 11) as f64 / (1u64 << 53) as f64
+                    }
+                    None => fastrand::f64(),
+                };
+                if draw >= factor {
+                    return Verdict::Ramping;
+                }
+            }
+        }
+        Verdict::Take(probe)
     }
-    match scan(servers, b, attempt, clock) {
-        Some(second) if second.1 => Some(second),
-        Some(second) if servers[second.0].in_flight() < servers[first.0].in_flight() => Some(second),
-        _ => Some(first),
+
+    /// The share of its weight `s` gets now (1 outside slow start).
+    fn ramp(&self, s: &Server, clock: &mut LazyMs) -> f64 {
+        let from = s.ramp_from_ms();
+        if from == 0 {
+            return 1.0;
+        }
+        let elapsed = clock.get().saturating_sub(from);
+        if elapsed >= self.slow_start_ms {
+            s.ramp_done(from);
+            return 1.0;
+        }
+        crate::policy::slow_start_factor(
+            std::time::Duration::from_millis(elapsed),
+            std::time::Duration::from_millis(self.slow_start_ms),
+        )
+    }
+
+    /// Scans `n` candidates from `start` through `index` (a position to a
+    /// server index); a ramping server that declined is the choice when no
+    /// other takes the request, so slow start never turns a request away.
+    fn scan_by(
+        &self,
+        servers: &[Arc<Server>],
+        n: usize,
+        start: usize,
+        index: impl Fn(usize) -> usize,
+        attempt: &Attempt,
+        clock: &mut LazyMs,
+    ) -> Option<(usize, bool)> {
+        let mut ramping = None;
+        let found = scan(n, start, |pos| {
+            let i = index(pos);
+            match self.consider(servers, i, attempt, clock, None) {
+                Verdict::Take(probe) => Some(probe),
+                Verdict::Ramping => {
+                    ramping.get_or_insert(i);
+                    None
+                }
+                Verdict::No => None,
+            }
+        });
+        match (found, ramping) {
+            (Some((pos, probe)), _) => Some((index(pos), probe)),
+            (None, Some(i)) => Some((i, false)),
+            (None, None) => None,
+        }
+    }
+
+    /// Weighted round robin: the smooth cycle from `counter`, then (every
+    /// server in its cycle out) the rest in list order.
+    pub(crate) fn round_robin(
+        &self,
+        servers: &[Arc<Server>],
+        counter: usize,
+        attempt: &Attempt,
+        clock: &mut LazyMs,
+    ) -> Option<(usize, bool)> {
+        let n = servers.len();
+        match self.sequence {
+            None => self.scan_by(servers, n, counter % n, |i| i, attempt, clock),
+            Some([]) => None,
+            Some(seq) => {
+                // A whole cycle visits every weighted server; bounded so an
+                // outage costs O(servers), not O(cycle).
+                let steps = seq.len().min(4 * n + 16);
+                let start = counter % seq.len();
+                self.scan_by(servers, steps, 0, |k| seq[(start + k) % seq.len()] as usize, attempt, clock)
+                    .or_else(|| self.scan_by(servers, n, counter % n, |i| i, attempt, clock))
+            }
+        }
+    }
+
+    /// Power of two choices over requests in flight per unit of effective
+    /// weight (weight times the slow-start share).
+    pub(crate) fn least_requests(
+        &self,
+        servers: &[Arc<Server>],
+        attempt: &Attempt,
+        clock: &mut LazyMs,
+    ) -> Option<(usize, bool)> {
+        let n = servers.len();
+        if n == 1 {
+            return self.scan_by(servers, n, 0, |i| i, attempt, clock);
+        }
+        let (a, b) = two_random(n);
+        let first = self.scan_by(servers, n, a, |i| i, attempt, clock)?;
+        if first.1 {
+            return Some(first);
+        }
+        let Some(second) = self.scan_by(servers, n, b, |i| i, attempt, clock) else {
+            return Some(first);
+        };
+        if second.1 {
+            return Some(second);
+        }
+        let load = |i: usize, clock: &mut LazyMs| {
+            let weight = f64::from(self.weights[i]) * self.ramp(&servers[i], clock);
+            f64::from(servers[i].in_flight() + 1) / weight.max(f64::MIN_POSITIVE)
+        };
+        if load(second.0, clock) < load(first.0, clock) { Some(second) } else { Some(first) }
     }
 }
 
@@ -268,11 +446,17 @@ fn addr_bytes(addr: SocketAddr) -> ([u8; 18], usize) {
 }
 
 impl Ring {
-    pub(crate) fn build(servers: &[Arc<Server>]) -> Self {
-        let mut points = Vec::with_capacity(servers.len() * VNODES as usize);
+    /// A ring with [`VNODES`] points per server, or, with `weights`, points
+    /// in proportion to them (a weight of 0: none).
+    pub(crate) fn build(servers: &[Arc<Server>], weights: Option<&[u32]>) -> Self {
+        let vnodes = match weights {
+            Some(w) => crate::policy::ring_vnodes(w, VNODES),
+            None => vec![VNODES; servers.len()],
+        };
+        let mut points = Vec::with_capacity(vnodes.iter().sum::<u64>() as usize);
         for (i, s) in servers.iter().enumerate() {
             let (bytes, len) = addr_bytes(s.addr());
-            for v in 0..VNODES {
+            for v in 0..vnodes[i] {
                 points.push((xxh3_64_with_seed(&bytes[..len], v), i as u32));
             }
         }
@@ -293,6 +477,39 @@ impl Ring {
         attempt: &Attempt,
         clock: &mut LazyMs,
     ) -> Option<(usize, bool)> {
+        self.walk_with(servers.len(), hash, |i| consider(&servers[i], attempt, clock))
+    }
+
+    /// [`Ring::walk`] under a traffic policy: weights, panic, slow start
+    /// (a ramping server keeps the share of keys its ramp gives it).
+    pub(crate) fn walk_policy(
+        &self,
+        policy: &Policy<'_>,
+        servers: &[Arc<Server>],
+        hash: u64,
+        attempt: &Attempt,
+        clock: &mut LazyMs,
+    ) -> Option<(usize, bool)> {
+        let mut ramping = None;
+        let found = self.walk_with(servers.len(), hash, |i| {
+            match policy.consider(servers, i, attempt, clock, Some(hash)) {
+                Verdict::Take(probe) => Some(probe),
+                Verdict::Ramping => {
+                    ramping.get_or_insert(i);
+                    None
+                }
+                Verdict::No => None,
+            }
+        });
+        found.or(ramping.map(|i| (i, false)))
+    }
+
+    fn walk_with(
+        &self,
+        n: usize,
+        hash: u64,
+        mut accept: impl FnMut(usize) -> Option<bool>,
+    ) -> Option<(usize, bool)> {
         let len = self.points.len();
         if len == 0 {
             return None;
@@ -303,7 +520,7 @@ impl Ring {
         for _ in 0..len.min(WALK_LIMIT) {
             let idx = self.points[i].1;
             if idx != last {
-                if let Some(probe) = consider(&servers[idx as usize], attempt, clock) {
+                if let Some(probe) = accept(idx as usize) {
                     return Some((idx as usize, probe));
                 }
                 last = idx;
@@ -316,6 +533,6 @@ impl Ring {
         if len <= WALK_LIMIT {
             return None; // the whole ring was walked
         }
-        scan(servers, self.points[start].1 as usize, attempt, clock)
+        scan(n, self.points[start].1 as usize, accept)
     }
 }

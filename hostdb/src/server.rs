@@ -26,6 +26,18 @@ pub(crate) struct Hub {
 
 const MAINT: u8 = 1;
 const L7_DOWN: u8 = 2;
+/// Ejected by outlier detection until `ejected_until` (then admitted again
+/// by the first request that sees the time passed).
+const EJECTED: u8 = 4;
+
+/// What an origin's servers share with it: a count of the changes that may
+/// move its routable share (for the panic threshold, recomputed only when
+/// it moved), and its traffic-policy counters.
+#[derive(Debug, Default)]
+pub(crate) struct OriginHealth {
+    /// Bumped by every change of a server's routability.
+    pub(crate) version: AtomicU64,
+}
 
 /// One server (`ip:port`) behind an origin and its health record.
 ///
@@ -50,6 +62,16 @@ pub struct Server {
     /// Why the last L4 failure happened (`connect refused`, `tls:
     /// certificate expired`), until a success; for operators, not policy.
     l4_error: ArcSwapOption<String>,
+    /// Shared with the origin: bumped on every routability change.
+    health: Arc<OriginHealth>,
+    /// When the server became routable again (HostDB ms; 0: not ramping):
+    /// the start of its slow-start window.
+    ramp_from: AtomicU64,
+    /// Outlier detection: failing user responses in a row, the end of the
+    /// current ejection (ms; 0: none), and ejections so far.
+    outlier_failures: AtomicU32,
+    ejected_until: AtomicU64,
+    ejections: AtomicU32,
 }
 
 impl fmt::Debug for Server {
@@ -76,7 +98,13 @@ pub(crate) enum Admit {
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Server {
-    pub(crate) fn new(origin: OriginKey, addr: SocketAddr, hub: Arc<Hub>, checked: bool) -> Self {
+    pub(crate) fn new(
+        origin: OriginKey,
+        addr: SocketAddr,
+        hub: Arc<Hub>,
+        health: Arc<OriginHealth>,
+        checked: bool,
+    ) -> Self {
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             addr,
@@ -88,6 +116,11 @@ impl Server {
             l7: ArcSwap::from_pointee(L7Status::initial(checked)),
             l7_writer: Mutex::new(()),
             l4_error: ArcSwapOption::empty(),
+            health,
+            ramp_from: AtomicU64::new(0),
+            outlier_failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
         }
     }
 
@@ -123,13 +156,36 @@ impl Server {
     /// server is L4-down.
     #[inline]
     pub(crate) fn admit(&self, now_ms: impl FnOnce() -> u64) -> Admit {
-        if self.flags.load(Ordering::Acquire) != 0 {
-            return Admit::No;
+        let flags = self.flags.load(Ordering::Acquire);
+        if flags != 0 {
+            return self.admit_flagged(flags, now_ms);
         }
         let w = L4Word(self.l4.load(Ordering::Acquire));
         if w.is_up() {
             Admit::Yes
         } else if w.probe_due(now_ms()) {
+            Admit::Probe
+        } else {
+            Admit::No
+        }
+    }
+
+    /// [`Server::admit`] for a server with a flag set: out, unless the flag
+    /// is an ejection whose time is over.
+    #[cold]
+    #[inline(never)]
+    fn admit_flagged(&self, flags: u8, now_ms: impl FnOnce() -> u64) -> Admit {
+        if flags != EJECTED {
+            return Admit::No;
+        }
+        let now = now_ms();
+        if !self.ejection_over(now) {
+            return Admit::No;
+        }
+        let w = L4Word(self.l4.load(Ordering::Acquire));
+        if w.is_up() {
+            Admit::Yes
+        } else if w.probe_due(now) {
             Admit::Probe
         } else {
             Admit::No
@@ -260,6 +316,7 @@ impl Server {
         let prev = L4Word(self.l4.swap(cur.on_success().0, Ordering::AcqRel));
         if prev.is_down() {
             let now_ms = self.hub.epoch.ms(now);
+            self.start_ramp(now_ms);
             self.emit_l4(prev.state(now_ms), L4State::Up, 0);
         }
     }
@@ -283,6 +340,7 @@ impl Server {
     }
 
     fn emit_l4(&self, from: L4State, to: L4State, consecutive_failures: u32) {
+        self.changed();
         self.hub.subscribers.emit(Event::L4 {
             origin: self.origin.clone(),
             server: self.addr,
@@ -327,10 +385,36 @@ impl Server {
             flip
         };
         if let Some(f) = flip {
-            self.emit_l7(f, result.detail.clone(), crate::Source::Local);
+            self.emit_l7(f, result.detail.clone(), crate::Source::Local, self.hub.epoch.ms(now));
         }
-        if result.passed && clears_l4 {
-            self.report_l4_success(now);
+        if result.passed {
+            // Checks bring an ejected server back (its time need not run out).
+            self.end_ejection(self.hub.epoch.ms(now));
+            if clears_l4 {
+                self.report_l4_success(now);
+            }
+        }
+        flip
+    }
+
+    /// The server told us, on a response, that it is going away
+    /// (`vigil-health: down` or `drain`): L7 unhealthy at once, whatever the
+    /// thresholds, until checks pass `healthy_threshold` times again. For a
+    /// server without checks (`unchecked`) nothing changes: no check would
+    /// ever bring it back. Returns the flip, if the state changed.
+    pub fn signal_unhealthy(&self, result: &CheckResult, now: Instant) -> Option<L7Flip> {
+        let flip = {
+            let _w = self.l7_writer.lock();
+            let cur = self.l7.load();
+            if cur.state == L7State::Unchecked {
+                return None;
+            }
+            let (next, flip) = cur.signalled(result, now);
+            self.publish_l7(Arc::new(next));
+            flip
+        };
+        if let Some(f) = flip {
+            self.emit_l7(f, result.detail.clone(), crate::Source::Local, self.hub.epoch.ms(now));
         }
         flip
     }
@@ -352,7 +436,7 @@ impl Server {
         };
         let flip = (from != to).then_some(L7Flip { from, to });
         if let Some(f) = flip {
-            self.emit_l7(f, reason, source);
+            self.emit_l7(f, reason, source, self.clock_ms());
         }
         flip
     }
@@ -375,7 +459,11 @@ impl Server {
         }
     }
 
-    fn emit_l7(&self, flip: L7Flip, reason: Arc<str>, source: crate::Source) {
+    fn emit_l7(&self, flip: L7Flip, reason: Arc<str>, source: crate::Source, now_ms: u64) {
+        self.changed();
+        if flip.from == L7State::Unhealthy && flip.to.is_routable() {
+            self.start_ramp(now_ms);
+        }
         self.hub.subscribers.emit(Event::L7 {
             origin: self.origin.clone(),
             server: self.addr,
@@ -384,6 +472,123 @@ impl Server {
             reason,
             source,
         });
+    }
+
+    // ---- traffic policy ------------------------------------------------
+
+    /// Notes a change that may move the origin's routable share.
+    fn changed(&self) {
+        self.health.version.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Starts the slow-start window at `now_ms`: the server became routable
+    /// again, or joined a running origin.
+    pub(crate) fn start_ramp(&self, now_ms: u64) {
+        self.ramp_from.store(now_ms.max(1), Ordering::Relaxed);
+    }
+
+    /// Now, for the changes that carry no time of their own (an operator's
+    /// maintenance switch, a status adopted from the cluster): tokio's clock,
+    /// as everywhere else.
+    fn clock_ms(&self) -> u64 {
+        self.hub.epoch.ms(tokio::time::Instant::now().into_std())
+    }
+
+    /// When the current slow-start window began (HostDB ms), 0 when none.
+    #[inline]
+    pub(crate) fn ramp_from_ms(&self) -> u64 {
+        self.ramp_from.load(Ordering::Relaxed)
+    }
+
+    /// Ends the slow-start window that began at `from` (unless a new one began).
+    pub(crate) fn ramp_done(&self, from: u64) {
+        let _ = self.ramp_from.compare_exchange(from, 0, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Whether the server is in slow start at `now`, and how far in (0 to 1).
+    pub fn ramp(&self, now: Instant, window: Duration) -> Option<f64> {
+        let from = self.ramp_from_ms();
+        let elapsed = self.hub.epoch.ms(now).saturating_sub(from);
+        (from != 0 && elapsed < window.as_millis() as u64).then(|| elapsed as f64 / window.as_millis() as f64)
+    }
+
+    /// Outlier detection's counters: failing responses in a row, ejections
+    /// so far, and how long the current ejection still lasts (`None`: not
+    /// ejected).
+    pub fn outlier(&self, now: Instant) -> (u32, u32, Option<Duration>) {
+        let until = self.ejected_until.load(Ordering::Acquire);
+        let now_ms = self.hub.epoch.ms(now);
+        let left = (self.flags.load(Ordering::Acquire) & EJECTED != 0 && until > now_ms)
+            .then(|| Duration::from_millis(until - now_ms));
+        (self.outlier_failures.load(Ordering::Relaxed), self.ejections.load(Ordering::Relaxed), left)
+    }
+
+    /// Whether the server is ejected now.
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.outlier(now).2.is_some()
+    }
+
+    /// Counts a user response for outlier detection: `failed` (a 5xx the
+    /// policy counts) adds to the run, anything else ends it. Returns the
+    /// run's length. One load and no store for a good answer after good ones.
+    #[inline]
+    pub(crate) fn outlier_response(&self, failed: bool) -> u32 {
+        if failed {
+            self.outlier_failures.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            if self.outlier_failures.load(Ordering::Relaxed) != 0 {
+                self.outlier_failures.store(0, Ordering::Relaxed);
+            }
+            0
+        }
+    }
+
+    /// Ejects the server until `until_ms`. Returns whether it was not
+    /// ejected before (and so is now).
+    pub(crate) fn eject(&self, until_ms: u64) -> bool {
+        self.ejected_until.store(until_ms, Ordering::Release);
+        self.outlier_failures.store(0, Ordering::Relaxed);
+        let prev = self.flags.fetch_or(EJECTED, Ordering::AcqRel);
+        if prev & EJECTED == 0 {
+            self.ejections.fetch_add(1, Ordering::Relaxed);
+            self.changed();
+            self.hub.subscribers.emit(Event::Outlier {
+                origin: self.origin.clone(),
+                server: self.addr,
+                ejected: true,
+            });
+            return true;
+        }
+        false
+    }
+
+    /// Ejections so far.
+    pub(crate) fn ejection_count(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Whether an ejection (if any) is over at `now_ms`; ends it if so.
+    fn ejection_over(&self, now_ms: u64) -> bool {
+        if now_ms < self.ejected_until.load(Ordering::Acquire) {
+            return false;
+        }
+        self.end_ejection(now_ms);
+        true
+    }
+
+    /// Ends an ejection (its time ran out, or a check passed).
+    fn end_ejection(&self, now_ms: u64) {
+        if self.flags.load(Ordering::Acquire) & EJECTED != 0
+            && self.flags.fetch_and(!EJECTED, Ordering::AcqRel) & EJECTED != 0
+        {
+            self.changed();
+            self.start_ramp(now_ms);
+            self.hub.subscribers.emit(Event::Outlier {
+                origin: self.origin.clone(),
+                server: self.addr,
+                ejected: false,
+            });
+        }
     }
 
     // ---- maintenance ---------------------------------------------------
@@ -399,6 +604,10 @@ impl Server {
         };
         let changed = (prev & MAINT != 0) != on;
         if changed {
+            self.changed();
+            if !on {
+                self.start_ramp(self.clock_ms());
+            }
             self.hub.subscribers.emit(Event::Maintenance {
                 origin: self.origin.clone(),
                 server: self.addr,

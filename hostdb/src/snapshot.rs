@@ -30,6 +30,9 @@ pub struct OriginView {
     pub last_request_ms_ago: Option<u64>,
     /// Load-balancing policy.
     pub lb: LbPolicy,
+    /// In panic: fewer routable servers than its `panic_threshold`, so
+    /// requests go to every server not in maintenance.
+    pub panic: bool,
     /// DNS state, for DNS origins.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsView>,
@@ -63,6 +66,14 @@ pub struct ServerView {
     pub maintenance: bool,
     /// Requests in flight now.
     pub in_flight: u32,
+    /// Its weight (configured, or set at run time; 0: drained).
+    pub weight: u32,
+    /// In slow start: how far through its window (0 to 1); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<SlowStartView>,
+    /// Outlier detection's view, when the origin has it on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier: Option<OutlierView>,
     /// L4 status.
     pub l4: L4View,
     /// L7 status.
@@ -70,6 +81,27 @@ pub struct ServerView {
     /// Pool counts. HostDB knows nothing of the session pool: the caller fills
     /// them in (see [`HostsView::fill_pool`]).
     pub pool: PoolView,
+}
+
+/// Slow start of a [`ServerView`].
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SlowStartView {
+    /// How far through the window (0 to 1): its share of its weight is
+    /// 10 % plus 90 % of this.
+    pub progress: f64,
+}
+
+/// Outlier detection of a [`ServerView`].
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct OutlierView {
+    /// Ejected now.
+    pub ejected: bool,
+    /// Milliseconds of ejection left (0 unless ejected).
+    pub until_ms: u64,
+    /// Ejections so far.
+    pub ejections: u32,
+    /// Failing user responses in a row.
+    pub consecutive_failures: u32,
 }
 
 /// L4 part of a [`ServerView`].
@@ -152,17 +184,31 @@ pub(crate) fn build(origins: &[Arc<Origin>], now: Instant) -> HostsView {
 
 fn origin_view(o: &Origin, now: Instant) -> OriginView {
     let ago = |t: Instant| ms(now.saturating_duration_since(t));
+    let policy = o.policy();
+    let weights: std::collections::HashMap<SocketAddr, u32> = o.weights().into_iter().collect();
     let servers = o
         .servers()
         .iter()
         .map(|s| {
             let l7 = s.l7();
             let last = l7.last_result.as_ref();
+            let (failures, ejections, left) = s.outlier(now);
             ServerView {
                 addr: s.addr(),
                 routable: s.is_routable(now),
                 maintenance: s.maintenance(),
                 in_flight: s.in_flight(),
+                weight: weights.get(&s.addr()).copied().unwrap_or(crate::policy::DEFAULT_WEIGHT),
+                slow_start: policy
+                    .slow_start
+                    .and_then(|window| s.ramp(now, window))
+                    .map(|progress| SlowStartView { progress }),
+                outlier: policy.outlier.map(|_| OutlierView {
+                    ejected: left.is_some(),
+                    until_ms: left.map_or(0, ms),
+                    ejections,
+                    consecutive_failures: failures,
+                }),
                 l4: L4View {
                     state: s.l4_state(now),
                     consecutive_failures: s.l4_failures(),
@@ -188,6 +234,7 @@ fn origin_view(o: &Origin, now: Instant) -> OriginView {
         checking: o.is_checking(),
         last_request_ms_ago: o.last_request_ago(now).map(ms),
         lb: o.lb(),
+        panic: o.panicking(),
         dns: o.dns_status().map(|d| DnsView {
             resolved_ms_ago: d.resolved_at.map(ago),
             ttl_s: d.ttl.map(|t| t.as_secs()),

@@ -73,6 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             servers: ServerSource::Static(vec![good, refused]),
             lb: Default::default(),
             check: checks_file.matching(&key).map(|c| c.settings.policy),
+            policy: Default::default(),
         }],
         ..Default::default()
     })?;

@@ -113,6 +113,10 @@ pub struct Check {
     /// the service port, and its passes do not clear the service port's
     /// L4-down (see `docs/configuration.md`).
     pub port: Option<u16>,
+    /// `tls = false` (with `port` only): the check on that port is plain
+    /// (HTTP/1.1, or h2c for gRPC) even when the origin is reached over TLS,
+    /// as admin ports often are.
+    pub plain: bool,
     /// Timing and hysteresis.
     pub settings: Settings,
     /// Where the check's `kind` is written (or the check itself, when
@@ -416,11 +420,12 @@ struct RawCheck {
     origin: Spanned<String>,
     kind: Option<Spanned<String>>,
     port: Option<Spanned<i64>>,
+    tls: Option<Spanned<bool>>,
     // http
     method: Option<Spanned<String>>,
     path: Option<Spanned<String>>,
     host: Option<Spanned<String>>,
-    headers: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    headers: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
     expect_status: Option<Spanned<Vec<Spanned<StatusEntry>>>>,
     expect_body: Option<Spanned<String>>,
     expect_header: Option<Spanned<RawHeaderExpect>>,
@@ -607,15 +612,38 @@ impl RawCheck {
                 _ => return Err(err(p.span(), format!("port must be from 1 to 65535, not {}", p.get_ref()))),
             },
         };
+        let plain = match &self.tls {
+            None => false,
+            Some(t) if port.is_none() => {
+                return Err(err(
+                    t.span(),
+                    "`tls` goes with `port`: a check on the service port speaks as its origin does".into(),
+                ));
+            }
+            Some(t) if *t.get_ref() => {
+                return Err(err(
+                    t.span(),
+                    "only `tls = false` is offered: a check on another port of a TLS origin uses TLS already"
+                        .into(),
+                ));
+            }
+            Some(_) => true,
+        };
         let host = match &self.host {
             None => None,
             Some(h) => {
+                // A host[:port] and nothing else: over h2 it becomes the
+                // request's authority, where a `/`, `?` or `#` would move the
+                // path.
                 let text = h.get_ref();
-                http::HeaderValue::from_str(text)
+                text.parse::<http::uri::Authority>()
                     .ok()
-                    .filter(|_| !text.is_empty() && !text.contains(char::is_whitespace))
+                    .filter(|a| !text.is_empty() && !a.as_str().contains('@'))
                     .ok_or_else(|| {
-                        err(h.span(), format!("host {text:?} is not a valid Host header value"))
+                        err(
+                            h.span(),
+                            format!("host {text:?} must be a host name or address, with a port if wanted"),
+                        )
                     })?;
                 Some(text.clone())
             }
@@ -654,7 +682,7 @@ impl RawCheck {
             &self.jitter,
             err,
         )?;
-        Ok(Check { origin, kind, port, settings, at })
+        Ok(Check { origin, kind, port, plain, settings, at })
     }
 
     /// The HTTP kind's keys.
@@ -712,24 +740,23 @@ impl RawCheck {
 /// `headers`: names and values the http crate takes, none of those the
 /// checker sets itself.
 fn request_headers(
-    map: &Spanned<BTreeMap<String, Spanned<String>>>,
+    map: &Spanned<BTreeMap<Spanned<String>, Spanned<String>>>,
     kind: &str,
     err: &ErrFn<'_>,
 ) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, FileError> {
     let mut headers = Vec::new();
     for (name, value) in map.get_ref() {
+        let (at, name) = (name.span(), name.get_ref());
         let n = http::HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| err(map.span(), format!("invalid header name {name:?}")))?;
-        let grpc_owned = kind == "grpc" && (n == http::header::CONTENT_TYPE || n == http::header::TE);
+            .map_err(|_| err(at.clone(), format!("invalid header name {name:?}")))?;
+        let grpc_owned = kind == "grpc"
+            && (n == http::header::CONTENT_TYPE || n == http::header::TE || n.as_str() == "grpc-timeout");
         if n == http::header::HOST
             || n == http::header::CONTENT_LENGTH
             || n == http::header::TRANSFER_ENCODING
             || grpc_owned
         {
-            return Err(err(
-                map.span(),
-                format!("header {name:?} is set by the checker (use `host` for Host)"),
-            ));
+            return Err(err(at, format!("header {name:?} is set by the checker (use `host` for Host)")));
         }
         let v = http::HeaderValue::from_str(value.get_ref())
             .map_err(|_| err(value.span(), format!("invalid value for header {name:?}")))?;
@@ -795,7 +822,18 @@ fn step_of(raw: &Spanned<RawStep>, err: &ErrFn<'_>) -> Result<TcpStep, FileError
         TcpStep::Expect(Expect::Contains(hex(v)?))
     } else if let Some(v) = &s.expect_regex {
         sized(v, v.get_ref().as_bytes().to_vec())?;
-        TcpStep::Expect(Expect::Regex(regex_at(v, err)?))
+        let re = regex_at(v, err)?;
+        if re.is_match(b"") {
+            // It would pass before a byte arrived.
+            return Err(err(
+                v.span(),
+                format!(
+                    "expect_regex {:?} matches nothing at all; it must need at least one byte",
+                    v.get_ref()
+                ),
+            ));
+        }
+        TcpStep::Expect(Expect::Regex(re))
     } else {
         unreachable!("exactly one key was counted above")
     })

@@ -72,7 +72,7 @@ fn status_name(code: u32) -> &'static str {
         "DATA_LOSS",
         "UNAUTHENTICATED",
     ];
-    NAMES.get(code as usize).copied().unwrap_or("unknown status")
+    NAMES.get(code as usize).copied().unwrap_or("")
 }
 
 /// Judges a check's answer: `Ok` with the pass detail (`grpc: SERVING`),
@@ -85,6 +85,10 @@ pub(crate) fn judge(f: &Fetched) -> Result<String, String> {
     if f.head.status != http::StatusCode::OK {
         return Err(format!("grpc: HTTP {}", f.head.status.as_u16()));
     }
+    if f.truncated {
+        // Its trailers were never read.
+        return Err("grpc: answer longer than a health response can be".into());
+    }
     // In the trailers; in the head for a trailers-only answer (an error).
     let field =
         |name: &str| f.trailers.as_ref().and_then(|t| t.get(name)).or_else(|| f.head.headers.get(name));
@@ -96,6 +100,7 @@ pub(crate) fn judge(f: &Fetched) -> Result<String, String> {
         Some(0) => {}
         Some(code) => {
             let name = status_name(code);
+            let name = if name.is_empty() { format!("status {code}") } else { name.to_owned() };
             return Err(match field("grpc-message").map(|m| percent_decoded(m.as_bytes())) {
                 Some(message) if !message.is_empty() => format!("grpc: {name}: {message}"),
                 _ => format!("grpc: {name}"),
@@ -107,9 +112,6 @@ pub(crate) fn judge(f: &Fetched) -> Result<String, String> {
                 status.as_bytes().escape_ascii().to_string()
             ));
         }
-    }
-    if f.truncated {
-        return Err("grpc: answer longer than a health response can be".into());
     }
     let serving = serving_status(&f.body)?;
     let name = serving_status_name(serving);
@@ -162,7 +164,9 @@ fn varint(buf: &mut &[u8]) -> Option<u64> {
     None
 }
 
-/// `grpc-message` is percent-encoded; shown decoded, at most 128 characters.
+/// `grpc-message` is percent-encoded; shown decoded, at most 128
+/// characters, control characters escaped (it ends up in logs and on
+/// operators' terminals).
 fn percent_decoded(raw: &[u8]) -> String {
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
@@ -179,7 +183,15 @@ fn percent_decoded(raw: &[u8]) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).chars().take(128).collect()
+    let mut shown = String::new();
+    for c in String::from_utf8_lossy(&out).chars().take(128) {
+        if c.is_control() {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
 }
 
 #[cfg(test)]
@@ -229,6 +241,15 @@ mod tests {
         assert!(judge(&fetched(200, &[1, 0, 0, 0, 0], &ok)).unwrap_err().contains("compressed"));
         assert!(judge(&fetched(200, &[0, 0, 0, 0, 9, 0x08], &ok)).unwrap_err().contains("shorter"));
         assert!(judge(&fetched(200, &[0, 0, 0, 0, 1, 0x08], &ok)).unwrap_err().contains("bad status"));
+        let odd = [("grpc-status", "42"), ("grpc-message", "a%1B[31mb%0A")];
+        assert_eq!(
+            judge(&fetched(200, b"", &odd)),
+            Err("grpc: status 42: a\\u{1b}[31mb\\n".into()),
+            "escaped"
+        );
+        let mut long = fetched(200, b"", &ok);
+        long.truncated = true;
+        assert!(judge(&long).unwrap_err().contains("longer"));
         assert!(judge(&fetched(200, &[0, 0, 0, 0, 1, 0x0f], &ok)).unwrap_err().contains("wire type"));
         let mut h1 = fetched(200, b"", &ok);
         h1.head.version = http::Version::HTTP_11;

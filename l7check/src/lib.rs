@@ -1,6 +1,6 @@
 //! # vigil-l7check: lazy L7 health checks
 //!
-//! HTTP health checks configured in their own file, mapped to origin host
+//! Health checks (HTTP, gRPC, TCP) configured in their own file, mapped to origin host
 //! names, started by user traffic, sent over the same pooled sessions as
 //! user requests, with results kept in HostDB.
 //!
@@ -12,13 +12,20 @@
 //!   server is checked every `interval` (± jitter), every
 //!   `unhealthy_interval` while unhealthy; checks stop after `idle_after`
 //!   without a request. Checks in flight are bounded.
-//! - [`Probe`] and [`PoolProbe`]: one check, judged by status ranges and an
-//!   optional body substring, one timeout for everything, redirects never
-//!   followed, a failure on a reused session retried once on a fresh one.
+//! - [`Check`] and its [`CheckKind`]: `http` (status ranges, a body
+//!   substring, a response header), `grpc` (`grpc.health.v1.Health/Check`
+//!   over the origin's h2 sessions, `SERVING` passes) or `tcp` (connect,
+//!   then `send`/`expect` steps); any of them on another `port` of the
+//!   server.
+//! - [`Probe`] and [`PoolProbe`]: one check, one timeout for everything,
+//!   redirects never followed, a failure on a reused session retried once
+//!   on a fresh one; TCP checks on connections of their own.
 //!
 //! It changes health only through `vigil-hostdb`: `Origin::record_check`
-//! (the hysteresis and the one log line per flip are HostDB's) and
-//! `Server::report_l4_failure` for connect failures. See `ARCHITECTURE.md`.
+//! (the hysteresis and the one log line per flip are HostDB's),
+//! `Origin::record_check_on_other_port` for checks on another port (their
+//! passes leave L4 alone) and `Server::report_l4_failure` for connect
+//! failures. See `ARCHITECTURE.md`.
 //!
 //! `examples/check.rs` runs the checker against two servers on loopback,
 //! one healthy and one refusing connections

@@ -57,6 +57,9 @@ pub struct ProbeOutcome {
     /// connect refused or timed out, reset before the response head, a
     /// garbage answer): HostDB's fail function counts it.
     pub l4_failure: bool,
+    /// The server said `vigil-health: down` or `drain` on the answer: out
+    /// at once, whatever the thresholds (see `Origin::signal_unhealthy`).
+    pub signalled: bool,
 }
 
 /// The boxed future a [`Probe`] returns.
@@ -109,11 +112,30 @@ impl Probe for PoolProbe {
         Box::pin(async move {
             let start = tokio::time::Instant::now();
             let addr = req.check.addr_for(req.server);
+            let req = if req.check.plain {
+                // `tls = false` on another port: plain HTTP/1.1, or h2c for gRPC.
+                let protocol =
+                    if matches!(req.check.kind, CheckKind::Grpc(_)) { Protocol::H2 } else { Protocol::Http1 };
+                ProbeRequest {
+                    upstream: OriginUpstream { upstream: Upstream::plain(protocol), https: false },
+                    ..req
+                }
+            } else {
+                req
+            };
             let timeout = req.check.settings.timeout;
+            let mut signalled = false;
             let (passed, detail, l4_failure) = match &req.check.kind {
                 CheckKind::Http(http) => {
                     let fetched = self.fetch(&req, addr, build_http(&req, http)).await;
-                    judge_http(http, fetched)
+                    if let Ok(f) = &fetched
+                        && let Some(value) = going_away(&f.head.headers)
+                    {
+                        signalled = true;
+                        (false, format!("{}, vigil-health: {value}", f.head.status.as_u16()), false)
+                    } else {
+                        judge_http(http, fetched)
+                    }
                 }
                 CheckKind::Grpc(grpc) => {
                     let fetched = self.fetch(&req, addr, build_grpc(&req, grpc)).await;
@@ -136,7 +158,7 @@ impl Probe for PoolProbe {
                 _ => (detail, l4_failure),
             };
             let result = CheckResult { passed, detail: detail.into(), latency: start.elapsed() };
-            ProbeOutcome { result, l4_failure }
+            ProbeOutcome { result, l4_failure, signalled }
         })
     }
 }
@@ -172,6 +194,18 @@ fn failure(e: Failure) -> (bool, String, bool) {
     match e {
         Failure::Session(e) => (false, e.detail(), e.is_l4_failure()),
         Failure::Request(e) => (false, format!("invalid check request: {e}"), false),
+    }
+}
+
+/// `vigil-health: down` or `drain` on an answer: the server is going away.
+fn going_away(headers: &http::HeaderMap) -> Option<&'static str> {
+    let value = headers.get("vigil-health")?.to_str().ok()?.trim();
+    if value.eq_ignore_ascii_case("down") {
+        Some("down")
+    } else if value.eq_ignore_ascii_case("drain") {
+        Some("drain")
+    } else {
+        None
     }
 }
 
@@ -242,7 +276,7 @@ fn build_http(req: &ProbeRequest<'_>, check: &HttpCheck) -> Result<http::Request
 fn build_grpc(req: &ProbeRequest<'_>, check: &GrpcCheck) -> Result<http::Request<Bytes>, http::Error> {
     // The server's deadline is the check's timeout (gRPC's `grpc-timeout`,
     // in milliseconds: at most 8 digits).
-    let deadline = req.check.settings.timeout.as_millis().min(99_999_999);
+    let deadline = req.check.settings.timeout.as_micros().div_ceil(1000).clamp(1, 99_999_999);
     let mut builder = builder(req, check.host.as_ref(), crate::grpc::PATH)
         .method(http::Method::POST)
         .header(http::header::CONTENT_TYPE, "application/grpc")

@@ -420,7 +420,9 @@ fn spawn_check(
         if outcome.l4_failure && check.port.is_none() {
             server.report_l4_failure_because(now, &outcome.result.detail);
         }
-        if check.port.is_some() {
+        if outcome.signalled {
+            origin.signal_unhealthy(&server, &outcome.result.detail, now);
+        } else if check.port.is_some() {
             origin.record_check_on_other_port(&server, &outcome.result, now);
         } else {
             origin.record_check(&server, &outcome.result, now);

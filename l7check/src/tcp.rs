@@ -14,8 +14,10 @@ use crate::config::{Expect, TcpCheck, TcpStep};
 const MAX_ANSWER: usize = 64 * 1024;
 
 /// What a TCP check saw: pass or fail with the detail, and whether the
-/// failure was at L4 (refused, timed out or reset connecting, or reset
-/// during the dialogue: what an HTTP check counts at L4 too).
+/// failure was at L4: the connection refused, or reset before the server
+/// sent anything (as an HTTP check counts a reset before the response head).
+/// A timeout, connecting or waiting, is the check's failure only, as for
+/// HTTP.
 pub(crate) struct Seen {
     pub(crate) passed: bool,
     pub(crate) detail: String,
@@ -36,13 +38,15 @@ struct Dialogue {
     waiting: Option<String>,
     /// The answer read so far, from the end of the last match.
     answer: Vec<u8>,
+    /// Whether the server sent anything yet.
+    heard: bool,
 }
 
 pub(crate) async fn check(addr: SocketAddr, check: &TcpCheck, timeout: Duration) -> Seen {
     let mut dialogue = Dialogue::default();
     match tokio::time::timeout(timeout, dialogue.run(addr, check)).await {
         Ok(seen) => seen,
-        Err(_) if !dialogue.connected => Seen::fail("tcp: connect timeout".into(), true),
+        Err(_) if !dialogue.connected => Seen::fail("tcp: connect timeout".into(), false),
         Err(_) => match &dialogue.waiting {
             Some(want) => {
                 Seen::fail(format!("tcp: expected {want}, got {} (timeout)", shown(&dialogue.answer)), false)
@@ -65,7 +69,10 @@ impl Dialogue {
             match step {
                 TcpStep::Send(bytes) => {
                     if let Err(e) = stream.write_all(bytes).await {
-                        return Seen::fail(format!("tcp: send {}", io_reason(&e)), is_reset(&e));
+                        return Seen::fail(
+                            format!("tcp: send {}", io_reason(&e)),
+                            is_reset(&e) && !self.heard,
+                        );
                     }
                 }
                 TcpStep::Expect(expect) => {
@@ -117,6 +124,7 @@ impl Dialogue {
 /// The end of the first match of `expect` in `answer`.
 fn found(expect: &Expect, answer: &[u8]) -> Option<usize> {
     match expect {
+        Expect::Contains(needle) if needle.is_empty() => Some(0),
         Expect::Contains(needle) => {
             answer.windows(needle.len()).position(|w| w == needle.as_slice()).map(|at| at + needle.len())
         }

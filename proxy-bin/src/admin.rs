@@ -38,7 +38,7 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<B
             );
             resp
         }
-        ("/maintenance" | "/reload", Method::POST) => {
+        ("/maintenance" | "/reload" | "/weight", Method::POST) => {
             if let Some(denied) = authorize(shared, &req) {
                 return denied;
             }
@@ -59,13 +59,20 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<B
                     ),
                 };
             }
+            if path == "/weight" {
+                return weight(shared, req).await;
+            }
             maintenance(shared, req).await
         }
         ("/healthz" | "/hosts" | "/metrics", _) => {
             allow(text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"), "GET, HEAD")
         }
-        ("/maintenance" | "/reload", _) => allow(text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"), "POST"),
-        _ => text(StatusCode::NOT_FOUND, "not found: /healthz /hosts /metrics /maintenance /reload\n"),
+        ("/maintenance" | "/reload" | "/weight", _) => {
+            allow(text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"), "POST")
+        }
+        _ => {
+            text(StatusCode::NOT_FOUND, "not found: /healthz /hosts /metrics /maintenance /weight /reload\n")
+        }
     }
 }
 
@@ -173,6 +180,57 @@ async fn maintenance(shared: &Shared, req: Request<Incoming>) -> Response<Full<B
         StatusCode::OK,
         &serde_json::json!({"ok": true, "origin": origin.as_str(), "server": server.to_string(), "maintenance": m.on, "changed": changed}),
     )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightBody {
+    origin: String,
+    server: String,
+    weight: u32,
+}
+
+/// `POST /weight`: a server's weight until the next reload (HAProxy's
+/// `set server weight`); 0 drains it.
+async fn weight(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let bad = |msg: String| json(StatusCode::BAD_REQUEST, &serde_json::json!({"ok": false, "error": msg}));
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return bad(format!("cannot read the body: {e}")),
+    };
+    let w: WeightBody = match serde_json::from_slice(&body) {
+        Ok(w) => w,
+        Err(e) => {
+            return bad(format!(
+                "expected {{\"origin\": \"host:port\", \"server\": \"ip:port\", \"weight\": 0 to {}}}: {e}",
+                vigil_hostdb::policy::MAX_WEIGHT
+            ));
+        }
+    };
+    let origin: OriginKey = match w.origin.parse() {
+        Ok(o) => o,
+        Err(e) => return bad(format!("origin {:?}: {e}", w.origin)),
+    };
+    let server = match vigil_hostdb::parse_server_addr(&w.server) {
+        Ok(s) => s,
+        Err(e) => return bad(format!("server {:?}: {e}", w.server)),
+    };
+    let Some(record) = shared.db.origin_by_key(&origin).filter(|o| o.server(server).is_some()) else {
+        return json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"ok": false, "error": format!("no server {server} in origin {origin}")}),
+        );
+    };
+    match record.set_weight(server, w.weight) {
+        Ok(was) => {
+            tracing::warn!(%origin, %server, weight = w.weight, was, "weight set by the admin API (until the next reload)");
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"ok": true, "origin": origin.as_str(), "server": server.to_string(), "weight": w.weight, "was": was}),
+            )
+        }
+        Err(e) => bad(e),
+    }
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

@@ -64,7 +64,23 @@ pub(crate) fn load(path: &Path, tls: &TlsConnect) -> Result<Loaded, String> {
     // without a resolver is checked at apply).
     let hostdb = hostdb_config(&config, &checks)?;
     let (upstreams, upgrades) = upstreams(&config, &hostdb, tls).map_err(|e| e.to_string())?;
-    check_kinds_fit(&checks, &upstreams).map_err(|e| e.to_string())?;
+    let mut config = config;
+    config.warnings.extend(check_kinds_fit(&checks, &upstreams).map_err(|e| e.to_string())?);
+    // A ramp that ends before a check has looked again is no ramp.
+    for (key, settings) in &config.origins {
+        let (Some(window), Ok(origin)) = (settings.policy.slow_start, key.parse::<OriginKey>()) else {
+            continue;
+        };
+        if let Some(check) = checks.matching(&origin)
+            && window < check.settings.interval
+        {
+            config.warnings.push(format!(
+                "{}: origin {key}: slow_start ({window:?}) is shorter than its check interval ({:?}): a server would be at full weight before a check sees it again",
+                path.display(),
+                check.settings.interval
+            ));
+        }
+    }
     let certificates = if config.certificates.is_empty() {
         None
     } else {
@@ -77,16 +93,28 @@ pub(crate) fn load(path: &Path, tls: &TlsConnect) -> Result<Loaded, String> {
 /// speaks h2 (`h2c`, or `h2` or `auto` over TLS: `auto` is judged by what
 /// ALPN settles), and a TCP check's `send`/`expect` steps are plain TCP, so
 /// on the service port of a TLS origin they would talk to a TLS server.
-/// The error is at the check's `kind`.
+/// The error is at the check's `kind`. A gRPC check on an `auto` origin is
+/// a warning: it fails on every server that picks http/1.1 in ALPN.
 fn check_kinds_fit(
     checks: &HealthChecks,
     upstreams: &HashMap<OriginKey, OriginUpstream>,
-) -> Result<(), FileError> {
+) -> Result<Vec<String>, FileError> {
     let mut origins: Vec<_> = upstreams.iter().collect();
     origins.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    let mut warnings = Vec::new();
     for (key, upstream) in origins {
         let Some(check) = checks.matching(key) else { continue };
         match &check.kind {
+            // `tls = false` on another port: h2c there, whatever the origin speaks.
+            CheckKind::Grpc(_) if check.plain => {}
+            CheckKind::Grpc(_) if upstream.upstream.protocol == Protocol::Auto => {
+                let at = checks.error_at(check.at, "");
+                warnings.push(format!(
+                    "{}:{}:{}: the grpc check of {key} fails on every server that picks http/1.1 in ALPN; \
+                     protocol = \"h2\" makes h2 certain",
+                    at.file, at.line, at.column
+                ));
+            }
             CheckKind::Grpc(_) if upstream.upstream.protocol == Protocol::Http1 => {
                 return Err(checks.error_at(
                     check.at,
@@ -108,7 +136,7 @@ fn check_kinds_fit(
             _ => {}
         }
     }
-    Ok(())
+    Ok(warnings)
 }
 
 /// How every origin is reached: plain ones by their protocol, https ones

@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 use vigil_hostdb::conf::{FileError, error_at, parse_duration};
-use vigil_hostdb::{L4Policy, LbPolicy, OriginKey};
+use vigil_hostdb::policy::MAX_WEIGHT;
+use vigil_hostdb::{L4Policy, LbPolicy, OriginKey, OriginPolicy, OutlierPolicy};
 use vigil_session::PoolConfig;
 
 /// The whole main config, validated.
@@ -162,6 +163,8 @@ pub(crate) struct OriginSettings {
     pub(crate) max_connections: Option<u32>,
     /// `queue_timeout`: how long a request waits for room, then 503.
     pub(crate) queue_timeout: Option<Duration>,
+    /// Weights (in `servers`), `slow_start`, `panic_threshold`, `outlier`.
+    pub(crate) policy: OriginPolicy,
 }
 
 /// What an origin is spoken to with.
@@ -302,7 +305,10 @@ struct RawRemap {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawOrigin {
-    servers: Option<Vec<Spanned<String>>>,
+    servers: Option<Vec<Spanned<toml::Value>>>,
+    slow_start: Option<Spanned<String>>,
+    panic_threshold: Option<Spanned<String>>,
+    outlier: Option<Spanned<RawOutlier>>,
     lb: Option<Spanned<String>>,
     protocol: Option<Spanned<String>>,
     sni: Option<Spanned<String>>,
@@ -312,6 +318,16 @@ struct RawOrigin {
     insecure_skip_verify: Option<Spanned<bool>>,
     max_connections: Option<Spanned<i64>>,
     queue_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutlier {
+    consecutive: Option<Spanned<i64>>,
+    errors: Option<Spanned<String>>,
+    base_ejection: Option<Spanned<String>>,
+    max_ejection: Option<Spanned<String>>,
+    max_ejected: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -384,6 +400,103 @@ impl Ctx<'_> {
             return Err(self.err(v.span(), format!("{name} must be between {min} and {max} bytes, not {n}")));
         }
         Ok(n)
+    }
+
+    /// One `servers` entry: `"ip:port"`, or `{ addr = "ip:port", weight = N }`.
+    fn server(&self, v: &Spanned<toml::Value>) -> Result<(SocketAddr, Option<u32>), FileError> {
+        let shape = "a server is \"ip:port\" or { addr = \"ip:port\", weight = 0 to 256 }";
+        let addr_of = |text: &str| {
+            text.parse::<SocketAddr>()
+                .map_err(|_| self.err(v.span(), format!("server {text:?} is not an ip:port address")))
+        };
+        match v.get_ref() {
+            toml::Value::String(text) => Ok((addr_of(text)?, None)),
+            toml::Value::Table(t) => {
+                if let Some(key) = t.keys().find(|k| !matches!(k.as_str(), "addr" | "weight")) {
+                    return Err(self.err(v.span(), format!("unknown key {key:?} in a server: {shape}")));
+                }
+                let addr = match t.get("addr") {
+                    Some(toml::Value::String(text)) => addr_of(text)?,
+                    _ => return Err(self.err(v.span(), format!("a server needs addr: {shape}"))),
+                };
+                let weight = match t.get("weight") {
+                    None => None,
+                    Some(toml::Value::Integer(w)) if (0..=i64::from(MAX_WEIGHT)).contains(w) => {
+                        Some(*w as u32)
+                    }
+                    Some(other) => {
+                        let shown = match other {
+                            toml::Value::Integer(i) => i.to_string(),
+                            toml::Value::Float(f) => f.to_string(),
+                            toml::Value::String(t) => format!("{t:?}"),
+                            other => format!("a {}", other.type_str()),
+                        };
+                        return Err(self.err(
+                            v.span(),
+                            format!("weight must be a whole number from 0 to {MAX_WEIGHT}, not {shown}"),
+                        ));
+                    }
+                };
+                Ok((addr, weight))
+            }
+            _ => Err(self.err(v.span(), shape)),
+        }
+    }
+
+    /// `"50%"`: a whole percentage from 0 to 100.
+    fn percent(&self, v: &Spanned<String>, name: &str) -> Result<u8, FileError> {
+        let text = v.get_ref().trim();
+        text.strip_suffix('%').and_then(|n| n.trim().parse::<u8>().ok()).filter(|n| *n <= 100).ok_or_else(
+            || {
+                self.err(
+                    v.span(),
+                    format!("{name} must be a percentage from 0% to 100%, like \"50%\", not {text:?}"),
+                )
+            },
+        )
+    }
+
+    /// `outlier = { ... }`: on, with Envoy's defaults for what is not given.
+    fn outlier(&self, raw: &Spanned<RawOutlier>) -> Result<OutlierPolicy, FileError> {
+        let o = raw.get_ref();
+        let d = OutlierPolicy::default();
+        let consecutive = self.int(&o.consecutive, i64::from(d.consecutive), 1, 1000, "consecutive")? as u32;
+        let gateway_only = match &o.errors {
+            None => d.gateway_only,
+            Some(e) => {
+                match e.get_ref().as_str() {
+                    "5xx" => false,
+                    "gateway" => true,
+                    other => {
+                        return Err(self.err(
+                        e.span(),
+                        format!("errors must be \"5xx\" (any 5xx) or \"gateway\" (502, 503, 504), not {other:?}"),
+                    ));
+                    }
+                }
+            }
+        };
+        let base = self.dur(&o.base_ejection, d.base)?;
+        let max = self.dur(&o.max_ejection, d.max.max(base))?;
+        if max < base {
+            let at = o.max_ejection.as_ref().map_or(raw.span(), Spanned::span);
+            return Err(
+                self.err(at, format!("max_ejection ({max:?}) must not be below base_ejection ({base:?})"))
+            );
+        }
+        let max_percent = match &o.max_ejected {
+            None => d.max_percent,
+            Some(p) => match self.percent(p, "max_ejected")? {
+                0 => {
+                    return Err(self.err(
+                        p.span(),
+                        "max_ejected must be more than 0% (leave outlier out to turn it off)",
+                    ));
+                }
+                n => n,
+            },
+        };
+        Ok(OutlierPolicy { consecutive, gateway_only, base, max, max_percent })
     }
 
     fn int(
@@ -532,6 +645,7 @@ impl Config {
                 cx.err(key.span(), format!("origin {:?}: {}", key.get_ref(), e.reason()))
             })?;
             let o = o.get_ref();
+            let mut policy = OriginPolicy::default();
             let servers = match &o.servers {
                 None => None,
                 Some(list) if list.is_empty() => {
@@ -539,8 +653,28 @@ impl Config {
                         cx.err(key.span(), "servers must list at least one ip:port (or be left out for DNS)")
                     );
                 }
-                Some(list) => Some(list.iter().map(|s| cx.addr(s, "server")).collect::<Result<Vec<_>, _>>()?),
+                Some(list) => {
+                    let mut addrs = Vec::with_capacity(list.len());
+                    for entry in list {
+                        let (addr, weight) = cx.server(entry)?;
+                        if let Some(w) = weight {
+                            policy.weights.insert(addr, w);
+                        }
+                        addrs.push(addr);
+                    }
+                    Some(addrs)
+                }
             };
+            policy.slow_start =
+                o.slow_start.is_some().then(|| cx.dur(&o.slow_start, Duration::ZERO)).transpose()?;
+            policy.panic_threshold = match &o.panic_threshold {
+                None => None,
+                Some(p) => match cx.percent(p, "panic_threshold")? {
+                    0 => None,
+                    n => Some(n),
+                },
+            };
+            policy.outlier = o.outlier.as_ref().map(|raw| cx.outlier(raw)).transpose()?;
             let lb = match &o.lb {
                 None => LbPolicy::RoundRobin,
                 Some(l) => l.get_ref().parse().map_err(|m: String| cx.err(l.span(), m))?,
@@ -613,7 +747,8 @@ impl Config {
             if let (Some(q), None) = (&o.queue_timeout, max_connections) {
                 return Err(cx.err(q.span(), "queue_timeout needs max_connections"));
             }
-            let settings = OriginSettings { servers, lb, protocol, tls, max_connections, queue_timeout };
+            let settings =
+                OriginSettings { servers, lb, protocol, tls, max_connections, queue_timeout, policy };
             if origins.insert(k.as_str().to_owned(), settings).is_some() {
                 return Err(cx.err(key.span(), format!("origin {k} is configured twice")));
             }

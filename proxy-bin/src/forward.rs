@@ -562,6 +562,11 @@ fn forward<'a, B: ClientRequestBody>(
                         f.answered();
                     }
                     pick.server().report_l4_success(now);
+                    let mut resp = resp;
+                    origin.report_response(pick.server(), resp.status().as_u16(), now);
+                    if let Some(signal) = resp.headers_mut().remove(VIGIL_HEALTH) {
+                        signalled(&origin, pick.server(), &signal, now);
+                    }
                     return respond(resp, pick, room);
                 }
                 Err(failed) => failed,
@@ -844,6 +849,35 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
             | "transfer-encoding"
             | "upgrade"
     )
+}
+
+/// The response field a server takes itself out with (Envoy's
+/// `x-envoy-immediate-health-check-fail`): `down` or `drain`. Never passed
+/// on to the client.
+pub(crate) const VIGIL_HEALTH: &str = "vigil-health";
+
+/// A server said `vigil-health: <value>` on a user response: `down` or
+/// `drain` take it out at once (L7 unhealthy until its checks pass again;
+/// nothing on an origin without checks, which nothing would bring back).
+#[cold]
+fn signalled(
+    origin: &vigil_hostdb::Origin,
+    server: &vigil_hostdb::Server,
+    value: &HeaderValue,
+    now: std::time::Instant,
+) {
+    let value = value.to_str().unwrap_or("").trim().to_ascii_lowercase();
+    match value.as_str() {
+        "down" | "drain" => {
+            let flip = origin.signal_unhealthy(server, &format!("vigil-health: {value}"), now);
+            if flip.is_none() && origin.check_policy().is_none() {
+                tracing::debug!(origin = %origin.key(), server = %server.addr(), "vigil-health ignored: the origin has no health check to bring the server back");
+            }
+        }
+        other => {
+            tracing::debug!(server = %server.addr(), value = other, "vigil-health value not understood; ignored")
+        }
+    }
 }
 
 fn respond(

@@ -134,6 +134,10 @@ pub(crate) struct Metrics {
     connects: Family<ServerResult, Counter>,
     checks: Family<CheckLabels, Counter>,
     transitions: Family<TransitionLabels, Counter>,
+    /// Outlier ejections, by server.
+    ejections: Family<ServerLabels, Counter>,
+    /// Times an origin entered panic.
+    panics: Family<OriginLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
     /// Requests refused for ambiguous framing (see `framing`).
     pub(crate) framing_refused: Arc<AtomicU64>,
@@ -208,16 +212,27 @@ impl Metrics {
         self.reloads.get_or_create(&ResultLabel { result: if ok { "ok" } else { "error" } }).inc();
     }
 
-    /// Counts an L7 transition (a HostDB event).
+    /// Counts L7 transitions, ejections and panics (HostDB events).
     pub(crate) fn on_event(&self, event: &Event) {
-        if let Event::L7 { origin, server, to, .. } = event {
-            self.transitions
-                .get_or_create(&TransitionLabels {
-                    origin: origin_label(origin),
-                    server: Addr(*server),
-                    to: to.as_str(),
-                })
-                .inc();
+        match event {
+            Event::L7 { origin, server, to, .. } => {
+                self.transitions
+                    .get_or_create(&TransitionLabels {
+                        origin: origin_label(origin),
+                        server: Addr(*server),
+                        to: to.as_str(),
+                    })
+                    .inc();
+            }
+            Event::Outlier { origin, server, ejected: true } => {
+                self.ejections
+                    .get_or_create(&ServerLabels { origin: origin_label(origin), server: Addr(*server) })
+                    .inc();
+            }
+            Event::Panic { origin, on: true, .. } => {
+                self.panics.get_or_create(&OriginLabel { origin: origin_label(origin) }).inc();
+            }
+            _ => {}
         }
     }
 
@@ -260,7 +275,7 @@ impl Metrics {
         );
         r.register(
             "vigil_upstream_connects",
-            "TCP connects to servers (requests and checks), by result",
+            "TCP connects to servers by the session pool (requests, HTTP and gRPC checks), by result",
             self.connects.clone(),
         );
         r.register(
@@ -273,6 +288,12 @@ impl Metrics {
             "L7 state changes, by server and new state",
             self.transitions.clone(),
         );
+        r.register(
+            "vigil_outlier_ejections",
+            "Servers ejected by outlier detection (failing user requests in a row)",
+            self.ejections.clone(),
+        );
+        r.register("vigil_origin_panics", "Times the origin entered panic", self.panics.clone());
         r.register("vigil_reloads", "Config reloads, by result", self.reloads.clone());
         r.register("vigil_retries", "Requests retried on another server", self.retries.clone());
         r.register(
@@ -527,6 +548,29 @@ impl Collector for Live {
             ),
             ("vigil_server_in_flight", "Requests in flight to the server", |s, _| i64::from(s.in_flight())),
         ];
+        let mut panic = encoder.encode_descriptor(
+            "vigil_origin_panic",
+            "1 while the origin is in panic (too few routable servers: every server not in maintenance gets requests)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for o in &origins {
+            ConstGauge::new(i64::from(o.panicking()))
+                .encode(panic.encode_family(&OriginLabel { origin: origin_label(o.key()) })?)?;
+        }
+        let mut weight = encoder.encode_descriptor(
+            "vigil_server_weight",
+            "The server's weight in force (configured, or set with POST /weight; 0: drained)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for o in &origins {
+            let label = origin_label(o.key());
+            for (addr, w) in o.weights() {
+                let labels = ServerLabels { origin: Arc::clone(&label), server: Addr(addr) };
+                ConstGauge::new(i64::from(w)).encode(weight.encode_family(&labels)?)?;
+            }
+        }
         for (name, help, read) in gauges {
             let mut family =
                 encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Gauge)?;

@@ -201,7 +201,8 @@ pub(crate) fn hostdb_config(config: &Config, hc: &HealthChecks) -> Result<HostDb
             };
             let lb = settings.map_or(LbPolicy::RoundRobin, |s| s.lb);
             let check = hc.matching(&key).map(|c| c.settings.policy);
-            OriginSpec { key, servers, lb, check }
+            let policy = settings.map(|s| s.policy.clone()).unwrap_or_default();
+            OriginSpec { key, servers, lb, check, policy }
         })
         .collect();
     Ok(HostDbConfig {

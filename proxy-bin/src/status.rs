@@ -113,6 +113,12 @@ pub(crate) fn render(hosts: &Value) -> String {
             checking,
             last
         );
+        if o["panic"].as_bool() == Some(true) {
+            let _ = writeln!(
+                out,
+                "  PANIC: too few routable servers; every server not in maintenance gets requests"
+            );
+        }
         if let Some(err) = o["dns"]["error"].as_str() {
             let _ = writeln!(out, "  DNS failing: {err}");
         }
@@ -154,6 +160,25 @@ pub(crate) fn render(hosts: &Value) -> String {
             if let Some(err) = s["l4"]["last_error"].as_str() {
                 let _ = writeln!(out, "    last L4 failure: {err}");
             }
+            // Traffic policy, when it says something: a weight other than
+            // 1, a slow start under way, an ejection.
+            let mut policy = Vec::new();
+            match s["weight"].as_u64() {
+                Some(0) => policy.push("weight 0 (drained)".to_owned()),
+                Some(w) if w != 1 => policy.push(format!("weight {w}")),
+                _ => {}
+            }
+            if let Some(p) = s["slow_start"]["progress"].as_f64() {
+                policy.push(format!("slow start {:.0}%", p * 100.0));
+            }
+            if s["outlier"]["ejected"].as_bool() == Some(true) {
+                let left = human_ms(s["outlier"]["until_ms"].as_u64().unwrap_or(0));
+                let n = s["outlier"]["ejections"].as_u64().unwrap_or(0);
+                policy.push(format!("EJECTED for {left} (ejection {n})"));
+            }
+            if !policy.is_empty() {
+                let _ = writeln!(out, "    {}", policy.join(", "));
+            }
         }
     }
     out
@@ -178,12 +203,14 @@ mod tests {
     #[test]
     fn renders_every_server_with_its_states() {
         let v = serde_json::json!({"node": "edge-1", "origins": [{"origin": "app:8080", "checking": true,
-            "last_request_ms_ago": 120, "lb": "round_robin", "check": {"kind": "grpc", "port": 9000}, "servers": [
-            {"addr": "127.0.0.2:8080", "routable": true, "maintenance": false,
+            "last_request_ms_ago": 120, "lb": "round_robin", "check": {"kind": "grpc", "port": 9000}, "panic": true, "servers": [
+            {"addr": "127.0.0.2:8080", "routable": true, "maintenance": false, "weight": 3,
+             "slow_start": {"progress": 0.5},
              "l4": {"state": "up", "consecutive_failures": 0, "down_for_ms": 0},
              "l7": {"state": "healthy", "last_check_ms_ago": 800, "last_result": "pass", "last_detail": "200",
                     "last_latency_ms": 1.25, "source": "local"}, "pool": {"idle": 3, "in_use": 1}},
-            {"addr": "127.0.0.3:8080", "routable": false, "maintenance": true,
+            {"addr": "127.0.0.3:8080", "routable": false, "maintenance": true, "weight": 1,
+             "outlier": {"ejected": true, "until_ms": 30000, "ejections": 2, "consecutive_failures": 0},
              "l4": {"state": "down", "consecutive_failures": 1, "down_for_ms": 4200, "last_error": "tls: certificate expired"},
              "l7": {"state": "unhealthy", "source": "cluster:edge-2"}, "pool": {"idle": 0, "in_use": 0}}]}]});
         let t = render(&v);
@@ -193,15 +220,18 @@ mod tests {
             "{t}"
         );
         let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[3].starts_with("  PANIC: "), "{t}");
         assert!(
-            lines[3].contains("127.0.0.2:8080") && lines[3].contains("healthy") && lines[3].contains("3/1")
+            lines[4].contains("127.0.0.2:8080") && lines[4].contains("healthy") && lines[4].contains("3/1")
         );
-        assert!(lines[3].contains("pass 200 (800 ms ago)") && lines[3].contains("1.2 ms"), "{}", lines[3]);
+        assert!(lines[4].contains("pass 200 (800 ms ago)") && lines[4].contains("1.2 ms"), "{}", lines[4]);
+        assert_eq!(lines[5], "    weight 3, slow start 50%");
         assert!(
-            lines[4].contains("NO")
-                && lines[4].contains("down 4.2 s")
-                && lines[4].contains("[cluster:edge-2]")
+            lines[6].contains("NO")
+                && lines[6].contains("down 4.2 s")
+                && lines[6].contains("[cluster:edge-2]")
         );
-        assert_eq!(lines[5], "    last L4 failure: tls: certificate expired");
+        assert_eq!(lines[7], "    last L4 failure: tls: certificate expired");
+        assert_eq!(lines[8], "    EJECTED for 30.0 s (ejection 2)");
     }
 }

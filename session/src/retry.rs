@@ -151,17 +151,17 @@ impl Pool {
         let mut req = http::Request::from_parts(head, body_of(&body));
         // hyper's h2 client takes a sent request whole: keep a copy of the
         // head for a retry (only a reused session's failure has one).
-        // HTTP/1.1 hands the request back.
+        // HTTP/1.1 leaves the request with us (its body is put back below).
         let replay =
             (target.protocol != Protocol::Http1 && freshness != Freshness::Fresh).then(|| copy_head(&req));
         let e = match self.fetch_once(target, freshness, &mut req, timeout, max_body).await {
             Ok(fetched) => return Ok(fetched),
             Err(e) => e,
         };
-        let again = match (e.1, replay) {
-            (true, _) => Some(req),
-            (false, replay) => replay,
-        };
+        // HTTP/1.1 never takes the request, even when it failed after the
+        // head; h2 hands it back only when it never left.
+        let whole = e.1 || target.protocol == Protocol::Http1;
+        let again = if whole { Some(req) } else { replay };
         let Some(mut again) = again.filter(|_| e.0.may_retry_on_fresh(policy)) else {
             return Err(self.inner.report(e.0));
         };

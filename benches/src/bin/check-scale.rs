@@ -142,6 +142,7 @@ async fn harness() {
             let addrs = (o * per_origin..((o + 1) * per_origin).min(servers)).map(server_addr).collect();
             OriginSpec {
                 check: hc.matching(&key).map(|c| c.settings.policy),
+                policy: Default::default(),
                 key,
                 servers: ServerSource::Static(addrs),
                 lb: Default::default(),

@@ -82,6 +82,7 @@ async fn main() {
                 servers: ServerSource::Static(s.clone()),
                 lb: Default::default(),
                 check: Some(POLICY),
+                policy: Default::default(),
             })
             .collect(),
         ..Default::default()

@@ -6,6 +6,7 @@
 mod apply;
 mod concurrency;
 mod dns;
+mod policy;
 mod select;
 mod snapshot;
 
@@ -27,6 +28,7 @@ pub(crate) fn spec(key: &str, servers: Vec<SocketAddr>, lb: LbPolicy) -> OriginS
         servers: ServerSource::Static(servers),
         lb,
         check: Some(L7Policy::default()),
+        policy: Default::default(),
     }
 }
 

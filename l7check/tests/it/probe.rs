@@ -220,6 +220,7 @@ async fn end_to_end_an_origin_answering_503_turns_unhealthy_and_recovers() {
             servers: ServerSource::Static(vec![o.addr, refused]),
             lb: Default::default(),
             check: hc.matching(&key).map(|c| c.settings.policy),
+            policy: Default::default(),
         }],
         ..Default::default()
     })
@@ -361,4 +362,119 @@ async fn a_check_on_another_port_never_counts_at_l4_and_names_its_port() {
         assert!(out.result.detail.starts_with(&format!("port {closed}: ")), "{kind}: {out:?}");
         assert!(out.result.detail.contains("refused"), "{kind}: {out:?}");
     }
+}
+
+/// An origin that answers the first request on each connection and leaves
+/// the next hanging: a reused session "behind a dead path".
+async fn answers_once_per_connection() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nOK").await;
+                // Keep the connection open and never answer again.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_reused_session_that_hangs_is_retried_on_a_fresh_one_before_it_counts() {
+    let addr = answers_once_per_connection().await;
+    let pool = pool();
+    for i in 0..3 {
+        let out = run(&pool, &check(""), addr, false).await;
+        assert!(out.result.passed, "check {i}: {out:?}");
+    }
+}
+
+/// An h2c gRPC health origin answering the first stream of each connection
+/// (SERVING for the service `vigil.Test`, NOT_FOUND for any other, so a
+/// request that lost its body fails) and leaving later streams hanging.
+async fn grpc_once_per_connection() -> (SocketAddr, Arc<AtomicUsize>) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&conns);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let streams = Arc::new(AtomicUsize::new(0));
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let first = streams.fetch_add(1, Ordering::SeqCst) == 0;
+                    async move {
+                        if !first {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                        }
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        // 5-byte frame header, then field 1 (the service name).
+                        let named = body.len() == 5 + 2 + 10 && &body[7..] == b"vigil.Test";
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", if named { "0" } else { "5" }.parse().unwrap());
+                        let body = Frames(vec![
+                            hyper::body::Frame::trailers(trailers),
+                            hyper::body::Frame::data(Bytes::from_static(&[0, 0, 0, 0, 2, 0x08, 1])),
+                        ]);
+                        let mut resp = hyper::Response::new(body);
+                        resp.headers_mut().insert("content-type", "application/grpc".parse().unwrap());
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, conns)
+}
+
+/// A body of frames given up front (popped from the end).
+struct Frames(Vec<hyper::body::Frame<Bytes>>);
+
+impl hyper::body::Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop().map(Ok))
+    }
+}
+
+#[tokio::test]
+async fn a_grpc_check_on_a_reused_h2_session_that_hangs_is_retried_whole_on_a_fresh_one() {
+    use vigil_session::{Protocol, Upstream};
+    let (addr, conns) = grpc_once_per_connection().await;
+    let hc = HealthChecks::parse(
+        "[defaults]\ntimeout = \"300ms\"\n[[check]]\norigin = \"app\"\nkind = \"grpc\"\nservice = \"vigil.Test\"\n",
+        "hc.toml",
+    )
+    .unwrap();
+    let key: OriginKey = "app:8080".parse().unwrap();
+    let check = hc.matching(&key).unwrap();
+    let pool = pool();
+    let probe = PoolProbe::new(pool.clone());
+    let upstream = OriginUpstream { upstream: Upstream::plain(Protocol::H2), https: false };
+    for i in 0..3 {
+        let out =
+            probe.probe(ProbeRequest { origin: &key, server: addr, upstream, check, fresh: false }).await;
+        assert_eq!((out.result.passed, &*out.result.detail), (true, "grpc: SERVING"), "check {i}: {out:?}");
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), 3, "each retry on a fresh connection, its body whole");
 }

@@ -33,7 +33,7 @@ impl Probe for TableProbe {
             } else {
                 CheckResult::pass("200", Duration::from_millis(1))
             };
-            ProbeOutcome { result, l4_failure: false }
+            ProbeOutcome { result, l4_failure: false, signalled: false }
         })
     }
 }
@@ -68,6 +68,7 @@ fn setup(
             servers: ServerSource::Static(servers),
             lb: Default::default(),
             check: policy,
+            policy: Default::default(),
         }],
         ..Default::default()
     })
@@ -223,6 +224,7 @@ async fn servers_joining_and_leaving_are_picked_up_while_checks_run() {
             servers: ServerSource::Static(vec![A.parse().unwrap(), c]),
             lb: Default::default(),
             check: origin.check_policy(),
+            policy: Default::default(),
         }],
         ..Default::default()
     })

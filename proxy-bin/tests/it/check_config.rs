@@ -120,6 +120,51 @@ fn a_bad_main_config_names_file_line_and_column() {
             "needs max_connections",
         ),
         ("[proxy]\nlisten = \"127.0.0.1:8080\"\nrequest_id = \"yes\"\n", "3:14", "bool"),
+        (
+            "[proxy]\nlisten = \"127.0.0.1:8080\"\n[origins.\"b:80\"]\nservers = [{ addr = \"10.0.0.1:80\", weight = -1 }]\n",
+            "4:12",
+            "weight must be a whole number from 0 to 256, not -1",
+        ),
+        (
+            "[proxy]\nlisten = \"127.0.0.1:8080\"\n[origins.\"b:80\"]\nservers = [\"10.0.0.2:80\", { addr = \"10.0.0.1:80\", weight = 1.5 }]\n",
+            "4:27",
+            "not 1.5",
+        ),
+        (
+            "[proxy]\nlisten = \"127.0.0.1:8080\"\n[origins.\"b:80\"]\nservers = [{ addr = \"10.0.0.1:80\", wieght = 2 }]\n",
+            "4:12",
+            "unknown key \"wieght\"",
+        ),
+        (
+            "[proxy]\nlisten = \"127.0.0.1:8080\"\n[origins.\"b:80\"]\nservers = [8080]\n",
+            "4:12",
+            "a server is",
+        ),
+        (
+            "[proxy]\nlisten = \"127.0.0.1:8080\"\n[origins.\"b:80\"]\npanic_threshold = \"150%\"\n",
+            "4:19",
+            "percentage from 0% to 100%",
+        ),
+        (
+            "[proxy]\nlisten = \"127.0.0.1:8080\"\n[origins.\"b:80\"]\nslow_start = \"fast\"\n",
+            "4:14",
+            "invalid duration",
+        ),
+        (
+            "[proxy]\nlisten = \"127.0.0.1:8080\"\n[origins.\"b:80\"]\noutlier = { errors = \"4xx\" }\n",
+            "4:22",
+            "\"5xx\"",
+        ),
+        (
+            "[proxy]\nlisten = \"127.0.0.1:8080\"\n[origins.\"b:80\"]\noutlier = { base_ejection = \"1m\", max_ejection = \"10s\" }\n",
+            "4:50",
+            "must not be below",
+        ),
+        (
+            "[proxy]\nlisten = \"127.0.0.1:8080\"\n[origins.\"b:80\"]\noutlier = { consecutive = 0 }\n",
+            "4:27",
+            "consecutive must be",
+        ),
     ];
     for (i, (main, at, what)) in cases.iter().enumerate() {
         let (code, _, err) = check(&format!("bad{i}"), main, Some(""));
@@ -161,6 +206,21 @@ fn a_check_kind_the_origin_cannot_carry_is_an_error_at_the_kind() {
     assert!(err.contains("healthchecks.toml:3:8: a tcp check's steps are plain TCP"), "{err}");
     let on_port = format!("{steps}port = 6379\n");
     assert_eq!(check("tcptlsport", &https, Some(&on_port)).0, 0, "another port may be plain TCP");
+}
+
+#[test]
+fn a_slow_start_shorter_than_the_check_interval_is_a_warning() {
+    let main = SPEC_MAIN.replace("protocol = \"http1\"", "protocol = \"http1\"\nslow_start = \"1s\"");
+    let hc = "[[check]]\norigin = \"app.internal\"\ninterval = \"5s\"\n";
+    let (code, _, err) = check("slowwarn", &main, Some(hc));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("slow_start (1s) is shorter than its check interval (5s)"), "{err}");
+    let weighted = SPEC_MAIN.replace(
+        "servers = [\"127.0.0.2:8080\", \"127.0.0.3:8080\"]",
+        "servers = [\"127.0.0.2:8080\", { addr = \"127.0.0.3:8080\", weight = 3 }]\npanic_threshold = \"50%\"\noutlier = {}",
+    );
+    let (code, _, err) = check("weighted", &weighted, Some(""));
+    assert_eq!(code, 0, "{err}");
 }
 
 #[test]

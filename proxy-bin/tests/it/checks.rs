@@ -27,7 +27,10 @@ enum Redis {
 impl Redis {
     #[allow(clippy::print_stderr, reason = "the visible reason the stand-in ran")]
     async fn start(addr: SocketAddr) -> Redis {
-        let real = Command::new("redis-server")
+        // VIGIL_TEST_NO_REDIS=1 runs the stand-in even where Redis is installed.
+        let program =
+            if std::env::var_os("VIGIL_TEST_NO_REDIS").is_some() { "no-such-redis" } else { "redis-server" };
+        let real = Command::new(program)
             .args(["--bind", &addr.ip().to_string(), "--port", &addr.port().to_string()])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .stdout(Stdio::null())
@@ -82,26 +85,32 @@ async fn stand_in(addr: SocketAddr) {
             let locked = Arc::clone(&locked);
             tokio::spawn(async move {
                 let mut buf = [0u8; 1024];
+                let mut pending = Vec::new();
                 while let Ok(n) = s.read(&mut buf).await {
                     if n == 0 {
                         return;
                     }
-                    let line = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    let reply: &[u8] = if line.starts_with("CONFIG SET requirepass \"\"") {
-                        locked.store(false, Ordering::SeqCst);
-                        b"+OK\r\n"
-                    } else if line.starts_with("CONFIG SET requirepass") {
-                        locked.store(true, Ordering::SeqCst);
-                        b"+OK\r\n"
-                    } else if locked.load(Ordering::SeqCst) && !line.starts_with("AUTH") {
-                        b"-NOAUTH Authentication required.\r\n"
-                    } else if line.starts_with("PING") {
-                        b"+PONG\r\n"
-                    } else {
-                        b"+OK\r\n"
-                    };
-                    if s.write_all(reply).await.is_err() {
-                        return;
+                    pending.extend_from_slice(&buf[..n]);
+                    // One command per line, however the writes were cut.
+                    while let Some(end) = pending.windows(2).position(|w| w == b"\r\n") {
+                        let line: Vec<u8> = pending.drain(..end + 2).collect();
+                        let line = String::from_utf8_lossy(&line[..end]).into_owned();
+                        let reply: &[u8] = if line == "CONFIG SET requirepass \"\"" {
+                            locked.store(false, Ordering::SeqCst);
+                            b"+OK\r\n"
+                        } else if line.starts_with("CONFIG SET requirepass") {
+                            locked.store(true, Ordering::SeqCst);
+                            b"+OK\r\n"
+                        } else if locked.load(Ordering::SeqCst) && !line.starts_with("AUTH") {
+                            b"-NOAUTH Authentication required.\r\n"
+                        } else if line == "PING" {
+                            b"+PONG\r\n"
+                        } else {
+                            b"+OK\r\n"
+                        };
+                        if s.write_all(reply).await.is_err() {
+                            return;
+                        }
                     }
                 }
             });

@@ -65,6 +65,10 @@ pub(crate) struct OriginState {
     pub(crate) garbage: AtomicBool,
     /// `/late` sends the rest of its body once this is notified.
     pub(crate) release: tokio::sync::Notify,
+    /// Not 0: the status every request but `/healthz` gets.
+    pub(crate) fail_status: AtomicU16,
+    /// 1: every answer but `/healthz`'s says `vigil-health: drain`.
+    pub(crate) signal_drain: AtomicBool,
 }
 
 /// A hyper origin server on one address (HTTP/1.1 and h2c).
@@ -128,11 +132,16 @@ pub(crate) async fn origin_handler(
 ) -> Result<Response<OriginBody>, Infallible> {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
+    let (fail, drain) = (state.fail_status.load(Ordering::SeqCst), state.signal_drain.load(Ordering::SeqCst));
     let ok = |body: String| {
-        Ok(Response::builder()
-            .header("x-served-by", me.to_string())
-            .body(Full::new(Bytes::from(body)).boxed())
-            .unwrap())
+        let mut resp = Response::builder().header("x-served-by", me.to_string());
+        if fail != 0 {
+            resp = resp.status(fail);
+        }
+        if drain {
+            resp = resp.header("vigil-health", "drain");
+        }
+        Ok(resp.body(Full::new(Bytes::from(body)).boxed()).unwrap())
     };
     match path.as_str() {
         "/healthz" => {

@@ -11,6 +11,7 @@ mod essentials;
 mod grpc;
 mod harness;
 mod hostile;
+mod policy;
 mod proxy;
 mod systemd;
 mod tls;

@@ -426,3 +426,36 @@ async fn nginx_as_an_https_origin() {
     let _ = nginx.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_admin_port_checks_an_https_origins_server() {
+    let pki = Pki::new();
+    let ip = "127.0.0.10";
+    let leaf = pki.leaf(&["app.test"], false);
+    let origin = TlsOrigin::start(ip, free_port(&[ip]), &leaf, &[b"http/1.1"]).await;
+    let admin = Origin::start(ip, free_port(&[ip])).await;
+    let port = origin.addr.port();
+    let servers = format!("[\"{}\"]", origin.addr);
+    let rest = https_remap("www.app.test", &format!("app.test:{port}"), &servers, "ca_file = \"ca.pem\"");
+    let hc = FAST_CHECKS.replace(
+        "path = \"/healthz\"",
+        &format!("path = \"/healthz\"\nport = {}\ntls = false", admin.addr.port()),
+    );
+    let ca_pem = pki.ca_pem();
+    let files: &[(&str, &[u8])] = &[("ca.pem", ca_pem.as_bytes())];
+    let v = Vigil::start_with("tlsadmin", files, "", &rest, &hc).await;
+    assert_eq!(v.get("www.app.test", "/").await.0, StatusCode::OK);
+    let healthy = wait_until(Duration::from_secs(5), || async {
+        v.server(origin.addr).await["l7"]["state"] == "healthy" && admin.checks() >= 2
+    })
+    .await;
+    assert!(healthy, "{}", v.server(origin.addr).await);
+    assert_eq!(origin.state.checks.load(Ordering::SeqCst), 0, "checks go to the plain admin port");
+    admin.state.health.store(503, Ordering::SeqCst);
+    let out = wait_until(Duration::from_secs(5), || async {
+        v.server(origin.addr).await["l7"]["state"] == "unhealthy"
+    })
+    .await;
+    assert!(out, "{}", v.server(origin.addr).await);
+    assert_eq!(v.server(origin.addr).await["l7"]["last_detail"], format!("port {}: 503", admin.addr.port()));
+}
