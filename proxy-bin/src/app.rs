@@ -342,16 +342,21 @@ impl Shared {
         );
         checker.set_upstreams(upstreams.clone());
         let m = Arc::clone(&metrics);
-        checker.on_result(Arc::new(move |origin, server, check, result| {
-            m.check(origin, server, check.kind.name(), result.passed);
-        }));
+        checker.on_result(Arc::new(move |origin, server, _, result| m.check(origin, server, result.passed)));
         let m = Arc::clone(&metrics);
         db.subscribe(Arc::new(move |e: &vigil_hostdb::Event| m.on_event(e)));
         let cluster = match (&config.cluster, cluster_key) {
             (Some(c), Some(key)) => Some(join_cluster(c, key, &db, &checker).await?),
             _ => None,
         };
-        metrics.register(db.clone(), pool.clone(), cluster.clone(), Arc::clone(&tls), listener.clone());
+        metrics.register(
+            db.clone(),
+            pool.clone(),
+            cluster.clone(),
+            Arc::clone(&tls),
+            listener.clone(),
+            checker.clone(),
+        );
 
         let access_log = open_access_log(&config, &metrics, None)?;
         let node = config.cluster.as_ref().map_or_else(|| "vigil".to_owned(), |c| c.node_id.clone());

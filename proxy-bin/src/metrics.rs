@@ -49,13 +49,11 @@ struct ServerResult {
     result: &'static str,
 }
 
-/// A check's labels: `kind` is `http`, `grpc` or `tcp`.
+/// An origin's check kind: `http`, `grpc` or `tcp`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct CheckLabels {
+struct CheckKindLabels {
     origin: Arc<str>,
-    server: Addr,
     kind: &'static str,
-    result: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -132,7 +130,7 @@ impl Drop for TunnelOpen {
 pub(crate) struct Metrics {
     requests: Family<RequestLabels, Counter>,
     connects: Family<ServerResult, Counter>,
-    checks: Family<CheckLabels, Counter>,
+    checks: Family<ServerResult, Counter>,
     transitions: Family<TransitionLabels, Counter>,
     /// Outlier ejections, by server.
     ejections: Family<ServerLabels, Counter>,
@@ -180,10 +178,10 @@ impl Metrics {
         self.requests.get_or_create(&RequestLabels { origin: Arc::clone(origin), code }).clone()
     }
 
-    pub(crate) fn check(&self, origin: &OriginKey, server: SocketAddr, kind: &'static str, passed: bool) {
+    pub(crate) fn check(&self, origin: &OriginKey, server: SocketAddr, passed: bool) {
         let result = if passed { "pass" } else { "fail" };
         self.checks
-            .get_or_create(&CheckLabels { origin: origin_label(origin), server: Addr(server), kind, result })
+            .get_or_create(&ServerResult { origin: origin_label(origin), server: Addr(server), result })
             .inc();
     }
 
@@ -266,6 +264,7 @@ impl Metrics {
         cluster: Option<vigil_cluster::Cluster>,
         tls: Arc<TlsConnect>,
         listener: Option<Arc<TlsListener>>,
+        checker: vigil_l7check::Checker,
     ) {
         let mut r = Registry::default();
         r.register(
@@ -280,7 +279,7 @@ impl Metrics {
         );
         r.register(
             "vigil_health_checks",
-            "L7 health checks, by server, kind (http, grpc, tcp) and result",
+            "L7 health checks, by server and result (the kind: vigil_health_check_info)",
             self.checks.clone(),
         );
         r.register(
@@ -326,6 +325,7 @@ impl Metrics {
             clients: Arc::clone(&self.clients),
             access_log: Arc::clone(&self.access_log),
             tunnels_open: Arc::clone(&self.tunnels_open),
+            checker,
         }));
         *self.registry.lock() = Some(r);
     }
@@ -380,6 +380,7 @@ struct Live {
     clients: Arc<crate::limits::ClientSlots>,
     access_log: Arc<crate::accesslog::LogCounters>,
     tunnels_open: Arc<AtomicU64>,
+    checker: vigil_l7check::Checker,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -548,6 +549,19 @@ impl Collector for Live {
             ),
             ("vigil_server_in_flight", "Requests in flight to the server", |s, _| i64::from(s.in_flight())),
         ];
+        let checks = self.checker.config();
+        let mut info = encoder.encode_descriptor(
+            "vigil_health_check_info",
+            "1 for each checked origin, labelled with its check's kind (http, grpc, tcp)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for o in &origins {
+            if let Some(check) = checks.matching(o.key()) {
+                let labels = CheckKindLabels { origin: origin_label(o.key()), kind: check.kind.name() };
+                ConstGauge::new(1).encode(info.encode_family(&labels)?)?;
+            }
+        }
         let mut panic = encoder.encode_descriptor(
             "vigil_origin_panic",
             "1 while the origin is in panic (too few routable servers: every server not in maintenance gets requests)",

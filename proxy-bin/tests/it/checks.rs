@@ -194,7 +194,7 @@ async fn a_tcp_check_of_each_servers_redis_takes_out_the_server_whose_redis_refu
         server_of(&v, &origin, web[0].addr).await
     );
     let series = format!(
-        "vigil_health_checks_total{{origin=\"{origin}\",server=\"{}\",kind=\"tcp\",result=\"fail\"}}",
+        "vigil_health_checks_total{{origin=\"{origin}\",server=\"{}\",result=\"fail\"}}",
         web[0].addr
     );
     assert!(v.metric(&series).await >= 2.0, "{series}");

@@ -467,10 +467,11 @@ async fn grpc_health_checks_share_the_user_traffic_connection_and_follow_the_ser
         1,
         "{checks} checks and the user's calls on one connection"
     );
-    let series = format!(
-        "vigil_health_checks_total{{origin=\"grpc.test:{port}\",server=\"{addr}\",kind=\"grpc\",result=\"pass\"}}"
-    );
+    let series =
+        format!("vigil_health_checks_total{{origin=\"grpc.test:{port}\",server=\"{addr}\",result=\"pass\"}}");
     assert!(v.metric(&series).await >= 2.0, "{series}");
+    let info = format!("vigil_health_check_info{{origin=\"grpc.test:{port}\",kind=\"grpc\"}}");
+    assert_eq!(v.metric(&info).await, 1.0, "{info}");
 }
 
 /// The one server of `origin` in `/hosts`.
