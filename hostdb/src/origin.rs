@@ -280,22 +280,22 @@ impl Origin {
         now: Instant,
     ) -> Result<Pick, SelectError> {
         let servers = &*state.servers;
+        // One counter for the order (round robin) and the draws (the rest).
+        let n = self.rr.load(Ordering::Relaxed);
+        self.rr.store(n.wrapping_add(1), Ordering::Relaxed);
         let policy = select::Policy {
             weights: &traffic.weights,
             sequence: traffic.sequence.as_deref(),
             slow_start_ms: traffic.slow_start_ms,
             panic: traffic.panic.is_some_and(|t| self.in_panic(servers, t, clock)),
+            seed: n as u64,
         };
         let found = match (state.lb, &state.ring, attempt.hash()) {
             (LbPolicy::LeastRequests, ..) => policy.least_requests(servers, attempt, clock),
             (LbPolicy::ConsistentHash, Some(ring), Some(hash)) => {
                 ring.walk_policy(&policy, servers, hash, attempt, clock)
             }
-            _ => {
-                let n = self.rr.load(Ordering::Relaxed);
-                self.rr.store(n.wrapping_add(1), Ordering::Relaxed);
-                policy.round_robin(servers, n, attempt, clock)
-            }
+            _ => policy.round_robin(servers, n, attempt, clock),
         };
         match found {
             Some((i, probe)) => Ok(Pick::new(&servers[i], probe, attempt)),

@@ -201,7 +201,31 @@ pub(crate) fn round_robin(
     attempt: &Attempt,
     clock: &mut LazyMs,
 ) -> Option<(usize, bool)> {
-    scan(servers.len(), counter % servers.len(), |i| consider(&servers[i], attempt, clock))
+    scan_plain(servers, counter % servers.len(), attempt, clock)
+}
+
+/// First server from `start` onwards (wrapping) that can take the request:
+/// the plain path's [`scan`], written out (through the generic one the
+/// least-requests path costs a few dozen instructions more).
+#[inline]
+fn scan_plain(
+    servers: &[Arc<Server>],
+    start: usize,
+    attempt: &Attempt,
+    clock: &mut LazyMs,
+) -> Option<(usize, bool)> {
+    let n = servers.len();
+    let mut i = start;
+    for _ in 0..n {
+        if let Some(probe) = consider(&servers[i], attempt, clock) {
+            return Some((i, probe));
+        }
+        i += 1;
+        if i == n {
+            i = 0;
+        }
+    }
+    None
 }
 
 /// Power of two choices over requests in flight. A due retry probe met on
@@ -212,30 +236,42 @@ pub(crate) fn least_requests(
     clock: &mut LazyMs,
 ) -> Option<(usize, bool)> {
     let n = servers.len();
-    let mut accept = |i: usize| consider(&servers[i], attempt, clock);
     if n == 1 {
-        return scan(n, 0, accept);
+        return scan_plain(servers, 0, attempt, clock);
     }
-    let (a, b) = two_random(n);
-    let first = scan(n, a, &mut accept)?;
+    let a = fastrand::usize(..n);
+    let mut b = fastrand::usize(..n - 1);
+    if b >= a {
+        b += 1;
+    }
+    let first = scan_plain(servers, a, attempt, clock)?;
     if first.1 {
         return Some(first);
     }
-    match scan(n, b, &mut accept) {
+    match scan_plain(servers, b, attempt, clock) {
         Some(second) if second.1 => Some(second),
         Some(second) if servers[second.0].in_flight() < servers[first.0].in_flight() => Some(second),
         _ => Some(first),
     }
 }
 
-/// Two distinct random indices below `n` (at least 2).
-fn two_random(n: usize) -> (usize, usize) {
-    let a = fastrand::usize(..n);
-    let mut b = fastrand::usize(..n - 1);
-    if b >= a {
-        b += 1;
-    }
-    (a, b)
+/// splitmix64: a well-mixed 64-bit value from any input, for the policy
+/// path's draws (per request, from the origin's counter; per key, from the
+/// key's hash). The policy path does not touch fastrand: a second user of
+/// its thread-local in this crate makes the compiler stop inlining it into
+/// the plain least-requests path.
+#[inline]
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// A uniform draw in `[0, 1)` from 64 mixed bits.
+#[inline]
+fn unit(x: u64) -> f64 {
+    (x >> 11) as f64 / (1u64 << 53) as f64
 }
 
 // ---- origins with a traffic policy -----------------------------------------
@@ -252,6 +288,8 @@ pub(crate) struct Policy<'a> {
     /// In panic: every server not in maintenance is a candidate, whatever
     /// its health.
     pub(crate) panic: bool,
+    /// This request's random bits (the origin's request counter, mixed).
+    pub(crate) seed: u64,
 }
 
 /// What [`Policy::consider`] says of a server.
@@ -296,13 +334,9 @@ impl Policy<'_> {
         if self.slow_start_ms > 0 && !probe {
             let factor = self.ramp(s, clock);
             if factor < 1.0 {
-                let draw = match key {
-                    // The same key and server draw the same number.
-                    Some(k) => {
-                        (xxh3_64_with_seed(&k.to_le_bytes(), s.id()) >> 11) as f64 / (1u64 << 53) as f64
-                    }
-                    None => fastrand::f64(),
-                };
+                // The same key and server draw the same number; a request
+                // without a key draws from its own bits.
+                let draw = unit(mix(key.unwrap_or(self.seed) ^ mix(s.id())));
                 if draw >= factor {
                     return Verdict::Ramping;
                 }
@@ -395,7 +429,11 @@ impl Policy<'_> {
         if n == 1 {
             return self.scan_by(servers, n, 0, |i| i, attempt, clock);
         }
-        let (a, b) = two_random(n);
+        let a = (mix(self.seed) % n as u64) as usize;
+        let mut b = (mix(self.seed ^ 0x5555_5555) % (n as u64 - 1)) as usize;
+        if b >= a {
+            b += 1;
+        }
         let first = self.scan_by(servers, n, a, |i| i, attempt, clock)?;
         if first.1 {
             return Some(first);

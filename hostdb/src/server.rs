@@ -154,7 +154,7 @@ impl Server {
 
     /// Hot path: flags, then the L4 word; the clock is consulted only when the
     /// server is L4-down.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn admit(&self, now_ms: impl FnOnce() -> u64) -> Admit {
         let flags = self.flags.load(Ordering::Acquire);
         if flags != 0 {

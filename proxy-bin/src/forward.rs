@@ -564,7 +564,7 @@ fn forward<'a, B: ClientRequestBody>(
                     pick.server().report_l4_success(now);
                     let mut resp = resp;
                     origin.report_response(pick.server(), resp.status().as_u16(), now);
-                    if let Some(signal) = resp.headers_mut().remove(VIGIL_HEALTH) {
+                    if let Some(signal) = resp.headers_mut().remove(&VIGIL_HEALTH) {
                         signalled(&origin, pick.server(), &signal, now);
                     }
                     return respond(resp, pick, room);
@@ -854,7 +854,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// The response field a server takes itself out with (Envoy's
 /// `x-envoy-immediate-health-check-fail`): `down` or `drain`. Never passed
 /// on to the client.
-pub(crate) const VIGIL_HEALTH: &str = "vigil-health";
+pub(crate) static VIGIL_HEALTH: HeaderName = HeaderName::from_static("vigil-health");
 
 /// A server said `vigil-health: <value>` on a user response: `down` or
 /// `drain` take it out at once (L7 unhealthy until its checks pass again;
