@@ -351,6 +351,12 @@ impl Origin {
             .collect()
     }
 
+    /// The weight `server` was given at run time ([`Origin::set_weight`]),
+    /// if any since the last apply.
+    pub fn weight_override(&self, server: SocketAddr) -> Option<u32> {
+        self.weight_overrides.lock().get(&server).copied()
+    }
+
     /// The origin's traffic policy as configured.
     pub fn policy(&self) -> Arc<OriginPolicy> {
         Arc::clone(&self.state.load().policy)

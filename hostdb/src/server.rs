@@ -562,6 +562,18 @@ impl Server {
         false
     }
 
+    /// Restores an ejection (from a state file written before a restart):
+    /// ejected until `until` after `ejections` ejections. Nothing when
+    /// `until` is past.
+    pub fn restore_ejection(&self, until: Instant, ejections: u32, now: Instant) {
+        self.ejections.fetch_max(ejections.saturating_sub(1), Ordering::Relaxed);
+        let until_ms = self.hub.epoch.ms(until);
+        if until_ms > self.hub.epoch.ms(now) {
+            self.eject(until_ms);
+        }
+        self.ejections.fetch_max(ejections, Ordering::Relaxed);
+    }
+
     /// Ejections so far.
     pub(crate) fn ejection_count(&self) -> u32 {
         self.ejections.load(Ordering::Relaxed)

@@ -435,6 +435,7 @@ impl Shared {
             (old.max_idle_per_server != config.max_idle_per_server, "pool.max_idle_per_server"),
             (old.idle_timeout != config.idle_timeout, "pool.idle_timeout"),
             (old.cluster != config.cluster, "cluster"),
+            (old.state != config.state, "proxy.state_file, state_save_interval, state_max_age"),
         ] {
             if changed {
                 restart.push(what);

@@ -45,8 +45,21 @@ pub(crate) struct Config {
     /// `trust_forwarded`: keep the client's `X-Forwarded-*` (appending to
     /// `X-Forwarded-For`) instead of replacing them.
     pub(crate) trust_forwarded: bool,
+    /// `state_file` and its timing: server state kept across restarts.
+    pub(crate) state: Option<StateConfig>,
     /// Things worth a word that are not errors (an admin listener off loopback).
     pub(crate) warnings: Vec<String>,
+}
+
+/// `state_file`, `state_save_interval`, `state_max_age` (in `[proxy]`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StateConfig {
+    /// Relative to the config file.
+    pub(crate) path: PathBuf,
+    /// Written this often while running, and at shutdown.
+    pub(crate) save_interval: Duration,
+    /// An older file is not loaded at start.
+    pub(crate) max_age: Duration,
 }
 
 /// `[limits]`: bounds on what clients send and hold.
@@ -275,6 +288,9 @@ struct RawProxy {
     admin_token: Option<Spanned<String>>,
     request_id: Option<Spanned<bool>>,
     trust_forwarded: Option<Spanned<bool>>,
+    state_file: Option<Spanned<String>>,
+    state_save_interval: Option<Spanned<String>>,
+    state_max_age: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -828,6 +844,24 @@ impl Config {
             }
         };
 
+        let state = match &p.state_file {
+            None => {
+                for (v, key) in
+                    [(&p.state_save_interval, "state_save_interval"), (&p.state_max_age, "state_max_age")]
+                {
+                    if let Some(v) = v {
+                        return Err(cx.err(v.span(), format!("{key} needs state_file")));
+                    }
+                }
+                None
+            }
+            Some(f) => Some(StateConfig {
+                path: cx.path(dir, f)?.value,
+                save_interval: cx.dur(&p.state_save_interval, Duration::from_secs(10))?,
+                max_age: cx.dur(&p.state_max_age, Duration::from_secs(600))?,
+            }),
+        };
+
         // Defaults are the library crates' own (SPEC's), written once.
         let (pool_defaults, l4_defaults) = (PoolConfig::default(), L4Policy::default());
         Ok(Self {
@@ -865,6 +899,7 @@ impl Config {
             access_log,
             request_id: p.request_id.as_ref().is_none_or(|v| *v.get_ref()),
             trust_forwarded: p.trust_forwarded.as_ref().is_some_and(|v| *v.get_ref()),
+            state,
             warnings,
         })
     }

@@ -29,6 +29,7 @@ mod metrics;
 mod notify;
 mod routes;
 mod server;
+mod state;
 mod status;
 mod tunnel;
 
@@ -133,6 +134,21 @@ fn run(path: &Path) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        // The state a previous process left, before the first request.
+        let state = shared.config.load().state.clone();
+        if let Some(st) = &state {
+            let (db, path, max_age) = (shared.db.clone(), st.path.clone(), st.max_age);
+            match tokio::task::spawn_blocking(move || state::load(&db, &path, max_age)).await {
+                Ok(Ok(Some(l))) => tracing::info!(
+                    file = %st.path.display(), servers = l.servers, skipped = l.skipped,
+                    "server state loaded from the state file"
+                ),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::warn!("{e}"),
+                Err(e) => tracing::warn!("state file loader failed: {e}"),
+            }
+            state::spawn_saver(shared.db.clone(), st.path.clone(), st.save_interval);
+        }
         let server = match server::start(Arc::clone(&shared), listen, admin).await {
             Ok(s) => s,
             Err(e) => {
@@ -162,6 +178,14 @@ fn run(path: &Path) -> ExitCode {
             }
         };
         tokio::join!(server.shutdown(DRAIN), leave);
+        if let Some(st) = state {
+            let db = shared.db.clone();
+            match tokio::task::spawn_blocking(move || state::save(&db, &st.path)).await {
+                Ok(Ok(())) => tracing::info!("server state written to the state file"),
+                Ok(Err(e)) => tracing::warn!("{e}"),
+                Err(e) => tracing::warn!("state file writer failed: {e}"),
+            }
+        }
         let s = Arc::clone(&shared);
         let _ = tokio::task::spawn_blocking(move || s.close_logs()).await;
         tracing::info!("stopped");

@@ -160,6 +160,7 @@ fn a_bad_main_config_names_file_line_and_column() {
             "4:50",
             "must not be below",
         ),
+        ("[proxy]\nlisten = \"127.0.0.1:8080\"\nstate_max_age = \"1m\"\n", "3:17", "needs state_file"),
         (
             "[proxy]\nlisten = \"127.0.0.1:8080\"\n[origins.\"b:80\"]\noutlier = { consecutive = 0 }\n",
             "4:27",

@@ -175,3 +175,68 @@ async fn a_server_saying_vigil_health_drain_leaves_at_once_and_checks_bring_it_b
     let ramp = v.server(o[0].addr).await["slow_start"]["progress"].as_f64();
     assert!(ramp.is_some_and(|p| p < 0.5), "recovered: in slow start ({ramp:?})");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_a_state_file_keeps_maintenance_weights_and_health() {
+    let o = origins(&["127.0.0.20", "127.0.0.21", "127.0.0.22"]).await;
+    let port = o[0].addr.port();
+    let origin = format!("app.test:{port}");
+    let rest = remap("app.test", &origin, &server_list(&o), "");
+    // The second process checks only once a minute: what it shows at first
+    // is what it loaded.
+    let slow_checks = FAST_CHECKS
+        .replace("interval = \"150ms\"", "interval = \"1m\"")
+        .replace("unhealthy_interval = \"150ms\"", "unhealthy_interval = \"1m\"");
+    let proxy = "state_file = \"vigil.state\"\nstate_save_interval = \"1h\"";
+    let mut v = Vigil::start("state1", proxy, &rest, FAST_CHECKS).await;
+    assert_eq!(v.get("app.test", "/").await.0, StatusCode::OK);
+    // An operator's maintenance and weight; a server its checks found down.
+    let (status, _) = v
+        .post(
+            "/maintenance",
+            None,
+            &format!("{{\"origin\": \"{origin}\", \"server\": \"{}\", \"on\": true}}", o[0].addr),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = v
+        .post(
+            "/weight",
+            None,
+            &format!("{{\"origin\": \"{origin}\", \"server\": \"{}\", \"weight\": 5}}", o[1].addr),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    o[2].state.health.store(503, Ordering::SeqCst);
+    let down = wait_until(Duration::from_secs(5), || async {
+        v.server(o[2].addr).await["l7"]["state"] == "unhealthy"
+    })
+    .await;
+    assert!(down, "{}", v.server(o[2].addr).await);
+    v.signal("TERM");
+    assert_eq!(v.exit_code(Duration::from_secs(10)).await, Some(0));
+    let saved = std::fs::read_to_string(v.dir.join("vigil.state")).unwrap();
+    assert!(saved.contains("\"format\": \"vigil-state/1\""), "{saved}");
+
+    // A new process on the same files: the same picture before any check
+    // (checks run every minute here) and before any request.
+    let dir = v.dir.clone();
+    let files: Vec<(String, Vec<u8>)> =
+        ["vigil.state"].iter().map(|f| (f.to_string(), std::fs::read(dir.join(f)).unwrap())).collect();
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    let v2 = Vigil::start_with("state2", &files, proxy, &rest, &slow_checks).await;
+    assert_eq!(v2.server(o[0].addr).await["maintenance"], true);
+    assert_eq!(v2.server(o[1].addr).await["weight"], 5);
+    let c = v2.server(o[2].addr).await;
+    assert_eq!(c["l7"]["state"], "unhealthy", "{c}");
+    assert_eq!(c["l7"]["last_detail"], "503", "{c}");
+    assert!(v2.log().contains("server state loaded from the state file"), "{}", v2.log());
+    let counts = split(&v2, 12).await;
+    assert_eq!(counts.get(&o[1].addr.to_string()), Some(&12), "only the weighted, healthy one: {counts:?}");
+
+    // A file that is not ours: logged, ignored, the proxy starts.
+    let garbage: &[(&str, &[u8])] = &[("vigil.state", b"{\"format\": \"someone-else\"}")];
+    let v3 = Vigil::start_with("state3", garbage, proxy, &rest, &slow_checks).await;
+    assert_eq!(v3.server(o[0].addr).await["maintenance"], false);
+    assert!(v3.log().contains("not a Vigil state file") || v3.log().contains("format"), "{}", v3.log());
+}
