@@ -4,7 +4,9 @@
 //!
 //! - `lookup_select/{hot,spread}/N`: one lookup + round-robin pick + release
 //!   with N origins of 3 servers; `hot` repeats one key, `spread` walks 4 096
-//!   keys spread over all N origins.
+//!   keys spread over all N origins. `weighted_spread/100000`: the same walk
+//!   with weights 1, 2 and 3 on each origin's servers (smooth weighted round
+//!   robin), to hold against `spread/100000`.
 //! - `storm/{hostdb,rwlock_baseline}`: the same at 100 000 origins while
 //!   another thread storms status updates (L4, L7, maintenance) without
 //!   pause; the baseline is a `parking_lot::RwLock<HashMap>` whose updates
@@ -50,6 +52,15 @@ fn lookup_select_bench(c: &mut Criterion) {
                 black_box(lookup_select(&db, black_box(&keys[i]), t))
             })
         });
+        if n == 100_000 {
+            let weighted = weighted_hostdb(n);
+            g.bench_with_input(BenchmarkId::new("weighted_spread", n), &n, |b, _| {
+                b.iter(|| {
+                    i = (i + 1) & 4095;
+                    black_box(lookup_select(&weighted, black_box(&keys[i]), t))
+                })
+            });
+        }
         // The same walk over the RwLock<HashMap> baseline, with no writer:
         // what the lock-free design costs when nothing contends.
         let base = Baseline::new(n);
@@ -61,6 +72,19 @@ fn lookup_select_bench(c: &mut Criterion) {
         });
     }
     g.finish();
+}
+
+/// [`hostdb`] with weights 1, 2 and 3 on each origin's three servers.
+fn weighted_hostdb(n: usize) -> vigil_hostdb::HostDb {
+    let mut config = vigil_benches::config(n, LbPolicy::RoundRobin);
+    for o in &mut config.origins {
+        if let vigil_hostdb::ServerSource::Static(servers) = &o.servers {
+            o.policy.weights = servers.iter().zip(1..).map(|(s, w)| (*s, w)).collect();
+        }
+    }
+    let db = vigil_hostdb::HostDb::new();
+    db.apply(&config).expect("fixture config is valid");
+    db
 }
 
 fn lb_policies(c: &mut Criterion) {

@@ -130,9 +130,10 @@ pub struct Origin {
     pub(crate) ready: tokio::sync::watch::Sender<bool>,
     /// Shared with the servers: their routability changes.
     health: Arc<OriginHealth>,
-    /// The panic verdict, and the `health.version` it was made at.
-    panic: AtomicBool,
-    panic_at: AtomicU64,
+    /// The panic verdict (bit 0) and the `health.version` it was made at
+    /// (the rest), one word; and when it was last counted (ms).
+    panic: AtomicU64,
+    panic_checked_ms: AtomicU64,
     /// Weights set at run time (`POST /weight`), until the next apply.
     weight_overrides: Mutex<HashMap<SocketAddr, u32>>,
     /// Whether outlier detection is on (so a response costs nothing when off).
@@ -181,8 +182,8 @@ impl Origin {
             dns_task: Mutex::new(None),
             ready: tokio::sync::watch::Sender::new(!dns),
             health: Arc::default(),
-            panic: AtomicBool::new(false),
-            panic_at: AtomicU64::new(u64::MAX),
+            panic: AtomicU64::new(u64::MAX << 1),
+            panic_checked_ms: AtomicU64::new(0),
             weight_overrides: Mutex::new(HashMap::new()),
             outlier_on: AtomicBool::new(false),
         };
@@ -287,7 +288,7 @@ impl Origin {
             weights: &traffic.weights,
             sequence: traffic.sequence.as_deref(),
             slow_start_ms: traffic.slow_start_ms,
-            panic: traffic.panic.is_some_and(|t| self.in_panic(servers, t, clock)),
+            panic: traffic.panic.is_some_and(|t| self.in_panic(servers, &traffic.weights, t, clock)),
             seed: n as u64,
         };
         let found = match (state.lb, &state.ring, attempt.hash()) {
@@ -305,36 +306,49 @@ impl Origin {
     }
 
     /// Whether the origin is in panic (fewer than `threshold` percent of its
-    /// servers not in maintenance are routable). Counted again only after a
-    /// server's routability changed; a change of verdict is logged once, as
-    /// an event.
-    fn in_panic(&self, servers: &[Arc<Server>], threshold: u8, clock: &mut LazyMs) -> bool {
-        let version = self.health.version.load(Ordering::Relaxed);
-        if self.panic_at.load(Ordering::Acquire) == version {
-            return self.panic.load(Ordering::Relaxed);
+    /// servers that could take traffic, not in maintenance and not drained
+    /// by a weight of 0, are routable). Counted again only after a server's
+    /// routability or the origin's state changed, and every second while in
+    /// panic (an ejection that ran out changes nothing until a request
+    /// notices it). The verdict and the version it was made at are one
+    /// word, so a slower thread cannot stamp a stale verdict as current; a
+    /// change of verdict is an event (logged once) from the thread that
+    /// made it.
+    fn in_panic(&self, servers: &[Arc<Server>], weights: &[u32], threshold: u8, clock: &mut LazyMs) -> bool {
+        let version = self.health.version.load(Ordering::Acquire);
+        let cur = self.panic.load(Ordering::Acquire);
+        let (cur_version, was) = (cur >> 1, cur & 1 == 1);
+        if cur_version == version & (u64::MAX >> 1)
+            && (!was || clock.get().saturating_sub(self.panic_checked_ms.load(Ordering::Relaxed)) < 1_000)
+        {
+            return was;
         }
         let now_ms = clock.get();
-        let candidates = servers.iter().filter(|s| !s.maintenance());
         let (mut total, mut routable) = (0, 0);
-        for s in candidates {
+        for (s, &w) in servers.iter().zip(weights) {
+            if w == 0 || s.maintenance() {
+                continue;
+            }
             total += 1;
             if s.admit_at(now_ms) == crate::server::Admit::Yes {
                 routable += 1;
             }
         }
         let on = crate::policy::panics(routable, total, threshold);
-        let was = self.panic.swap(on, Ordering::Relaxed);
-        self.panic_at.store(version, Ordering::Release);
-        if was != on {
+        // Re-read: counting may have ended an ejection (a new version).
+        let version = self.health.version.load(Ordering::Acquire);
+        let next = (version << 1) | u64::from(on);
+        self.panic_checked_ms.store(now_ms, Ordering::Relaxed);
+        if self.panic.compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire).is_ok() && was != on {
             self.hub.subscribers.emit(Event::Panic { origin: self.key.clone(), on, routable, total });
         }
         on
     }
 
-    /// Whether the origin is in panic now (as of the last change counted).
+    /// Whether the origin is in panic now (as of the last time it was counted).
     pub fn panicking(&self) -> bool {
         self.state.load().traffic.as_ref().is_some_and(|t| t.panic.is_some())
-            && self.panic.load(Ordering::Relaxed)
+            && self.panic.load(Ordering::Acquire) & 1 == 1
     }
 
     /// The weights in force, by server (configured, or set at run time).
@@ -379,6 +393,10 @@ impl Origin {
         let old = cur.traffic.as_ref().map_or(crate::policy::DEFAULT_WEIGHT, |t| t.weights[i]);
         self.weight_overrides.lock().insert(server, weight);
         self.swap(&cur, None, cur.lb, cur.check, cur.dns, Arc::clone(&cur.policy));
+        if old == 0 && weight > 0 {
+            // Back from a drain: as after maintenance, a slow start.
+            cur.servers[i].start_ramp(self.hub.epoch.ms(tokio::time::Instant::now().into_std()));
+        }
         Ok(old)
     }
 
@@ -398,18 +416,25 @@ impl Origin {
         let state = self.state.load();
         let Some(policy) = state.policy.outlier else { return };
         let run = server.outlier_response(policy.counts(status));
-        if run < policy.consecutive {
+        if run < policy.consecutive.max(1) || server.is_ejected(now) {
             return;
         }
-        let now_ms = self.hub.epoch.ms(now);
-        let ejected = state.servers.iter().filter(|s| s.is_ejected(now)).count();
-        if server.is_ejected(now)
-            || !crate::policy::may_eject(ejected, state.servers.len(), policy.max_percent)
-        {
+        // The cap, and never the last server that could take requests.
+        let weight = |i: usize| state.traffic.as_ref().map_or(1, |t| t.weights[i]);
+        let (mut ejected, mut others) = (0, 0);
+        for (i, s) in state.servers.iter().enumerate() {
+            if s.is_ejected(now) {
+                ejected += 1;
+            } else if !std::ptr::eq(&**s, server) && weight(i) > 0 && s.is_routable(now) {
+                others += 1;
+            }
+        }
+        if others == 0 || !crate::policy::may_eject(ejected, state.servers.len(), policy.max_percent) {
             return;
         }
         let time = crate::policy::ejection_time(&policy, server.ejection_count() + 1);
-        server.eject(now_ms + crate::time::ceil_ms(time));
+        let now_ms = self.hub.epoch.ms(now);
+        server.eject(now_ms + crate::time::ceil_ms(time), now_ms);
     }
 
     /// The server answered a user request with `vigil-health: down` or
@@ -534,14 +559,25 @@ impl Origin {
             }
         }
         let list_changed = !added.is_empty() || !removed.is_empty();
+        if !removed.is_empty() {
+            // A run-time weight goes with its server.
+            self.weight_overrides.lock().retain(|a, _| !removed.contains(a));
+        }
+        if policy.outlier.is_none() && cur.policy.outlier.is_some() {
+            let now_ms = self.hub.epoch.ms(tokio::time::Instant::now().into_std());
+            for s in servers.iter() {
+                s.clear_outlier(now_ms);
+            }
+        }
         let traffic = self.traffic(&servers, &policy);
         // Rebuilt on every swap: swaps are rare (apply, DNS change, a weight
         // set) and a ring of 1 000 servers builds in well under a millisecond.
         let ring = (lb == LbPolicy::ConsistentHash)
             .then(|| Ring::build(&servers, traffic.as_ref().map(|t| &*t.weights)));
         self.state.store(Arc::new(OriginState { servers, ring, lb, check, dns, policy, traffic }));
+        // Any new state may change the panic verdict (a threshold, a weight).
+        self.health.version.fetch_add(1, Ordering::Release);
         if list_changed {
-            self.health.version.fetch_add(1, Ordering::Relaxed);
             self.hub.subscribers.emit(Event::Servers { origin: self.key.clone(), added, removed });
         }
         list_changed

@@ -334,9 +334,10 @@ impl Policy<'_> {
         if self.slow_start_ms > 0 && !probe {
             let factor = self.ramp(s, clock);
             if factor < 1.0 {
-                // The same key and server draw the same number; a request
+                // The same key and server draw the same number (on every
+                // node: the address, not a process-local id); a request
                 // without a key draws from its own bits.
-                let draw = unit(mix(key.unwrap_or(self.seed) ^ mix(s.id())));
+                let draw = unit(mix(key.unwrap_or(self.seed) ^ addr_seed(s.addr())));
                 if draw >= factor {
                     return Verdict::Ramping;
                 }
@@ -362,39 +363,41 @@ impl Policy<'_> {
         )
     }
 
-    /// Scans `n` candidates from `start` through `index` (a position to a
-    /// server index); a ramping server that declined is the choice when no
-    /// other takes the request, so slow start never turns a request away.
+    /// Scans `n` positions from `start` through `index` (a position to a
+    /// server index): the first server that takes the request, and the
+    /// first ramping one that declined (the choice if no other takes it).
     fn scan_by(
         &self,
         servers: &[Arc<Server>],
         n: usize,
         start: usize,
-        index: impl Fn(usize) -> usize,
+        index: &dyn Fn(usize) -> usize,
         attempt: &Attempt,
         clock: &mut LazyMs,
-    ) -> Option<(usize, bool)> {
+    ) -> (Option<(usize, bool)>, Option<usize>) {
         let mut ramping = None;
-        let found = scan(n, start, |pos| {
+        let mut pos = start;
+        for _ in 0..n {
             let i = index(pos);
             match self.consider(servers, i, attempt, clock, None) {
-                Verdict::Take(probe) => Some(probe),
+                Verdict::Take(probe) => return (Some((i, probe)), ramping),
                 Verdict::Ramping => {
                     ramping.get_or_insert(i);
-                    None
                 }
-                Verdict::No => None,
+                Verdict::No => {}
             }
-        });
-        match (found, ramping) {
-            (Some((pos, probe)), _) => Some((index(pos), probe)),
-            (None, Some(i)) => Some((i, false)),
-            (None, None) => None,
+            pos = pos.wrapping_add(1);
         }
+        (None, ramping)
     }
 
-    /// Weighted round robin: the smooth cycle from `counter`, then (every
-    /// server in its cycle out) the rest in list order.
+    /// Weighted round robin: the server at `counter`'s place in the smooth
+    /// cycle; if it is out, the next ones in the cycle, then (every server
+    /// in the cycle's window out) the rest in list order. A ramping server
+    /// that declines sends the request on from a random place in the
+    /// cycle, so what it declines is spread over the others by their
+    /// weights rather than handed to its neighbour. A ramping server is
+    /// the choice only when no other can take the request.
     pub(crate) fn round_robin(
         &self,
         servers: &[Arc<Server>],
@@ -403,22 +406,46 @@ impl Policy<'_> {
         clock: &mut LazyMs,
     ) -> Option<(usize, bool)> {
         let n = servers.len();
-        match self.sequence {
-            None => self.scan_by(servers, n, counter % n, |i| i, attempt, clock),
-            Some([]) => None,
-            Some(seq) => {
-                // A whole cycle visits every weighted server; bounded so an
-                // outage costs O(servers), not O(cycle).
-                let steps = seq.len().min(4 * n + 16);
-                let start = counter % seq.len();
-                self.scan_by(servers, steps, 0, |k| seq[(start + k) % seq.len()] as usize, attempt, clock)
-                    .or_else(|| self.scan_by(servers, n, counter % n, |i| i, attempt, clock))
+        let (len, steps) = match self.sequence {
+            None => (n, n),
+            Some([]) => return None,
+            // A whole cycle visits every weighted server; bounded so an
+            // outage costs O(servers), not O(cycle).
+            Some(seq) => (seq.len(), seq.len().min(4 * n + 16)),
+        };
+        let index = |pos: usize| match self.sequence {
+            Some(seq) => seq[pos % len] as usize,
+            None => pos % n,
+        };
+        let start = counter % len;
+        let mut ramping = None;
+        let from = match self.consider(servers, index(start), attempt, clock, None) {
+            Verdict::Take(probe) => return Some((index(start), probe)),
+            Verdict::Ramping => {
+                ramping = Some(index(start));
+                (mix(self.seed ^ 0x9e37) % len as u64) as usize
             }
+            Verdict::No => start + 1,
+        };
+        let (found, later) = self.scan_by(servers, steps, from, &index, attempt, clock);
+        if let Some(found) = found {
+            return Some(found);
         }
+        ramping = ramping.or(later);
+        if self.sequence.is_some() {
+            let (found, later) = self.scan_by(servers, n, counter % n, &|i| i, attempt, clock);
+            if let Some(found) = found {
+                return Some(found);
+            }
+            ramping = ramping.or(later);
+        }
+        ramping.map(|i| (i, false))
     }
 
-    /// Power of two choices over requests in flight per unit of effective
-    /// weight (weight times the slow-start share).
+    /// Power of two choices over requests in flight per unit of weight. A
+    /// ramping server takes part as often as its ramp draws say (its share
+    /// of its weight), and is compared by its weight when it does: the ramp
+    /// counts once.
     pub(crate) fn least_requests(
         &self,
         servers: &[Arc<Server>],
@@ -426,30 +453,40 @@ impl Policy<'_> {
         clock: &mut LazyMs,
     ) -> Option<(usize, bool)> {
         let n = servers.len();
+        let direct = |i: usize| i % n;
+        let pick =
+            |start: usize, clock: &mut LazyMs| self.scan_by(servers, n, start, &direct, attempt, clock);
         if n == 1 {
-            return self.scan_by(servers, n, 0, |i| i, attempt, clock);
+            let (found, ramping) = pick(0, clock);
+            return found.or(ramping.map(|i| (i, false)));
         }
         let a = (mix(self.seed) % n as u64) as usize;
         let mut b = (mix(self.seed ^ 0x5555_5555) % (n as u64 - 1)) as usize;
         if b >= a {
             b += 1;
         }
-        let first = self.scan_by(servers, n, a, |i| i, attempt, clock)?;
+        let (first, ramping) = pick(a, clock);
+        let Some(first) = first else {
+            return ramping.map(|i| (i, false));
+        };
         if first.1 {
             return Some(first);
         }
-        let Some(second) = self.scan_by(servers, n, b, |i| i, attempt, clock) else {
+        let Some(second) = pick(b, clock).0 else {
             return Some(first);
         };
         if second.1 {
             return Some(second);
         }
-        let load = |i: usize, clock: &mut LazyMs| {
-            let weight = f64::from(self.weights[i]) * self.ramp(&servers[i], clock);
-            f64::from(servers[i].in_flight() + 1) / weight.max(f64::MIN_POSITIVE)
-        };
-        if load(second.0, clock) < load(first.0, clock) { Some(second) } else { Some(first) }
+        let load = |i: usize| f64::from(servers[i].in_flight() + 1) / f64::from(self.weights[i]);
+        if load(second.0) < load(first.0) { Some(second) } else { Some(first) }
     }
+}
+
+/// 64 bits from an address, the same on every node.
+fn addr_seed(addr: std::net::SocketAddr) -> u64 {
+    let (bytes, len) = addr_bytes(addr);
+    xxh3_64(&bytes[..len])
 }
 
 /// Virtual nodes per server on the ring: enough for an even split (about

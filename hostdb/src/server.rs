@@ -388,8 +388,9 @@ impl Server {
             self.emit_l7(f, result.detail.clone(), crate::Source::Local, self.hub.epoch.ms(now));
         }
         if result.passed {
-            // Checks bring an ejected server back (its time need not run out).
-            self.end_ejection(self.hub.epoch.ms(now));
+            // Checks bring an ejected server back (its time need not run
+            // out), as Envoy's successful_active_health_check_uneject_host.
+            self.end_ejection(self.hub.epoch.ms(now), true);
             if clears_l4 {
                 self.report_l4_success(now);
             }
@@ -478,7 +479,7 @@ impl Server {
 
     /// Notes a change that may move the origin's routable share.
     fn changed(&self) {
-        self.health.version.fetch_add(1, Ordering::Relaxed);
+        self.health.version.fetch_add(1, Ordering::Release);
     }
 
     /// Starts the slow-start window at `now_ms`: the server became routable
@@ -545,11 +546,13 @@ impl Server {
 
     /// Ejects the server until `until_ms`. Returns whether it was not
     /// ejected before (and so is now).
-    pub(crate) fn eject(&self, until_ms: u64) -> bool {
-        self.ejected_until.store(until_ms, Ordering::Release);
+    pub(crate) fn eject(&self, until_ms: u64, now_ms: u64) -> bool {
+        let prev_until = self.ejected_until.swap(until_ms, Ordering::AcqRel);
         self.outlier_failures.store(0, Ordering::Relaxed);
         let prev = self.flags.fetch_or(EJECTED, Ordering::AcqRel);
-        if prev & EJECTED == 0 {
+        // A new ejection, or one whose time had run out unnoticed (the flag
+        // is cleared lazily): counted, doubled and told either way.
+        if prev & EJECTED == 0 || prev_until <= now_ms {
             self.ejections.fetch_add(1, Ordering::Relaxed);
             self.changed();
             self.hub.subscribers.emit(Event::Outlier {
@@ -562,14 +565,22 @@ impl Server {
         false
     }
 
+    /// Ends any ejection and forgets the run of failures (outlier detection
+    /// was turned off by a reload). The count of past ejections stays.
+    pub(crate) fn clear_outlier(&self, now_ms: u64) {
+        self.outlier_failures.store(0, Ordering::Relaxed);
+        self.end_ejection(now_ms, true);
+    }
+
     /// Restores an ejection (from a state file written before a restart):
     /// ejected until `until` after `ejections` ejections. Nothing when
     /// `until` is past.
     pub fn restore_ejection(&self, until: Instant, ejections: u32, now: Instant) {
         self.ejections.fetch_max(ejections.saturating_sub(1), Ordering::Relaxed);
         let until_ms = self.hub.epoch.ms(until);
-        if until_ms > self.hub.epoch.ms(now) {
-            self.eject(until_ms);
+        let now_ms = self.hub.epoch.ms(now);
+        if until_ms > now_ms {
+            self.eject(until_ms, now_ms);
         }
         self.ejections.fetch_max(ejections, Ordering::Relaxed);
     }
@@ -584,23 +595,35 @@ impl Server {
         if now_ms < self.ejected_until.load(Ordering::Acquire) {
             return false;
         }
-        self.end_ejection(now_ms);
-        true
+        self.end_ejection(now_ms, false);
+        // A new ejection may have begun meanwhile.
+        self.flags.load(Ordering::Acquire) & EJECTED == 0
     }
 
-    /// Ends an ejection (its time ran out, or a check passed).
-    fn end_ejection(&self, now_ms: u64) {
-        if self.flags.load(Ordering::Acquire) & EJECTED != 0
-            && self.flags.fetch_and(!EJECTED, Ordering::AcqRel) & EJECTED != 0
-        {
-            self.changed();
-            self.start_ramp(now_ms);
-            self.hub.subscribers.emit(Event::Outlier {
-                origin: self.origin.clone(),
-                server: self.addr,
-                ejected: false,
-            });
+    /// Ends an ejection: its time ran out (`forced` false: unless a new one
+    /// began meanwhile, which keeps the flag), or a check passed (`forced`).
+    fn end_ejection(&self, now_ms: u64, forced: bool) {
+        if self.flags.load(Ordering::Acquire) & EJECTED == 0 {
+            return;
         }
+        if forced {
+            self.ejected_until.store(0, Ordering::Release);
+        }
+        if self.flags.fetch_and(!EJECTED, Ordering::AcqRel) & EJECTED == 0 {
+            return; // another thread ended it
+        }
+        if !forced && self.ejected_until.load(Ordering::Acquire) > now_ms {
+            // Re-ejected between our look at the time and the clear.
+            self.flags.fetch_or(EJECTED, Ordering::AcqRel);
+            return;
+        }
+        self.changed();
+        self.start_ramp(now_ms);
+        self.hub.subscribers.emit(Event::Outlier {
+            origin: self.origin.clone(),
+            server: self.addr,
+            ejected: false,
+        });
     }
 
     // ---- maintenance ---------------------------------------------------

@@ -139,7 +139,14 @@ impl Probe for PoolProbe {
                 }
                 CheckKind::Grpc(grpc) => {
                     let fetched = self.fetch(&req, addr, build_grpc(&req, grpc)).await;
+                    let gone = fetched.as_ref().ok().and_then(|f| {
+                        going_away(&f.head.headers).or_else(|| f.trailers.as_ref().and_then(going_away))
+                    });
                     match fetched {
+                        Ok(_) if let Some(value) = gone => {
+                            signalled = true;
+                            (false, format!("grpc: vigil-health: {value}"), false)
+                        }
                         Ok(f) => match crate::grpc::judge(&f) {
                             Ok(detail) => (true, detail, false),
                             Err(detail) => (false, detail, false),

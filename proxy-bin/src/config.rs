@@ -673,6 +673,9 @@ impl Config {
                     let mut addrs = Vec::with_capacity(list.len());
                     for entry in list {
                         let (addr, weight) = cx.server(entry)?;
+                        if addrs.contains(&addr) {
+                            return Err(cx.err(entry.span(), format!("server {addr} is listed twice")));
+                        }
                         if let Some(w) = weight {
                             policy.weights.insert(addr, w);
                         }

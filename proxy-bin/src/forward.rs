@@ -579,6 +579,8 @@ fn forward<'a, B: ClientRequestBody>(
             }
             if e.kind() == ErrorKind::ResponseTimeout {
                 tracing::debug!(server = %pick.addr(), "no response head within origin_timeout");
+                // A gateway timeout for outlier detection, as Envoy counts it.
+                origin.report_response(pick.server(), 504, now);
                 return local(StatusCode::GATEWAY_TIMEOUT, "vigil: the origin did not answer in time\n");
             }
             // An attempt can take up to a connect timeout: read the clock again.

@@ -478,3 +478,17 @@ async fn a_grpc_check_on_a_reused_h2_session_that_hangs_is_retried_whole_on_a_fr
     }
     assert_eq!(conns.load(Ordering::SeqCst), 3, "each retry on a fresh connection, its body whole");
 }
+
+#[tokio::test]
+async fn a_check_answer_saying_vigil_health_drain_is_a_signal_not_a_pass() {
+    let reply = b"HTTP/1.1 200 OK\r\nvigil-health: Drain\r\ncontent-length: 2\r\n\r\nOK";
+    let server = raw_origin(reply).await;
+    let out = run_file("[[check]]\norigin = \"app\"\n", server).await;
+    assert_eq!(
+        (out.result.passed, out.signalled, &*out.result.detail),
+        (false, true, "200, vigil-health: drain")
+    );
+    let other = raw_origin(b"HTTP/1.1 200 OK\r\nvigil-health: fine\r\ncontent-length: 2\r\n\r\nOK").await;
+    let out = run_file("[[check]]\norigin = \"app\"\n", other).await;
+    assert_eq!((out.result.passed, out.signalled), (true, false), "only down and drain mean anything");
+}

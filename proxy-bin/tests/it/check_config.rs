@@ -162,6 +162,11 @@ fn a_bad_main_config_names_file_line_and_column() {
         ),
         ("[proxy]\nlisten = \"127.0.0.1:8080\"\nstate_max_age = \"1m\"\n", "3:17", "needs state_file"),
         (
+            "[proxy]\nlisten = \"127.0.0.1:8080\"\n[origins.\"b:80\"]\nservers = [\"10.0.0.1:80\", { addr = \"10.0.0.1:80\", weight = 2 }]\n",
+            "4:27",
+            "listed twice",
+        ),
+        (
             "[proxy]\nlisten = \"127.0.0.1:8080\"\n[origins.\"b:80\"]\noutlier = { consecutive = 0 }\n",
             "4:27",
             "consecutive must be",
