@@ -86,12 +86,55 @@ pub(crate) struct OriginState {
 /// An origin's traffic policy compiled for selection.
 #[derive(Debug)]
 struct Traffic {
-    /// Effective weights by server index (configured, or set at run time).
-    weights: Box<[u32]>,
-    /// The smooth weighted round-robin cycle (`None`: weights all equal).
-    sequence: Option<Box<[u32]>>,
+    /// The weights by server index, then the smooth weighted round-robin
+    /// cycle: one table, inside the state itself when small (most
+    /// origins), so a pick touches no memory the plain path does not.
+    table: Table,
+    /// Servers: the weights are `table[..servers]`.
+    servers: usize,
+    /// Whether the cycle is there (weights not all equal).
+    cycle: bool,
     slow_start_ms: u64,
     panic: Option<u8>,
+}
+
+/// Entries a [`Table`] holds inline: three servers with weights up to 1:2:3
+/// and their cycle, and a little more.
+const INLINE_TABLE: usize = 28;
+
+#[derive(Debug)]
+enum Table {
+    Inline { len: u8, data: [u32; INLINE_TABLE] },
+    Heap(Box<[u32]>),
+}
+
+impl Table {
+    fn new(entries: Vec<u32>) -> Self {
+        if entries.len() <= INLINE_TABLE {
+            let mut data = [0; INLINE_TABLE];
+            data[..entries.len()].copy_from_slice(&entries);
+            Self::Inline { len: entries.len() as u8, data }
+        } else {
+            Self::Heap(entries.into_boxed_slice())
+        }
+    }
+
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            Self::Inline { len, data } => &data[..usize::from(*len)],
+            Self::Heap(b) => b,
+        }
+    }
+}
+
+impl Traffic {
+    fn weights(&self) -> &[u32] {
+        &self.table.as_slice()[..self.servers]
+    }
+
+    fn sequence(&self) -> Option<&[u32]> {
+        self.cycle.then(|| &self.table.as_slice()[self.servers..])
+    }
 }
 
 /// What DNS last did for an origin.
@@ -285,10 +328,10 @@ impl Origin {
         let n = self.rr.load(Ordering::Relaxed);
         self.rr.store(n.wrapping_add(1), Ordering::Relaxed);
         let policy = select::Policy {
-            weights: &traffic.weights,
-            sequence: traffic.sequence.as_deref(),
+            weights: traffic.weights(),
+            sequence: traffic.sequence(),
             slow_start_ms: traffic.slow_start_ms,
-            panic: traffic.panic.is_some_and(|t| self.in_panic(servers, &traffic.weights, t, clock)),
+            panic: traffic.panic.is_some_and(|t| self.in_panic(servers, traffic.weights(), t, clock)),
             seed: n as u64,
         };
         let found = match (state.lb, &state.ring, attempt.hash()) {
@@ -359,7 +402,7 @@ impl Origin {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let w = state.traffic.as_ref().map_or(crate::policy::DEFAULT_WEIGHT, |t| t.weights[i]);
+                let w = state.traffic.as_ref().map_or(crate::policy::DEFAULT_WEIGHT, |t| t.weights()[i]);
                 (s.addr(), w)
             })
             .collect()
@@ -390,7 +433,7 @@ impl Origin {
         let Some(i) = cur.servers.iter().position(|s| s.addr() == server) else {
             return Err(format!("{server} is not a server of {}", self.key));
         };
-        let old = cur.traffic.as_ref().map_or(crate::policy::DEFAULT_WEIGHT, |t| t.weights[i]);
+        let old = cur.traffic.as_ref().map_or(crate::policy::DEFAULT_WEIGHT, |t| t.weights()[i]);
         self.weight_overrides.lock().insert(server, weight);
         self.swap(&cur, None, cur.lb, cur.check, cur.dns, Arc::clone(&cur.policy));
         if old == 0 && weight > 0 {
@@ -420,7 +463,7 @@ impl Origin {
             return;
         }
         // The cap, and never the last server that could take requests.
-        let weight = |i: usize| state.traffic.as_ref().map_or(1, |t| t.weights[i]);
+        let weight = |i: usize| state.traffic.as_ref().map_or(1, |t| t.weights()[i]);
         let (mut ejected, mut others) = (0, 0);
         for (i, s) in state.servers.iter().enumerate() {
             if s.is_ejected(now) {
@@ -573,7 +616,7 @@ impl Origin {
         // Rebuilt on every swap: swaps are rare (apply, DNS change, a weight
         // set) and a ring of 1 000 servers builds in well under a millisecond.
         let ring = (lb == LbPolicy::ConsistentHash)
-            .then(|| Ring::build(&servers, traffic.as_ref().map(|t| &*t.weights)));
+            .then(|| Ring::build(&servers, traffic.as_ref().map(Traffic::weights)));
         self.state.store(Arc::new(OriginState { servers, ring, lb, check, dns, policy, traffic }));
         // Any new state may change the panic verdict (a threshold, a weight).
         self.health.version.fetch_add(1, Ordering::Release);
@@ -588,7 +631,7 @@ impl Origin {
     /// origin selects on the plain path.
     fn traffic(&self, servers: &[Arc<Server>], policy: &OriginPolicy) -> Option<Traffic> {
         let overrides = self.weight_overrides.lock();
-        let weights: Box<[u32]> = servers
+        let weights: Vec<u32> = servers
             .iter()
             .map(|s| overrides.get(&s.addr()).copied().unwrap_or_else(|| policy.weight_of(s.addr())))
             .collect();
@@ -597,7 +640,16 @@ impl Origin {
         if sequence.is_none() && slow_start_ms == 0 && policy.panic_threshold.is_none() {
             return None;
         }
-        Some(Traffic { weights, sequence, slow_start_ms, panic: policy.panic_threshold })
+        let (n, cycle) = (weights.len(), sequence.is_some());
+        let mut table = weights;
+        table.extend(sequence.iter().flat_map(|s| s.iter().copied()));
+        Some(Traffic {
+            table: Table::new(table),
+            servers: n,
+            cycle,
+            slow_start_ms,
+            panic: policy.panic_threshold,
+        })
     }
 
     /// The new list in the order given, reusing records for addresses that stay.
