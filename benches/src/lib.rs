@@ -28,6 +28,17 @@ pub fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The word after `--name` on the command line, or `default` (the scale
+/// harnesses' flags that name a choice, such as `--kind grpc`).
+pub fn arg_str(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| default.to_owned())
+}
+
 /// Servers per origin in every fixture.
 pub const SERVERS_PER_ORIGIN: u8 = 3;
 
