@@ -306,6 +306,19 @@ impl Origin {
                 select::round_robin(servers, n, attempt, &mut clock)
             }
         };
+        self.picked(servers, found, attempt, now)
+    }
+
+    /// What a selection found, as [`Origin::select`] answers it. Always
+    /// inlined: called out of line it costs the plain path ~30 instructions.
+    #[inline(always)]
+    fn picked(
+        &self,
+        servers: &[Arc<Server>],
+        found: Option<(usize, bool)>,
+        attempt: &mut Attempt,
+        now: Instant,
+    ) -> Result<Pick, SelectError> {
         match found {
             Some((i, probe)) => Ok(Pick::new(&servers[i], probe, attempt)),
             None if attempt.tried() > 0 => Err(SelectError::Exhausted),
@@ -341,11 +354,7 @@ impl Origin {
             }
             _ => policy.round_robin(servers, n, attempt, clock),
         };
-        match found {
-            Some((i, probe)) => Ok(Pick::new(&servers[i], probe, attempt)),
-            None if attempt.tried() > 0 => Err(SelectError::Exhausted),
-            None => Err(SelectError::NoneRoutable { retry_after: self.retry_after(servers, now) }),
-        }
+        self.picked(servers, found, attempt, now)
     }
 
     /// Whether the origin is in panic (fewer than `threshold` percent of its

@@ -32,7 +32,7 @@ const EJECTED: u8 = 4;
 
 /// What an origin's servers share with it: a count of the changes that may
 /// move its routable share (for the panic threshold, recomputed only when
-/// it moved), and its traffic-policy counters.
+/// it moved).
 #[derive(Debug, Default)]
 pub(crate) struct OriginHealth {
     /// Bumped by every change of a server's routability.

@@ -1,8 +1,9 @@
 //! The admin API (SPEC): `GET /healthz`, `GET /hosts`, `POST /maintenance`,
-//! `POST /reload`, `GET /metrics`. Writes need `Authorization: Bearer
+//! `POST /weight`, `POST /reload`, `GET /metrics`. Writes need `Authorization: Bearer
 //! <admin_token>` when a token is set.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -139,6 +140,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// An admin write naming one server of one origin.
+trait ServerBody: serde::de::DeserializeOwned {
+    /// The body's shape, for the error a bad one gets.
+    const SHAPE: &'static str;
+    fn origin(&self) -> &str;
+    fn server(&self) -> &str;
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MaintenanceBody {
@@ -147,39 +156,14 @@ struct MaintenanceBody {
     on: bool,
 }
 
-async fn maintenance(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let bad = |msg: String| json(StatusCode::BAD_REQUEST, &serde_json::json!({"ok": false, "error": msg}));
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return bad(format!("cannot read the body: {e}")),
-    };
-    let m: MaintenanceBody = match serde_json::from_slice(&body) {
-        Ok(m) => m,
-        Err(e) => {
-            return bad(format!(
-                "expected {{\"origin\": \"host:port\", \"server\": \"ip:port\", \"on\": true|false}}: {e}"
-            ));
-        }
-    };
-    let origin: OriginKey = match m.origin.parse() {
-        Ok(o) => o,
-        Err(e) => return bad(format!("origin {:?}: {e}", m.origin)),
-    };
-    let server = match vigil_hostdb::parse_server_addr(&m.server) {
-        Ok(s) => s,
-        Err(e) => return bad(format!("server {:?}: {e}", m.server)),
-    };
-    let Some(record) = shared.db.server(origin.as_str(), server) else {
-        return json(
-            StatusCode::NOT_FOUND,
-            &serde_json::json!({"ok": false, "error": format!("no server {server} in origin {origin}")}),
-        );
-    };
-    let changed = record.set_maintenance(m.on);
-    json(
-        StatusCode::OK,
-        &serde_json::json!({"ok": true, "origin": origin.as_str(), "server": server.to_string(), "maintenance": m.on, "changed": changed}),
-    )
+impl ServerBody for MaintenanceBody {
+    const SHAPE: &'static str = "{\"origin\": \"host:port\", \"server\": \"ip:port\", \"on\": true|false}";
+    fn origin(&self) -> &str {
+        &self.origin
+    }
+    fn server(&self) -> &str {
+        &self.server
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,43 +174,76 @@ struct WeightBody {
     weight: u32,
 }
 
+// The shape below names the highest weight.
+const _: () = assert!(vigil_hostdb::policy::MAX_WEIGHT == 256);
+
+impl ServerBody for WeightBody {
+    const SHAPE: &'static str = "{\"origin\": \"host:port\", \"server\": \"ip:port\", \"weight\": 0 to 256}";
+    fn origin(&self) -> &str {
+        &self.origin
+    }
+    fn server(&self) -> &str {
+        &self.server
+    }
+}
+
+/// 400 with `msg`.
+fn bad(msg: String) -> Response<Full<Bytes>> {
+    json(StatusCode::BAD_REQUEST, &serde_json::json!({"ok": false, "error": msg}))
+}
+
+/// Reads and checks a write naming a server: the body, its origin and
+/// server, and the origin, which must have that server. The answer to send
+/// instead when anything is wrong (400, or 404 for a server not there).
+async fn server_write<B: ServerBody>(
+    shared: &Shared,
+    req: Request<Incoming>,
+) -> Result<(B, Arc<vigil_hostdb::Origin>, SocketAddr), Response<Full<Bytes>>> {
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Err(bad(format!("cannot read the body: {e}"))),
+    };
+    let b: B = serde_json::from_slice(&body).map_err(|e| bad(format!("expected {}: {e}", B::SHAPE)))?;
+    let origin: OriginKey = b.origin().parse().map_err(|e| bad(format!("origin {:?}: {e}", b.origin())))?;
+    let server = vigil_hostdb::parse_server_addr(b.server())
+        .map_err(|e| bad(format!("server {:?}: {e}", b.server())))?;
+    match shared.db.origin_by_key(&origin).filter(|o| o.server(server).is_some()) {
+        Some(o) => Ok((b, o, server)),
+        None => Err(json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"ok": false, "error": format!("no server {server} in origin {origin}")}),
+        )),
+    }
+}
+
+async fn maintenance(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (m, origin, server) = match server_write::<MaintenanceBody>(shared, req).await {
+        Ok(w) => w,
+        Err(answer) => return answer,
+    };
+    let Some(record) = origin.server(server) else {
+        return bad(format!("{server} left {} meanwhile", origin.key()));
+    };
+    let changed = record.set_maintenance(m.on);
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"ok": true, "origin": origin.key().as_str(), "server": server.to_string(), "maintenance": m.on, "changed": changed}),
+    )
+}
+
 /// `POST /weight`: a server's weight until the next reload (HAProxy's
 /// `set server weight`); 0 drains it.
 async fn weight(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let bad = |msg: String| json(StatusCode::BAD_REQUEST, &serde_json::json!({"ok": false, "error": msg}));
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return bad(format!("cannot read the body: {e}")),
-    };
-    let w: WeightBody = match serde_json::from_slice(&body) {
+    let (w, origin, server) = match server_write::<WeightBody>(shared, req).await {
         Ok(w) => w,
-        Err(e) => {
-            return bad(format!(
-                "expected {{\"origin\": \"host:port\", \"server\": \"ip:port\", \"weight\": 0 to {}}}: {e}",
-                vigil_hostdb::policy::MAX_WEIGHT
-            ));
-        }
+        Err(answer) => return answer,
     };
-    let origin: OriginKey = match w.origin.parse() {
-        Ok(o) => o,
-        Err(e) => return bad(format!("origin {:?}: {e}", w.origin)),
-    };
-    let server = match vigil_hostdb::parse_server_addr(&w.server) {
-        Ok(s) => s,
-        Err(e) => return bad(format!("server {:?}: {e}", w.server)),
-    };
-    let Some(record) = shared.db.origin_by_key(&origin).filter(|o| o.server(server).is_some()) else {
-        return json(
-            StatusCode::NOT_FOUND,
-            &serde_json::json!({"ok": false, "error": format!("no server {server} in origin {origin}")}),
-        );
-    };
-    match record.set_weight(server, w.weight) {
+    match origin.set_weight(server, w.weight) {
         Ok(was) => {
-            tracing::warn!(%origin, %server, weight = w.weight, was, "weight set by the admin API (until the next reload)");
+            tracing::warn!(origin = %origin.key(), %server, weight = w.weight, was, "weight set by the admin API (until the next reload)");
             json(
                 StatusCode::OK,
-                &serde_json::json!({"ok": true, "origin": origin.as_str(), "server": server.to_string(), "weight": w.weight, "was": was}),
+                &serde_json::json!({"ok": true, "origin": origin.key().as_str(), "server": server.to_string(), "weight": w.weight, "was": was}),
             )
         }
         Err(e) => bad(e),

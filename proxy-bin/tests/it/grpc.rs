@@ -485,15 +485,7 @@ async fn server_of(v: &Vigil, origin: &str) -> serde_json::Value {
 async fn grpc_health_checks_over_tls_use_the_h2_session_alpn_settled() {
     let pki = crate::tls::Pki::new();
     let leaf = pki.leaf(&["grpc.test"], false);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.der.clone()], leaf.key.clone_key())
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = crate::tls::acceptor(&leaf, &[b"h2", b"http/1.1"]);
     let port = free_port(&["127.0.0.9"]);
     let (addr, seen) = grpc_origin_with("127.0.0.9", port, Some(acceptor)).await;
     let rest = format!(

@@ -96,7 +96,7 @@ async fn below_its_panic_threshold_an_origin_routes_to_every_server() {
     assert_eq!(hosts["origins"][0]["panic"], true, "{hosts}");
     assert_eq!(v.metric(&format!("vigil_origin_panic{{origin=\"app.test:{port}\"}}")).await, 1.0);
     assert_eq!(v.metric(&format!("vigil_origin_panics_total{{origin=\"app.test:{port}\"}}")).await, 1.0);
-    assert!(v.log().contains("panic: too few routable servers"), "logged once");
+    assert_eq!(v.log().matches("panic: too few routable servers").count(), 1, "logged once");
 
     o[0].state.health.store(0, Ordering::SeqCst);
     let over = wait_until(Duration::from_secs(5), || async {

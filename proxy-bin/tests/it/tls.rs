@@ -62,6 +62,20 @@ impl Pki {
     }
 }
 
+/// A TLS server's side for `leaf`, offering `alpn`, with session tickets.
+pub(crate) fn acceptor(leaf: &Leaf, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der.clone()], leaf.key.clone_key())
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.ticketer = rustls::crypto::ring::Ticketer::new().unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
 /// A TLS origin serving the harness's origin handler, counting full
 /// handshakes and connections.
 struct TlsOrigin {
@@ -73,16 +87,7 @@ struct TlsOrigin {
 
 impl TlsOrigin {
     async fn start(ip: &str, port: u16, leaf: &Leaf, alpn: &[&[u8]]) -> TlsOrigin {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![leaf.der.clone()], leaf.key.clone_key())
-            .unwrap();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        config.ticketer = rustls::crypto::ring::Ticketer::new().unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = acceptor(leaf, alpn);
         let addr = SocketAddr::new(ip.parse::<IpAddr>().unwrap(), port);
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let state = Arc::new(OriginState::default());
