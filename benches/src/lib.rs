@@ -76,6 +76,20 @@ pub fn hostdb(n: usize, lb: LbPolicy) -> HostDb {
     db
 }
 
+/// [`hostdb`] with weights 1, 2 and 3 on each origin's three servers: every
+/// origin takes the traffic-policy path (smooth weighted round robin).
+pub fn weighted_hostdb(n: usize) -> HostDb {
+    let mut config = config(n, LbPolicy::RoundRobin);
+    for o in &mut config.origins {
+        if let ServerSource::Static(servers) = &o.servers {
+            o.policy.weights = servers.iter().zip(1..).map(|(s, w)| (*s, w)).collect();
+        }
+    }
+    let db = HostDb::new();
+    db.apply(&config).expect("fixture config is valid");
+    db
+}
+
 /// `count` keys spread over the origins of `db` in a fixed pseudo-random
 /// order (the working set a lookup walks through; defeats a warm single-key
 /// cache). The keys are the HostDB's own, as a proxy's remap table holds the

@@ -135,6 +135,21 @@ impl Traffic {
     fn sequence(&self) -> Option<&[u32]> {
         self.cycle.then(|| &self.table.as_slice()[self.servers..])
     }
+
+    /// Round robin's first choice for the `n`-th request: the server at
+    /// `n`'s place in the cycle (which holds only servers of weight > 0),
+    /// or without a cycle the `n`-th in list order unless drained.
+    #[inline]
+    fn first_choice(&self, n: usize) -> Option<usize> {
+        let table = self.table.as_slice();
+        if self.cycle {
+            let seq = &table[self.servers..];
+            (!seq.is_empty()).then(|| seq[n % seq.len()] as usize)
+        } else {
+            let i = n % self.servers;
+            (table[i] != 0).then_some(i)
+        }
+    }
 }
 
 /// What DNS last did for an origin.
@@ -288,7 +303,7 @@ impl Origin {
         }
         let mut clock = LazyMs::new(self.hub.epoch, now);
         if let Some(traffic) = &state.traffic {
-            return self.select_policy(&state, traffic, attempt, &mut clock, now);
+            return self.select_traffic(&state, traffic, attempt, &mut clock, now);
         }
         let found = match (state.lb, &state.ring, attempt.hash()) {
             (LbPolicy::LeastRequests, ..) => select::least_requests(servers, attempt, &mut clock),
@@ -326,9 +341,12 @@ impl Origin {
         }
     }
 
-    /// [`Origin::select`] for an origin with a traffic policy.
+    /// [`Origin::select`] for an origin with a traffic policy. Out of line
+    /// (inlined, its registers cost the plain path a few instructions), and
+    /// small: the usual case is answered here, the rest in
+    /// [`Origin::select_policy`].
     #[inline(never)]
-    fn select_policy(
+    fn select_traffic(
         &self,
         state: &OriginState,
         traffic: &Traffic,
@@ -340,6 +358,33 @@ impl Origin {
         // One counter for the order (round robin) and the draws (the rest).
         let n = self.rr.load(Ordering::Relaxed);
         self.rr.store(n.wrapping_add(1), Ordering::Relaxed);
+        // The usual case: round robin, not in panic, and the server at the
+        // counter's place in the cycle takes the request at full weight.
+        // Anything else (that server out or ramping up, a panic verdict to
+        // count again) goes the general way, which starts from the same place.
+        if state.lb == LbPolicy::RoundRobin
+            && let Some(i) = traffic.first_choice(n)
+            && (traffic.panic.is_none() || self.panic_settled_off())
+            && let Some(probe) = select::consider(&servers[i], attempt, clock)
+            && (probe || traffic.slow_start_ms == 0 || servers[i].ramp_from_ms() == 0)
+        {
+            return Ok(Pick::new(&servers[i], probe, attempt));
+        }
+        self.select_policy(state, traffic, n, attempt, clock, now)
+    }
+
+    /// The general traffic-policy selection (weights, slow start, panic).
+    #[inline(never)]
+    fn select_policy(
+        &self,
+        state: &OriginState,
+        traffic: &Traffic,
+        n: usize,
+        attempt: &mut Attempt,
+        clock: &mut LazyMs,
+        now: Instant,
+    ) -> Result<Pick, SelectError> {
+        let servers = &*state.servers;
         let policy = select::Policy {
             weights: traffic.weights(),
             sequence: traffic.sequence(),
@@ -395,6 +440,14 @@ impl Origin {
             self.hub.subscribers.emit(Event::Panic { origin: self.key.clone(), on, routable, total });
         }
         on
+    }
+
+    /// Whether the panic verdict is "off" and current (nothing changed since
+    /// it was counted): the request path may skip [`Origin::in_panic`].
+    #[inline]
+    fn panic_settled_off(&self) -> bool {
+        let cur = self.panic.load(Ordering::Acquire);
+        cur & 1 == 0 && cur >> 1 == self.health.version.load(Ordering::Acquire) & (u64::MAX >> 1)
     }
 
     /// Whether the origin is in panic now (as of the last time it was counted).

@@ -167,7 +167,7 @@ impl LazyMs {
 /// Whether `s` can take this request; claims the retry probe when it is due.
 /// `Some(probe)` when it can.
 #[inline]
-fn consider(s: &Server, attempt: &Attempt, clock: &mut LazyMs) -> Option<bool> {
+pub(crate) fn consider(s: &Server, attempt: &Attempt, clock: &mut LazyMs) -> Option<bool> {
     if attempt.len != 0 && attempt.has_tried(s.id()) {
         return None;
     }

@@ -13,7 +13,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use vigil_benches::{all_keys, hostdb, key, lookup_select, spread_keys, storm_update};
+use vigil_benches::{all_keys, hostdb, key, lookup_select, spread_keys, storm_update, weighted_hostdb};
 use vigil_hostdb::{Attempt, CheckResult, HostDb, LbPolicy};
 
 /// Iterations of the measured operation per scenario.
@@ -33,6 +33,11 @@ const SCENARIOS: &[Scenario] = &[
     ("select_hot_10", "lookup + round-robin select, one key, 10 origins", || hot(10)),
     ("select_hot_100k", "lookup + round-robin select, one key, 100 000 origins", || hot(100_000)),
     ("select_spread_100k", "lookup + round-robin select over 4 096 keys, 100 000 origins", spread_100k),
+    (
+        "select_weighted_spread_100k",
+        "lookup + smooth weighted round-robin select over 4 096 keys, 100 000 origins",
+        weighted_spread_100k,
+    ),
     ("select_least_requests", "lookup + P2C select over 4 096 keys, 1 000 origins", || {
         policy(LbPolicy::LeastRequests)
     }),
@@ -79,6 +84,15 @@ fn hot(n: usize) {
 
 fn spread_100k() {
     let db = hostdb(100_000, LbPolicy::RoundRobin);
+    let keys = spread_keys(&db, 4096);
+    let t = now();
+    perf_measured_region(&mut |i| {
+        black_box(lookup_select(&db, black_box(&keys[i & 4095]), t));
+    });
+}
+
+fn weighted_spread_100k() {
+    let db = weighted_hostdb(100_000);
     let keys = spread_keys(&db, 4096);
     let t = now();
     perf_measured_region(&mut |i| {

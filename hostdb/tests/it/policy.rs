@@ -371,6 +371,39 @@ async fn a_ramping_servers_declined_share_is_spread_and_least_requests_ramps_it_
     assert!(early < 0.15 && middle > early + 0.1 && (late - 0.5).abs() < 0.05, "{early} {middle} {late}");
 }
 
+/// Weights with slow start and a panic threshold: the usual pick (the
+/// cycle's server at full weight) is taken at once, yet a ramping server in
+/// the cycle still ramps, and a panic still routes to servers that fail.
+#[tokio::test(start_paused = true)]
+async fn weighted_round_robin_keeps_slow_start_and_panic() {
+    let window = Duration::from_secs(10);
+    let s = addrs(2, 80);
+    let mut policy = weighted(&s, &[1, 3]);
+    policy.slow_start = Some(window);
+    policy.panic_threshold = Some(50);
+    let db = db(&s, LbPolicy::RoundRobin, policy);
+    let heavy = |db: &HostDb| split(db, 4000).get(&s[1]).copied().unwrap_or(0) as f64 / 4000.0;
+    assert!((heavy(&db) - 0.75).abs() < 0.01, "weight 3 of 4 from the first start");
+
+    fail_checks(&db, s[1]);
+    assert_eq!(heavy(&db), 0.0);
+    pass_checks(&db, s[1]);
+    let early = heavy(&db);
+    assert!(early < 0.3, "the recovered heavy server starts low: {early}");
+    tokio::time::advance(window / 2).await;
+    let middle = heavy(&db);
+    tokio::time::advance(window).await;
+    let late = heavy(&db);
+    assert!(middle > early + 0.1 && (late - 0.75).abs() < 0.02, "{early} {middle} {late}");
+
+    // Both fail their checks: fewer than half are routable, so the panic
+    // routes to both by their weights.
+    fail_checks(&db, s[0]);
+    fail_checks(&db, s[1]);
+    assert!((heavy(&db) - 0.75).abs() < 0.02, "in panic, weights still hold");
+    assert!(db.origin("app:80").unwrap().panicking());
+}
+
 fn db_lr(s: &[SocketAddr], window: Duration) -> HostDb {
     db(s, LbPolicy::LeastRequests, OriginPolicy { slow_start: Some(window), ..Default::default() })
 }
