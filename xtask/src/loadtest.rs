@@ -47,6 +47,10 @@ const VIGIL_TLS: &str = "127.0.0.1:18313";
 const VIGIL_LOG: &str = "127.0.0.1:18314";
 const VIGIL_LOG_ADMIN: &str = "127.0.0.1:18315";
 const VIGIL_LOG_TLS: &str = "127.0.0.1:18316";
+/// `--access-log`: a second nginx, the same but writing a JSON access log
+/// with the same fields, buffered (`buffer=256k flush=1s`): the peer's
+/// cost of the same work on the same disk.
+const NGINX_LOG: &str = "127.0.0.1:18322";
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Round {
@@ -367,13 +371,28 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             vigil_full as f64 / checks.max(1) as f64
         );
     }
-    if let Some(i) = names.iter().position(|n| *n == "vigil+log") {
-        let lines = std::fs::read_to_string(dir.join("access.log")).map_or(0, |t| t.lines().count());
+    // What each access log costs its proxy: throughput against the same
+    // proxy without it, and CPU per request (the leanest rounds), which
+    // does not depend on the load generator keeping up.
+    for (with, without, file) in
+        [("vigil+log", "vigil", "access.log"), ("nginx+log", "nginx", "nginx-access.log")]
+    {
+        let (Some(i), Some(j)) =
+            (names.iter().position(|n| *n == with), names.iter().position(|n| *n == without))
+        else {
+            continue;
+        };
+        let lines = std::fs::read_to_string(dir.join(file)).map_or(0, |t| t.lines().count());
         let _ = writeln!(
             out,
-            "vigil with its access log: {:.1} % of vigil's best round, {:.1} % of its median ({lines} lines written)",
-            best[i].rps * 100.0 / best[0].rps.max(1.0),
-            median[i] * 100.0 / median[0].max(1.0)
+            "{without} with its access log: {:.1} % of its best round, {:.1} % of its median; CPU per request +{:.2} us \
+             (+{:.1} %: user +{:.2}, kernel +{:.2}); {lines} lines written",
+            best[i].rps * 100.0 / best[j].rps.max(1.0),
+            median[i] * 100.0 / median[j].max(1.0),
+            leanest[i].cpu_us - leanest[j].cpu_us,
+            (leanest[i].cpu_us / leanest[j].cpu_us.max(f64::MIN_POSITIVE) - 1.0) * 100.0,
+            (leanest[i].cpu_us - leanest[i].sys_us) - (leanest[j].cpu_us - leanest[j].sys_us),
+            leanest[i].sys_us - leanest[j].sys_us,
         );
     }
     print!("{out}");
@@ -468,7 +487,7 @@ fn start_vigil(release: &Path, dir: &Path, wrap: &Wrap, certs: Option<&Certs>, l
     };
     std::fs::write(dir.join("healthchecks.toml"), checks)?;
     let child = wrap
-        .command("vigil")
+        .command(name)
         .arg(release.join("vigil"))
         .arg("--config")
         .arg(&config_file)
@@ -478,13 +497,29 @@ fn start_vigil(release: &Path, dir: &Path, wrap: &Wrap, certs: Option<&Certs>, l
     Ok(Proxy { name, addr, scheme, child })
 }
 
-fn start_nginx(nginx: &Path, dir: &Path, wrap: &Wrap, certs: Option<&Certs>) -> Result<Proxy> {
+fn start_nginx(nginx: &Path, dir: &Path, wrap: &Wrap, certs: Option<&Certs>, log: bool) -> Result<Proxy> {
     let d = dir.display();
+    let (name, addr, conf) =
+        if log { ("nginx+log", NGINX_LOG, "nginx-log") } else { ("nginx", NGINX, "nginx") };
+    let access_log = if log {
+        // The fields of vigil's JSON line, escaped as JSON.
+        format!(
+            "log_format json escape=json '{{\"time\":\"$time_iso8601\",\"client\":\"$remote_addr\",\
+             \"method\":\"$request_method\",\"host\":\"$host\",\"path\":\"$request_uri\",\
+             \"protocol\":\"$server_protocol\",\"status\":$status,\"bytes\":$body_bytes_sent,\
+             \"duration_ms\":$request_time,\"upstream\":\"$upstream_addr\",\
+             \"upstream_duration_ms\":\"$upstream_response_time\",\"request_id\":\"$request_id\",\
+             \"user_agent\":\"$http_user_agent\",\"referer\":\"$http_referer\"}}';\n  \
+             access_log {d}/nginx-access.log json buffer=256k flush=1s;"
+        )
+    } else {
+        "access_log off;".to_owned()
+    };
     let (listen, to) = match certs {
-        None => (format!("listen {NGINX};"), "proxy_pass http://origin;".to_owned()),
+        None => (format!("listen {addr};"), "proxy_pass http://origin;".to_owned()),
         Some(c) => (
             format!(
-                "listen {NGINX} ssl;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n    ssl_session_cache shared:tls:10m;",
+                "listen {addr} ssl;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n    ssl_session_cache shared:tls:10m;",
                 cert = c.cert.display(),
                 key = c.key.display()
             ),
@@ -496,11 +531,11 @@ fn start_nginx(nginx: &Path, dir: &Path, wrap: &Wrap, certs: Option<&Certs>) -> 
         ),
     };
     std::fs::write(
-        dir.join("nginx.conf"),
+        dir.join(format!("{conf}.conf")),
         format!(
-            "worker_processes 1;\ndaemon off;\nmaster_process off;\nerror_log {d}/nginx.err warn;\npid {d}/nginx.pid;\n\
+            "worker_processes 1;\ndaemon off;\nmaster_process off;\nerror_log {d}/{conf}.err warn;\npid {d}/{conf}.pid;\n\
              events {{ worker_connections 4096; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft;\n\
+             http {{\n  {access_log}\n  client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft;\n\
                uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;\n\
                upstream origin {{ server {ORIGIN}; keepalive 64; keepalive_requests 1000000; }}\n\
                server {{\n    {listen}\n    keepalive_requests 1000000;\n\
@@ -508,13 +543,13 @@ fn start_nginx(nginx: &Path, dir: &Path, wrap: &Wrap, certs: Option<&Certs>) -> 
         ),
     )?;
     let child = wrap
-        .command("nginx")
+        .command(name)
         .arg(nginx)
         .arg("-c")
-        .arg(dir.join("nginx.conf"))
+        .arg(dir.join(format!("{conf}.conf")))
         .stderr(Stdio::null())
         .spawn()?;
-    Ok(Proxy { name: "nginx", addr: NGINX, scheme: if certs.is_some() { "https" } else { "http" }, child })
+    Ok(Proxy { name, addr, scheme: if certs.is_some() { "https" } else { "http" }, child })
 }
 
 fn start_haproxy(haproxy: &Path, dir: &Path, wrap: &Wrap, certs: Option<&Certs>) -> Result<Proxy> {
@@ -584,8 +619,8 @@ fn start_all(
     with_log: bool,
 ) -> Result<Vec<Proxy>> {
     let mut proxies = Vec::new();
-    let log = with_log.then_some("vigil+log");
-    for name in ["vigil"].into_iter().chain(log).chain(["nginx", "haproxy"]) {
+    let logs = if with_log { &["vigil+log", "nginx+log"][..] } else { &[] };
+    for name in ["vigil"].into_iter().chain(logs.iter().copied()).chain(["nginx", "haproxy"]) {
         match start(name, release, dir, wrap, certs)? {
             Some(p) => proxies.push(p),
             None => println!("{name} not installed: skipped"),
@@ -605,7 +640,9 @@ fn start(
     match name {
         "vigil" => start_vigil(release, dir, wrap, certs, false).map(Some),
         "vigil+log" => start_vigil(release, dir, wrap, certs, true).map(Some),
-        "nginx" => which("nginx").map(|bin| start_nginx(&bin, dir, wrap, certs)).transpose(),
+        "nginx" | "nginx+log" => {
+            which("nginx").map(|bin| start_nginx(&bin, dir, wrap, certs, name == "nginx+log")).transpose()
+        }
         _ => which("haproxy").map(|bin| start_haproxy(&bin, dir, wrap, certs)).transpose(),
     }
 }
