@@ -7,6 +7,7 @@ mod check_config;
 mod checks;
 mod cli;
 mod cluster;
+mod dashboard;
 mod essentials;
 mod grpc;
 mod harness;
