@@ -9,6 +9,7 @@ mod checks;
 mod cli;
 mod cluster;
 mod dashboard;
+mod deploy;
 mod essentials;
 mod grpc;
 mod harness;
