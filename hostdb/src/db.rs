@@ -331,6 +331,19 @@ impl HostDb {
     pub fn snapshot(&self, now: Instant) -> crate::HostsView {
         crate::snapshot::build(&self.origins(), now)
     }
+
+    /// The view of one server, as [`HostDb::snapshot`] shows it (pool
+    /// counts at zero): what a subscriber sends along with an [`Event`](crate::Event)
+    /// to say where the server stands after it. `None` when the origin or
+    /// the server is not there (any more).
+    pub fn server_view(
+        &self,
+        origin: &OriginKey,
+        server: std::net::SocketAddr,
+        now: Instant,
+    ) -> Option<crate::ServerView> {
+        crate::snapshot::one_server(&*self.origin_by_key(origin)?, server, now)
+    }
 }
 
 impl Default for HostDb {

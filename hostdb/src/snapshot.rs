@@ -186,49 +186,7 @@ fn origin_view(o: &Origin, now: Instant) -> OriginView {
     let ago = |t: Instant| ms(now.saturating_duration_since(t));
     let policy = o.policy();
     let weights: std::collections::HashMap<SocketAddr, u32> = o.weights().into_iter().collect();
-    let servers = o
-        .servers()
-        .iter()
-        .map(|s| {
-            let l7 = s.l7();
-            let last = l7.last_result.as_ref();
-            let (failures, ejections, left) = s.outlier(now);
-            ServerView {
-                addr: s.addr(),
-                routable: s.is_routable(now),
-                maintenance: s.maintenance(),
-                in_flight: s.in_flight(),
-                weight: weights.get(&s.addr()).copied().unwrap_or(crate::policy::DEFAULT_WEIGHT),
-                slow_start: policy
-                    .slow_start
-                    .and_then(|window| s.ramp(now, window))
-                    .map(|progress| SlowStartView { progress }),
-                outlier: policy.outlier.map(|_| OutlierView {
-                    ejected: left.is_some(),
-                    until_ms: left.map_or(0, ms),
-                    ejections,
-                    consecutive_failures: failures,
-                }),
-                l4: L4View {
-                    state: s.l4_state(now),
-                    consecutive_failures: s.l4_failures(),
-                    down_for_ms: s.l4_down_for(now).map_or(0, ms),
-                    last_error: s.l4_error().map(|e| e.to_string()),
-                },
-                l7: L7View {
-                    state: l7.state,
-                    consecutive_passes: l7.consecutive_passes,
-                    consecutive_failures: l7.consecutive_failures,
-                    last_check_ms_ago: l7.last_check.map(ago),
-                    last_result: last.map(|r| if r.passed { "pass" } else { "fail" }),
-                    last_detail: last.map(|r| r.detail.to_string()),
-                    last_latency_ms: last.map(|r| r.latency.as_secs_f64() * 1000.0),
-                    source: l7.source.clone(),
-                },
-                pool: PoolView::default(),
-            }
-        })
-        .collect();
+    let servers = o.servers().iter().map(|s| server_view(s, &policy, &weights, now)).collect();
     OriginView {
         origin: o.key().clone(),
         checking: o.is_checking(),
@@ -244,4 +202,59 @@ fn origin_view(o: &Origin, now: Instant) -> OriginView {
         }),
         servers,
     }
+}
+
+/// One server's view (as in [`origin_view`]); `weights` are its origin's.
+fn server_view(
+    s: &crate::Server,
+    policy: &crate::OriginPolicy,
+    weights: &std::collections::HashMap<SocketAddr, u32>,
+    now: Instant,
+) -> ServerView {
+    let ago = |t: Instant| ms(now.saturating_duration_since(t));
+    let l7 = s.l7();
+    let last = l7.last_result.as_ref();
+    let (failures, ejections, left) = s.outlier(now);
+    ServerView {
+        addr: s.addr(),
+        routable: s.is_routable(now),
+        maintenance: s.maintenance(),
+        in_flight: s.in_flight(),
+        weight: weights.get(&s.addr()).copied().unwrap_or(crate::policy::DEFAULT_WEIGHT),
+        slow_start: policy
+            .slow_start
+            .and_then(|window| s.ramp(now, window))
+            .map(|progress| SlowStartView { progress }),
+        outlier: policy.outlier.map(|_| OutlierView {
+            ejected: left.is_some(),
+            until_ms: left.map_or(0, ms),
+            ejections,
+            consecutive_failures: failures,
+        }),
+        l4: L4View {
+            state: s.l4_state(now),
+            consecutive_failures: s.l4_failures(),
+            down_for_ms: s.l4_down_for(now).map_or(0, ms),
+            last_error: s.l4_error().map(|e| e.to_string()),
+        },
+        l7: L7View {
+            state: l7.state,
+            consecutive_passes: l7.consecutive_passes,
+            consecutive_failures: l7.consecutive_failures,
+            last_check_ms_ago: l7.last_check.map(ago),
+            last_result: last.map(|r| if r.passed { "pass" } else { "fail" }),
+            last_detail: last.map(|r| r.detail.to_string()),
+            last_latency_ms: last.map(|r| r.latency.as_secs_f64() * 1000.0),
+            source: l7.source.clone(),
+        },
+        pool: PoolView::default(),
+    }
+}
+
+/// The view of `server` of `o` now, as `GET /hosts` shows it (pool counts
+/// left at zero), or `None` when the origin has no such server.
+pub(crate) fn one_server(o: &Origin, server: SocketAddr, now: Instant) -> Option<ServerView> {
+    let s = o.server(server)?;
+    let weights: std::collections::HashMap<SocketAddr, u32> = o.weights().into_iter().collect();
+    Some(server_view(&s, &o.policy(), &weights, now))
 }

@@ -1,6 +1,8 @@
 //! The admin API (SPEC): `GET /healthz`, `GET /hosts`, `POST /maintenance`,
-//! `POST /weight`, `POST /reload`, `GET /metrics`. Writes need `Authorization: Bearer
-//! <admin_token>` when a token is set.
+//! `POST /weight`, `POST /reload`, `GET /metrics`; the dashboard `GET /`,
+//! its event stream `GET /events` and the recent check results `GET
+//! /checks`. Writes need `Authorization: Bearer <admin_token>` when a token
+//! is set; reads, the page and the stream never do (they change nothing).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,27 +11,114 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Either, Full, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use vigil_hostdb::{OriginKey, PoolView};
 
 use crate::app::Shared;
+use crate::events::EventBody;
 
 const MAX_BODY: usize = 64 * 1024;
+
+/// The dashboard: one self-contained page (inline CSS and JS, nothing from
+/// elsewhere), built into the binary.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// What the admin API answers with: a whole body, or the event stream.
+pub(crate) type AdminBody = Either<Full<Bytes>, EventBody>;
 
 /// hyper's service entry point.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(handle(&shared, req).await)
+) -> Result<Response<AdminBody>, Infallible> {
+    if req.uri().path() == "/events" && req.method() == Method::GET {
+        return Ok(match events(&shared, &req) {
+            Ok(resp) => resp,
+            Err(answer) => answer.map(Either::Left),
+        });
+    }
+    Ok(handle(&shared, req).await.map(Either::Left))
+}
+
+/// `GET /events`: server-sent events. Query: `since=<id>` replays the
+/// recent transitions after that id first (`Last-Event-ID`, which a
+/// reconnecting `EventSource` sends, wins over it); `checks=1` adds every
+/// check result (`event: check`).
+#[allow(clippy::result_large_err, reason = "the error is the answer to send, made once per stream")]
+fn events(
+    shared: &Arc<Shared>,
+    req: &Request<Incoming>,
+) -> Result<Response<AdminBody>, Response<Full<Bytes>>> {
+    let (mut since, mut checks) = (None, false);
+    for pair in req.uri().query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "since" => {
+                since =
+                    Some(v.parse::<u64>().map_err(|_| {
+                        bad(format!("since={v:?}: expected the id of an event (a whole number)"))
+                    })?)
+            }
+            "checks" => {
+                checks = match v {
+                    "1" | "true" | "" => true,
+                    "0" | "false" => false,
+                    _ => return Err(bad(format!("checks={v:?}: expected 1 or 0"))),
+                }
+            }
+            _ => return Err(bad(format!("unknown parameter {k:?} (known: since, checks)"))),
+        }
+    }
+    if let Some(last) = req.headers().get("last-event-id") {
+        let last = last.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok());
+        since = Some(last.ok_or_else(|| bad("Last-Event-ID: expected the id of an event".to_owned()))?);
+    }
+    if shared.events.clients() >= crate::events::MAX_CLIENTS {
+        return Err(json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"ok": false, "error": format!("{} event streams open already", crate::events::MAX_CLIENTS)}),
+        ));
+    }
+    let s = Arc::clone(shared);
+    let stats = Arc::new(move || crate::events::stats_frame(&s));
+    let body = shared.events.subscribe(&shared.node, stats, since, checks);
+    let mut resp = Response::new(Either::Right(body));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // nginx in front would otherwise hold the frames back.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
+
+/// `GET /`: the page, with headers that keep it from being framed or from
+/// loading anything from elsewhere.
+fn dashboard() -> Response<Full<Bytes>> {
+    let mut resp = text(StatusCode::OK, DASHBOARD);
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    resp
 }
 
 async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     match (path.as_str(), method) {
+        ("/", Method::GET | Method::HEAD) => dashboard(),
         ("/healthz", Method::GET | Method::HEAD) => text(StatusCode::OK, "ok\n"),
+        ("/checks", Method::GET | Method::HEAD) => json(StatusCode::OK, &shared.events.checks_doc()),
         ("/hosts", Method::GET | Method::HEAD) => json(StatusCode::OK, &hosts(shared)),
         ("/metrics", Method::GET | Method::HEAD) => {
             let mut resp = text(StatusCode::OK, shared.metrics.encode());
@@ -65,15 +154,17 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<B
             }
             maintenance(shared, req).await
         }
-        ("/healthz" | "/hosts" | "/metrics", _) => {
+        ("/" | "/healthz" | "/hosts" | "/metrics" | "/checks", _) => {
             allow(text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"), "GET, HEAD")
         }
+        ("/events", _) => allow(text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"), "GET"),
         ("/maintenance" | "/reload" | "/weight", _) => {
             allow(text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"), "POST")
         }
-        _ => {
-            text(StatusCode::NOT_FOUND, "not found: /healthz /hosts /metrics /maintenance /weight /reload\n")
-        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: / /healthz /hosts /metrics /events /checks /maintenance /weight /reload\n",
+        ),
     }
 }
 
@@ -111,6 +202,25 @@ pub(crate) fn hosts(shared: &Shared) -> serde_json::Value {
                 );
             }
         }
+        // In a cluster: which node checks each server, as this node sees it.
+        if let Some(cluster) = &shared.cluster {
+            for o in origins.iter_mut() {
+                let Some(key) = o["origin"].as_str().and_then(|k| k.parse::<OriginKey>().ok()) else {
+                    continue;
+                };
+                for s in o["servers"].as_array_mut().into_iter().flatten() {
+                    let addr = s["addr"].as_str().and_then(|a| a.parse::<SocketAddr>().ok());
+                    if let (Some(addr), serde_json::Value::Object(s)) = (addr, s) {
+                        let owner = cluster.owner(&key, addr).map(|n| n.to_string());
+                        s.insert("checked_by".into(), owner.into());
+                    }
+                }
+            }
+        }
+    }
+    if let (Some(cluster), serde_json::Value::Object(d)) = (&shared.cluster, &mut doc) {
+        let live: Vec<String> = cluster.live_nodes().iter().map(ToString::to_string).collect();
+        d.insert("cluster".into(), serde_json::json!({"node": cluster.node_id(), "live_nodes": live}));
     }
     doc
 }

@@ -19,6 +19,7 @@ use vigil_session::{Pool, PoolConfig, Protocol, Upstream};
 
 use crate::accesslog::AccessLog;
 use crate::config::{Config, Located, OriginProtocol};
+use crate::events::Events;
 use crate::listener::{Certificates, TlsListener};
 use crate::metrics::{ConnectObserver, Metrics};
 use crate::routes::{Routes, hostdb_config};
@@ -287,6 +288,8 @@ pub(crate) struct Shared {
     pub(crate) cluster: Option<Cluster>,
     pub(crate) routes: ArcSwap<Routes>,
     pub(crate) metrics: Arc<Metrics>,
+    /// HostDB's changes and check results for `GET /events` and `/checks`.
+    pub(crate) events: Events,
     /// The running config (for the admin token and reload comparisons).
     pub(crate) config: ArcSwap<Config>,
     pub(crate) node: String,
@@ -341,10 +344,17 @@ impl Shared {
             CheckerOptions::default(),
         );
         checker.set_upstreams(upstreams.clone());
-        let m = Arc::clone(&metrics);
-        checker.on_result(Arc::new(move |origin, server, _, result| m.check(origin, server, result.passed)));
-        let m = Arc::clone(&metrics);
-        db.subscribe(Arc::new(move |e: &vigil_hostdb::Event| m.on_event(e)));
+        let events = Events::start(db.clone(), Arc::clone(&metrics.events));
+        let (m, ev) = (Arc::clone(&metrics), events.clone());
+        checker.on_result(Arc::new(move |origin, server, _, result| {
+            m.check(origin, server, result.passed);
+            ev.on_check(origin, server, result);
+        }));
+        let (m, ev) = (Arc::clone(&metrics), events.clone());
+        db.subscribe(Arc::new(move |e: &vigil_hostdb::Event| {
+            m.on_event(e);
+            ev.on_event(e);
+        }));
         let cluster = match (&config.cluster, cluster_key) {
             (Some(c), Some(key)) => Some(join_cluster(c, key, &db, &checker).await?),
             _ => None,
@@ -370,6 +380,7 @@ impl Shared {
             checker,
             cluster,
             metrics,
+            events,
             node,
             config_path,
             reload_lock: Mutex::new(()),

@@ -153,6 +153,7 @@ async fn show(length: Duration) -> Result<(), String> {
 
     let tty = std::io::stdout().is_terminal();
     println!("vigil demo: proxy on {}, admin API on {}", srv.proxy, srv.admin);
+    println!("  dashboard: http://{}/  (open it to watch the maintenance and the kill live)", srv.admin);
     println!("  origin demo.internal:{port} = {} (health check: GET /healthz every 300 ms)", IPS.join(", "));
     println!("  {CLIENTS} clients send GET http://{HOST}/ through the proxy for {} s\n", length.as_secs());
 
@@ -263,6 +264,7 @@ async fn show(length: Duration) -> Result<(), String> {
     if errors == 0 {
         println!("  no client saw an error: maintenance and the kill were absorbed by checks and retries");
     }
+    shared.events.close();
     srv.shutdown(Duration::from_secs(2)).await;
     origins.iter().for_each(DemoOrigin::kill);
     Ok(())

@@ -21,6 +21,7 @@ mod cli;
 mod client;
 mod config;
 mod demo;
+mod events;
 mod forward;
 mod h1;
 mod limits;
@@ -172,6 +173,8 @@ fn run(path: &Path) -> ExitCode {
         tracing::info!("shutting down: no new connections; finishing requests in flight (up to 30 s)");
         // Leaving the cluster hands this node's checks over at once, while
         // requests in flight finish.
+        // Event streams end now, or they would hold the drain for 30 s.
+        shared.events.close();
         let leave = async {
             if let Some(c) = &shared.cluster {
                 c.leave().await;

@@ -98,6 +98,12 @@ pub(crate) struct RequestCounters {
 const CODE_SLOTS: usize = 16;
 
 impl RequestCounters {
+    /// The counts so far by status code, of the codes that have a slot
+    /// (read by the dashboard's stats, never on the request path).
+    pub(crate) fn counts(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        self.slots.iter().filter_map(|s| s.get()).map(|(code, c)| (*code, c.get()))
+    }
+
     /// The counter of `code`, claiming a slot with `make` the first time.
     fn get(&self, code: u16, make: impl Fn() -> Counter) -> Option<&Counter> {
         let start = usize::from(code) % CODE_SLOTS;
@@ -152,6 +158,8 @@ pub(crate) struct Metrics {
     pub(crate) access_log: Arc<crate::accesslog::LogCounters>,
     /// Upgraded connections (WebSocket) open now, and since the start.
     tunnels_open: Arc<AtomicU64>,
+    /// The event stream's clients and what it dropped.
+    pub(crate) events: Arc<crate::events::EventCounters>,
     tunnels: Counter,
     /// Which origin a server belongs to, for the pool observer's labels.
     owners: Mutex<HashMap<SocketAddr, Arc<str>>>,
@@ -325,6 +333,7 @@ impl Metrics {
             clients: Arc::clone(&self.clients),
             access_log: Arc::clone(&self.access_log),
             tunnels_open: Arc::clone(&self.tunnels_open),
+            events: Arc::clone(&self.events),
             checker,
         }));
         *self.registry.lock() = Some(r);
@@ -380,6 +389,7 @@ struct Live {
     clients: Arc<crate::limits::ClientSlots>,
     access_log: Arc<crate::accesslog::LogCounters>,
     tunnels_open: Arc<AtomicU64>,
+    events: Arc<crate::events::EventCounters>,
     checker: vigil_l7check::Checker,
 }
 
@@ -487,6 +497,25 @@ impl Collector for Live {
                 self.access_log.dropped.load(Ordering::Relaxed),
             ),
         ];
+        counters.extend([
+            (
+                "vigil_events_clients_dropped",
+                "Event streams (GET /events) ended because the client fell too far behind",
+                self.events.dropped_clients.load(Ordering::Relaxed),
+            ),
+            (
+                "vigil_events_lost",
+                "Events and check results the event stream lost: its hub's inbox was full",
+                self.events.lost.load(Ordering::Relaxed),
+            ),
+        ]);
+        let streams = ConstGauge::new(self.events.clients.load(Ordering::Relaxed) as i64);
+        streams.encode(encoder.encode_descriptor(
+            "vigil_events_clients",
+            "Event streams (GET /events) open now",
+            None,
+            streams.metric_type(),
+        )?)?;
         let tunnels = ConstGauge::new(self.tunnels_open.load(Ordering::Relaxed) as i64);
         tunnels.encode(encoder.encode_descriptor(
             "vigil_tunnels_open",

@@ -127,6 +127,26 @@ impl Routes {
         routes
     }
 
+    /// Per origin label, its requests and 5xx answers so far, from the
+    /// routes' own counters (routes to one origin share them, so each
+    /// origin and code is read once). The dashboard's stats read it.
+    pub(crate) fn request_totals(&self) -> HashMap<Arc<str>, (u64, u64)> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out: HashMap<Arc<str>, (u64, u64)> = HashMap::new();
+        for route in self.exact.values().chain(self.suffix.values()) {
+            for (code, n) in route.counters.counts() {
+                if seen.insert((Arc::clone(&route.label), code)) {
+                    let t = out.entry(Arc::clone(&route.label)).or_default();
+                    t.0 += n;
+                    if code >= 500 {
+                        t.1 += n;
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Each bounded origin's queue.
     pub(crate) fn queues(&self) -> impl Iterator<Item = (&OriginKey, &Arc<OriginQueue>)> {
         self.queues.iter()

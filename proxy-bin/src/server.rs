@@ -25,6 +25,9 @@ use crate::limits::{self, ClientSlot};
 use crate::listener::Halves;
 use crate::{admin, forward};
 
+/// `SO_SNDBUF` of an admin connection (the kernel doubles it).
+const ADMIN_SEND_BUFFER: usize = 64 * 1024;
+
 /// The running listeners.
 #[derive(Debug)]
 pub(crate) struct Server {
@@ -240,6 +243,11 @@ fn serve(
             });
         }
         Kind::Admin => {
+            // What an admin client that reads slowly can hold in the kernel:
+            // on loopback the send buffer grows to megabytes by default, so
+            // an event stream's reader that stopped would hold that before its
+            // own queue (events::BEHIND) filled and it was dropped.
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(ADMIN_SEND_BUFFER);
             let io = TokioIo::new(stream);
             let svc = service_fn(move |req| admin::serve(Arc::clone(&shared), req));
             let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());

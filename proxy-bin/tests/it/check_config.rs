@@ -278,6 +278,7 @@ fn the_demo_runs_by_itself_and_exits_0() {
     assert!(text.contains("goes into maintenance") && text.contains("is killed"), "{text}");
     assert!(text.contains("L7 healthy -> unhealthy"), "the maintenance was seen by the checks: {text}");
     assert!(text.contains("client errors: 0"), "{text}");
+    assert!(text.contains("dashboard: http://127.0.0.1:"), "it opens with the page's address: {text}");
     for ip in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
         assert!(text.contains(ip), "{text}");
     }

@@ -3,10 +3,13 @@
 // Helpers outside #[test] fns are test code too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod browser;
 mod check_config;
 mod checks;
 mod cli;
 mod cluster;
+mod dashboard;
+mod deploy;
 mod essentials;
 mod grpc;
 mod harness;
