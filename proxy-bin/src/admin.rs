@@ -129,7 +129,7 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<B
             resp
         }
         ("/maintenance" | "/reload" | "/weight", Method::POST) => {
-            if let Some(denied) = authorize(shared, &req) {
+            if let Some(denied) = cross_site(&req).or_else(|| authorize(shared, &req)) {
                 return denied;
             }
             if path == "/reload" {
@@ -223,6 +223,30 @@ pub(crate) fn hosts(shared: &Shared) -> serde_json::Value {
         d.insert("cluster".into(), serde_json::json!({"node": cluster.node_id(), "live_nodes": live}));
     }
     doc
+}
+
+/// Refuses a write a browser sends on behalf of another site's page: its
+/// `Origin` names a host other than the one it addressed (or
+/// `Sec-Fetch-Site` says cross-site). Without a token a page elsewhere
+/// could otherwise post a form here; the admin page itself is same-origin,
+/// and command-line clients send no `Origin`.
+fn cross_site(req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let h = req.headers();
+    let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin_host = h.get(header::ORIGIN).map(|v| {
+        let o = v.to_str().unwrap_or("");
+        o.split_once("://").map_or(o, |(_, rest)| rest).to_owned()
+    });
+    let foreign = match origin_host {
+        Some(o) => host.is_none_or(|h| !h.eq_ignore_ascii_case(&o)),
+        None => h.get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"cross-site"),
+    };
+    foreign.then(|| {
+        json(
+            StatusCode::FORBIDDEN,
+            &serde_json::json!({"ok": false, "error": "admin writes from another site's page are refused"}),
+        )
+    })
 }
 
 fn authorize(shared: &Shared, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {

@@ -343,9 +343,20 @@ impl Vigil {
     }
 
     pub(crate) async fn post(&self, path: &str, token: Option<&str>, body: &str) -> (StatusCode, String) {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        self.post_with(path, auth.as_ref().map(|a| ("authorization", a.as_str())).as_slice(), body).await
+    }
+
+    /// `POST` with extra headers (a browser's `Origin`, say).
+    pub(crate) async fn post_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (StatusCode, String) {
         let mut req = Request::post(path).header("host", "admin");
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         let resp =
             send(self.admin, req.body(Full::new(Bytes::from(body.to_owned()))).unwrap()).await.unwrap();

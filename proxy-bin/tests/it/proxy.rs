@@ -593,3 +593,27 @@ async fn read_until(s: &mut tokio::net::TcpStream, got: &mut Vec<u8>, want: &str
         got.extend_from_slice(&buf[..n]);
     }
 }
+
+/// Without a token, a page on another site still cannot make a browser
+/// change anything through the admin API; the admin's own page can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_writes_from_another_sites_page_are_refused() {
+    let o = origins(&["127.0.0.2"]).await;
+    let origin = format!("app.test:{}", o[0].addr.port());
+    let v =
+        Vigil::start("csrf", "", &remap("www.app.test", &origin, &server_list(&o), ""), FAST_CHECKS).await;
+    let body = format!("{{\"origin\": \"{origin}\", \"server\": \"{}\", \"on\": true}}", o[0].addr);
+    for headers in [
+        &[("origin", "http://evil.example")][..],
+        &[("origin", "null")][..],
+        &[("sec-fetch-site", "cross-site")][..],
+    ] {
+        let (status, text) = v.post_with("/maintenance", headers, &body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{headers:?}: {text}");
+        assert_eq!(v.post_with("/reload", headers, "").await.0, StatusCode::FORBIDDEN);
+    }
+    assert_eq!(v.server(o[0].addr).await["maintenance"], false, "nothing changed");
+    let (status, text) = v.post_with("/maintenance", &[("origin", "http://admin")], &body).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(v.server(o[0].addr).await["maintenance"], true);
+}
