@@ -120,6 +120,37 @@ async fn three_vigils_check_each_server_once_share_results_and_hand_over() {
     assert!(agreed, "nodes never agreed: {:?}", sources(&vigils[0]).await);
     let owner_map = owners(&nodes, &servers).await.unwrap();
 
+    // What the dashboard shows: every node names the checking node of each
+    // server (the one whose result is its own) and the other live members.
+    // Polled: ownership may still be settling between two reads.
+    let shown = wait_until(Duration::from_secs(10), || async {
+        let Some(map) = owners(&nodes, &servers).await else { return false };
+        for (name, v) in &nodes {
+            let hosts = v.hosts().await;
+            let mut live: Vec<&str> = hosts["cluster"]["live_nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|n| n.as_str())
+                .collect();
+            live.sort_unstable();
+            let others: Vec<&str> =
+                ["edge-0", "edge-1", "edge-2"].into_iter().filter(|n| n != name).collect();
+            if hosts["cluster"]["node"] != *name || live != others {
+                return false;
+            }
+            for s in hosts["origins"][0]["servers"].as_array().unwrap() {
+                let addr: SocketAddr = s["addr"].as_str().unwrap().parse().unwrap();
+                if s["checked_by"] != map[&addr].as_str() {
+                    return false;
+                }
+            }
+        }
+        true
+    })
+    .await;
+    assert!(shown, "/hosts never named the members and checking nodes: {}", vigils[0].hosts().await);
+
     // About one check per interval per server at the origins, not three.
     let before: u64 = o.iter().map(Origin::checks).sum();
     let window = Duration::from_secs(3);
