@@ -496,8 +496,6 @@ impl Collector for Live {
                 "Access log lines dropped: the writer was too far behind, or a write failed",
                 self.access_log.dropped.load(Ordering::Relaxed),
             ),
-        ];
-        counters.extend([
             (
                 "vigil_events_clients_dropped",
                 "Event streams (GET /events) ended because the client fell too far behind",
@@ -508,7 +506,7 @@ impl Collector for Live {
                 "Events and check results the event stream lost: its hub's inbox was full",
                 self.events.lost.load(Ordering::Relaxed),
             ),
-        ]);
+        ];
         let streams = ConstGauge::new(self.events.clients.load(Ordering::Relaxed) as i64);
         streams.encode(encoder.encode_descriptor(
             "vigil_events_clients",

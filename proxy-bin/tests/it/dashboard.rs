@@ -145,11 +145,15 @@ async fn events_stream_transitions_with_the_servers_state_after_them() {
     assert!(v.metric("vigil_events_clients ").await >= 3.0);
 }
 
+/// `app.test` routed to the origins `o`.
+fn app_remap(o: &[Origin]) -> String {
+    remap("app.test", &format!("app.test:{}", o[0].addr.port()), &server_list(o), "")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_refuse_bad_input_and_end_when_the_client_goes() {
     let o = origins(&["127.0.0.42"]).await;
-    let port = o[0].addr.port();
-    let rest = remap("app.test", &format!("app.test:{port}"), &server_list(&o), "");
+    let rest = app_remap(&o);
     let v = Vigil::start("events-bad", "", &rest, "").await;
     for query in ["?since=x", "?checks=maybe", "?token=abc"] {
         let (status, _, body) = get_raw(v.admin, "admin", &format!("/events{query}")).await.unwrap();
@@ -178,8 +182,7 @@ async fn events_refuse_bad_input_and_end_when_the_client_goes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_event_client_is_dropped_and_counted() {
     let o = origins(&["127.0.0.43", "127.0.0.44", "127.0.0.45", "127.0.0.48", "127.0.0.49"]).await;
-    let port = o[0].addr.port();
-    let rest = remap("app.test", &format!("app.test:{port}"), &server_list(&o), "");
+    let rest = app_remap(&o);
     let hc = FAST_CHECKS.replace("\"100ms\"", "\"10ms\"").replace("\"50ms\"", "\"8ms\"");
     let v = Vigil::start("events-slow", "", &rest, &hc).await;
     let _ = v.get("app.test", "/").await;
@@ -205,8 +208,7 @@ async fn a_slow_event_client_is_dropped_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_event_stream_ends_at_shutdown() {
     let o = origins(&["127.0.0.46"]).await;
-    let port = o[0].addr.port();
-    let rest = remap("app.test", &format!("app.test:{port}"), &server_list(&o), "");
+    let rest = app_remap(&o);
     let mut v = Vigil::start("events-stop", "", &rest, "").await;
     let mut s = Stream::open(v.admin, "").await;
     assert!(s.until(Duration::from_secs(3), |t| t.contains("event: hello")).await);
@@ -224,8 +226,7 @@ async fn an_open_event_stream_ends_at_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_is_one_self_contained_document() {
     let o = origins(&["127.0.0.47"]).await;
-    let port = o[0].addr.port();
-    let rest = remap("app.test", &format!("app.test:{port}"), &server_list(&o), "");
+    let rest = app_remap(&o);
     let v = Vigil::start("page", "", &rest, "").await;
     let (status, headers, body) = get_raw(v.admin, "admin", "/").await.unwrap();
     assert_eq!(status, StatusCode::OK);
