@@ -101,13 +101,16 @@ impl Dialogue {
                                     false,
                                 );
                             }
-                            Ok(n) => self.answer.extend_from_slice(&read[..n]),
+                            Ok(n) => {
+                                self.heard = true;
+                                self.answer.extend_from_slice(&read[..n]);
+                            }
                             Err(e) => {
                                 let got = shown(&self.answer);
                                 let why = io_reason(&e);
                                 return Seen::fail(
                                     format!("tcp: expected {want}, got {got} ({why})"),
-                                    is_reset(&e),
+                                    is_reset(&e) && !self.heard,
                                 );
                             }
                         }

@@ -352,6 +352,40 @@ async fn tcp_checks_connect_send_and_expect_on_connections_of_their_own() {
     assert_eq!((&*out.result.detail, out.l4_failure), ("tcp: connect refused", true));
 }
 
+/// A server that reads the first line, writes `first` (possibly nothing),
+/// then resets the connection (zero linger).
+async fn resetting_server(first: &'static [u8]) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(first).await;
+            s.set_zero_linger().unwrap();
+            drop(s);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_reset_counts_at_l4_only_before_the_server_said_anything() {
+    let file = "[[check]]\norigin = \"app\"\nkind = \"tcp\"\n\
+                steps = [{ send = \"PING\\r\\n\" }, { expect = \"+PONG\" }, { expect = \"+OK\" }]\n";
+    let silent = resetting_server(b"").await;
+    let out = run_file(file, silent).await;
+    assert!(!out.result.passed, "{out:?}");
+    assert!(out.l4_failure, "reset before a byte came back is the server's L4 failure: {out:?}");
+    assert!(out.result.detail.contains("reset"), "{out:?}");
+
+    let talked = resetting_server(b"+PONG\r\n").await;
+    let out = run_file(file, talked).await;
+    assert!(!out.result.passed, "{out:?}");
+    assert!(!out.l4_failure, "a server that answered and then reset failed the check only: {out:?}");
+    assert_eq!(&*out.result.detail, r#"tcp: expected "+OK", got "\r\n" (reset)"#);
+}
+
 #[tokio::test]
 async fn a_check_on_another_port_never_counts_at_l4_and_names_its_port() {
     let admin = origin().await;
