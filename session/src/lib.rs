@@ -61,6 +61,7 @@ mod h1;
 mod h2;
 mod outcome;
 mod pool;
+mod replay;
 mod retry;
 mod session;
 pub mod tls;

@@ -12,6 +12,7 @@ use http_body_util::BodyExt as _;
 use crate::error::{ErrorKind, SessionError};
 use crate::outcome::RetryPolicy;
 use crate::pool::{Freshness, Pool};
+use crate::replay::{Replay, replayable};
 use crate::session::PooledBody;
 use crate::{Protocol, RequestBody, Target};
 
@@ -82,21 +83,24 @@ impl Pool {
     ) -> impl Future<Output = Result<http::Response<PooledBody>, Failed>> + Send + '_ {
         async move {
             let mut req = req;
-            let replay = h2_replay(target, &req);
             let session = match self.checkout(target, freshness).await {
                 Ok(session) => session,
                 Err(e) => return Err((e, Some(req))),
             };
+            let resend = Resend::prepare(&session, &mut req, None);
             match session.send_keeping(&mut req, response_timeout).await {
-                Ok(resp) => Ok(resp),
+                Ok(resp) => {
+                    Resend::release(resend);
+                    Ok(resp)
+                }
                 Err((e, replayable)) => {
-                    let back = if replayable { Some(req) } else { replay.map(|r| *r) };
+                    let back = if replayable { Some(req) } else { resend.as_ref().and_then(|r| r.request()) };
                     match back {
                         Some(req) if e.may_retry_on_fresh(RetryPolicy::request(req.method())) => {
                             // Not reported to the observer: only the retry's outcome counts.
                             tracing::debug!(server = %target.addr, error = %e, "reused session failed; retrying on a fresh one");
                             // Boxed: the rare path must not grow the common one's future.
-                            Box::pin(self.retry_fresh(target, req, response_timeout)).await
+                            Box::pin(self.retry_fresh(target, req, resend, response_timeout)).await
                         }
                         back => Err((self.inner.report(e), back)),
                     }
@@ -110,18 +114,24 @@ impl Pool {
         &self,
         target: Target,
         mut req: http::Request<RequestBody>,
+        resend: Option<Box<Resend>>,
         response_timeout: Option<Duration>,
     ) -> Result<http::Response<PooledBody>, Failed> {
-        // The fresh send may fail too.
-        let backup = h2_replay(target, &req);
-        match self.checkout(target, Freshness::Fresh).await {
-            Ok(session) => match session.send_keeping(&mut req, response_timeout).await {
-                Ok(resp) => Ok(resp),
-                Err((e, replayable)) => {
-                    Err((self.inner.report(e), if replayable { Some(req) } else { backup.map(|r| *r) }))
-                }
-            },
-            Err(e) => Err((e, Some(req))),
+        let session = match self.checkout(target, Freshness::Fresh).await {
+            Ok(session) => session,
+            Err(e) => return Err((e, Some(req))),
+        };
+        // The fresh send may fail too, and the request go to another server.
+        let resend = Resend::prepare(&session, &mut req, resend);
+        match session.send_keeping(&mut req, response_timeout).await {
+            Ok(resp) => {
+                Resend::release(resend);
+                Ok(resp)
+            }
+            Err((e, replayable)) => {
+                let back = if replayable { Some(req) } else { resend.as_ref().and_then(|r| r.request()) };
+                Err((self.inner.report(e), back))
+            }
         }
     }
 
@@ -229,15 +239,52 @@ fn body_of(bytes: &Bytes) -> RequestBody {
     if bytes.is_empty() { crate::empty_body() } else { crate::full_body(bytes.clone()) }
 }
 
-/// For h2, a copy of a body-less request to send it again: HTTP/1.1 keeps
-/// the request whole until the answer, hyper's h2 client does not hand it
-/// back once it left. Boxed: the future holding it is on every request's path.
-#[inline]
-fn h2_replay(target: Target, req: &http::Request<RequestBody>) -> Option<Box<http::Request<RequestBody>>> {
-    if target.protocol != Protocol::H2 {
-        return None;
+/// What it takes to send a request again after hyper's h2 client took it
+/// (HTTP/1.1 keeps the request whole until the answer): a copy of its head,
+/// and for a body a [`Replay`] of what was sent of it. Boxed: the future
+/// holding it is on every request's path.
+struct Resend {
+    head: http::Request<RequestBody>,
+    body: Option<Replay>,
+}
+
+impl Resend {
+    /// Made when `session` speaks h2 (a request to an `Auto` target learns
+    /// it only here); `have` is an earlier try's, for the same request.
+    fn prepare(
+        session: &crate::Session,
+        req: &mut http::Request<RequestBody>,
+        have: Option<Box<Resend>>,
+    ) -> Option<Box<Resend>> {
+        if !session.is_h2() {
+            return None;
+        }
+        if have.is_some() {
+            return have;
+        }
+        let body = (!req.body().is_end_stream()).then(|| {
+            let (body, replay) = replayable(std::mem::replace(req.body_mut(), crate::empty_body()));
+            *req.body_mut() = body;
+            replay
+        });
+        Some(Box::new(Resend { head: copy_head(req), body }))
     }
-    req.body().is_end_stream().then(|| Box::new(copy_head(req)))
+
+    /// The request again, or `None` when its body outgrew what is kept.
+    fn request(&self) -> Option<http::Request<RequestBody>> {
+        let mut req = copy_head(&self.head);
+        if let Some(replay) = &self.body {
+            *req.body_mut() = replay.again()?;
+        }
+        Some(req)
+    }
+
+    /// The request was answered: what was kept of its body may go.
+    fn release(this: Option<Box<Self>>) {
+        if let Some(replay) = this.and_then(|this| this.body) {
+            replay.release();
+        }
+    }
 }
 
 /// A copy of a request's head (with an empty body), to send it again.

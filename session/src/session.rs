@@ -63,6 +63,12 @@ impl Session {
         Self { conn: Some(Conn::H2 { tx, stream, settle }), target, id, reused, pool: Arc::clone(inner) }
     }
 
+    /// Whether this session speaks HTTP/2 (an `Auto` target's settles on
+    /// connect).
+    pub(crate) fn is_h2(&self) -> bool {
+        matches!(self.conn, Some(Conn::H2 { .. }))
+    }
+
     /// Whether this session came from the pool (was used before).
     pub fn is_reused(&self) -> bool {
         self.reused

@@ -309,3 +309,37 @@ async fn an_origin_that_speaks_only_tls_1_0_is_refused_with_the_reason() {
     assert_eq!(err.kind(), ErrorKind::Tls, "{err}");
     assert_eq!(err.detail(), "tls: protocol version", "{err}");
 }
+
+#[tokio::test]
+async fn a_refused_stream_on_an_auto_target_that_settled_on_h2_goes_again_whole() {
+    let pki = Pki::new("test ca");
+    let leaf = pki.leaf(&["app.test"], false);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(leaf.chain, leaf.key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let origin = crate::h2::refusing_origin_over(1, move |tcp| {
+        let acceptor = acceptor.clone();
+        async move { acceptor.accept(tcp).await.ok() }
+    })
+    .await;
+    let tls = Arc::new(TlsConnect::new());
+    let profile = tls.profile(settings("app.test", pki.root(), Alpn::Auto)).unwrap();
+    let target = Target::new(origin.addr, Protocol::Auto).with_profile(profile);
+    let req = http::Request::post("/pkg.Svc/Call")
+        .header("host", "app.test")
+        .body(crate::h2::streamed(&["ping-", "over-", "tls"]))
+        .unwrap();
+    let resp = pool(&tls).request(target, Freshness::IdlePreferred, req).await.unwrap();
+    assert_eq!(read_all(resp).await, "ping-over-tls");
+    assert_eq!(
+        (origin.conns(), origin.requests()),
+        (2, 1),
+        "refused on the first connection, answered on the second"
+    );
+}
