@@ -212,6 +212,20 @@ fn a_check_kind_the_origin_cannot_carry_is_an_error_at_the_kind() {
     assert!(err.contains("healthchecks.toml:3:8: a tcp check's steps are plain TCP"), "{err}");
     let on_port = format!("{steps}port = 6379\n");
     assert_eq!(check("tcptlsport", &https, Some(&on_port)).0, 0, "another port may be plain TCP");
+
+    // gRPC to an `auto` origin: fine where ALPN settles on h2, so a warning.
+    let (code, out, err) = check("grpcauto", &https, Some(hc));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(": ok"), "{out}");
+    assert!(
+        err.contains(
+            "healthchecks.toml:3:8: the grpc check of app.internal:8443 fails on every server that picks http/1.1 in ALPN"
+        ),
+        "{err}"
+    );
+    let h2 = https.replace("protocol = \"auto\"", "protocol = \"h2\"");
+    let (code, _, err) = check("grpch2", &h2, Some(hc));
+    assert_eq!((code, err.as_str()), (0, ""), "h2 over TLS is certain: no warning");
 }
 
 #[test]

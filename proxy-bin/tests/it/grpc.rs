@@ -286,24 +286,9 @@ async fn unary(c: &mut tonic::client::Grpc<H2>, m: Msg) -> Result<Msg, Status> {
     c.unary(Request::new(m), path("Unary"), codec()).await.map(Response::into_inner)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_calls_pass_through_h2c_with_their_trailers() {
-    let port = free_port(&["127.0.0.2"]);
-    let (addr, seen) = grpc_origin("127.0.0.2", port).await;
-    let rest =
-        remap("grpc.test", &format!("grpc.test:{port}"), &format!("[\"{addr}\"]"), "protocol = \"h2c\"");
-    let v = Vigil::start("grpc", "", &rest, "").await;
-    let mut c = client(TcpStream::connect(v.listen).await.unwrap(), "http://grpc.test").await;
-
-    // Unary calls, one client connection; OK arrives in the trailers.
-    for i in 0..5 {
-        let got = unary(&mut c, msg(&format!("call {i}"), i)).await;
-        assert_eq!(got.unwrap(), msg(&format!("echo call {i}"), i + 1));
-    }
-    // A trailers-only answer: the status is all there is.
-    let e = unary(&mut c, msg("missing", 0)).await.unwrap_err();
-    assert_eq!((e.code(), e.message()), (Code::NotFound, "no such thing"), "{e:?}");
-
+/// Server and client streams (their statuses in the trailers), and a call
+/// the client cancels mid-stream, which the origin must hear of: four calls.
+async fn streams_and_a_cancel(c: &mut tonic::client::Grpc<H2>, seen: &Seen) {
     // Server streaming: the messages, then the status in the trailers.
     c.ready().await.unwrap();
     let mut s =
@@ -337,6 +322,27 @@ async fn grpc_calls_pass_through_h2c_with_their_trailers() {
         wait_until(Duration::from_secs(5), || async { seen.cancelled.load(Ordering::SeqCst) }).await,
         "the cancel did not reach the origin"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_pass_through_h2c_with_their_trailers() {
+    let port = free_port(&["127.0.0.2"]);
+    let (addr, seen) = grpc_origin("127.0.0.2", port).await;
+    let rest =
+        remap("grpc.test", &format!("grpc.test:{port}"), &format!("[\"{addr}\"]"), "protocol = \"h2c\"");
+    let v = Vigil::start("grpc", "", &rest, "").await;
+    let mut c = client(TcpStream::connect(v.listen).await.unwrap(), "http://grpc.test").await;
+
+    // Unary calls, one client connection; OK arrives in the trailers.
+    for i in 0..5 {
+        let got = unary(&mut c, msg(&format!("call {i}"), i)).await;
+        assert_eq!(got.unwrap(), msg(&format!("echo call {i}"), i + 1));
+    }
+    // A trailers-only answer: the status is all there is.
+    let e = unary(&mut c, msg("missing", 0)).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (Code::NotFound, "no such thing"), "{e:?}");
+
+    streams_and_a_cancel(&mut c, &seen).await;
 
     // The connection and the server took no harm.
     assert_eq!(unary(&mut c, msg("after", 1)).await.unwrap(), msg("echo after", 2));
@@ -394,8 +400,16 @@ async fn a_grpc_call_over_the_tls_listener() {
     assert_eq!(unary(&mut c, msg("over tls", 41)).await.unwrap(), msg("echo over tls", 42));
     let e = unary(&mut c, msg("missing", 0)).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    streams_and_a_cancel(&mut c, &seen).await;
+    assert_eq!(unary(&mut c, msg("after", 1)).await.unwrap(), msg("echo after", 2));
     assert_eq!(seen.without_te.load(Ordering::SeqCst), 0);
-    assert_eq!(v.server(addr).await["l4"]["consecutive_failures"], 0);
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 7);
+    let server = v.server(addr).await;
+    assert_eq!(
+        (&server["routable"], &server["l4"]["consecutive_failures"]),
+        (&true.into(), &0.into()),
+        "{server}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -508,4 +522,134 @@ async fn grpc_health_checks_over_tls_use_the_h2_session_alpn_settled() {
     assert!(served, "{}", server_of(&v, &origin).await);
     assert_eq!(unary(&mut c, msg("again", 1)).await.unwrap(), msg("echo again", 2));
     assert_eq!(seen.conns.load(Ordering::SeqCst), 1, "checks and calls share one TLS h2 connection");
+}
+
+/// `vigil status` against `v`: its table.
+fn status_table(v: &Vigil) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["status", "--admin", &v.admin.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_check_on_an_admin_port_judges_the_server_and_leaves_the_service_port_alone() {
+    let ip = "127.0.0.10";
+    let (port, admin_port) = (free_port(&[ip]), free_port(&[ip]));
+    let (addr, service) = grpc_origin(ip, port).await;
+    let (_, admin) = grpc_origin(ip, admin_port).await;
+    let rest =
+        remap("grpc.test", &format!("grpc.test:{port}"), &format!("[\"{addr}\"]"), "protocol = \"h2c\"");
+    let checks = FAST_CHECKS.replace(
+        "origin = \"app.test\"\npath = \"/healthz\"",
+        &format!("origin = \"grpc.test\"\nkind = \"grpc\"\nport = {admin_port}"),
+    );
+    let v = Vigil::start("grpcadmin", "", &rest, &checks).await;
+    let mut c = client(TcpStream::connect(v.listen).await.unwrap(), "http://grpc.test").await;
+    assert_eq!(unary(&mut c, msg("hi", 1)).await.unwrap(), msg("echo hi", 2));
+
+    let origin = format!("grpc.test:{port}");
+    let detail = |s: &serde_json::Value| s["l7"]["last_detail"].as_str().unwrap_or("").to_owned();
+    let served = wait_until(Duration::from_secs(5), || async {
+        detail(&server_of(&v, &origin).await) == "grpc: SERVING"
+    })
+    .await;
+    assert!(served, "{}", server_of(&v, &origin).await);
+    assert!(admin.health_checks.load(Ordering::SeqCst) >= 1);
+    assert_eq!(service.health_checks.load(Ordering::SeqCst), 0, "checks go to the admin port only");
+    let hosts = v.hosts().await;
+    let o = hosts["origins"].as_array().unwrap().iter().find(|o| o["origin"] == origin).cloned().unwrap();
+    assert_eq!(o["check"], serde_json::json!({"kind": "grpc", "port": admin_port}), "{o}");
+    let table = status_table(&v);
+    assert!(table.contains(&format!("grpc checks on port {admin_port} running")), "{table}");
+
+    // The admin port says NOT_SERVING: the server is out, its port is fine.
+    admin.health.store(NOT_SERVING, Ordering::SeqCst);
+    let out = wait_until(Duration::from_secs(5), || async {
+        let s = server_of(&v, &origin).await;
+        s["l7"]["state"] == "unhealthy" && detail(&s) == format!("port {admin_port}: grpc: NOT_SERVING")
+    })
+    .await;
+    let s = server_of(&v, &origin).await;
+    assert!(out, "{s}");
+    assert_eq!((&s["l4"]["state"], &s["l4"]["consecutive_failures"]), (&"up".into(), &0.into()), "{s}");
+    assert_eq!(s["routable"], false, "{s}");
+    let calls = service.calls.load(Ordering::SeqCst);
+    c.ready().await.unwrap();
+    let e = c.unary(Request::new(msg("", 0)), path("Unary"), codec()).await.unwrap_err();
+    assert!(e.message().contains("503"), "its only server is out: {e:?}");
+    assert_eq!(service.calls.load(Ordering::SeqCst), calls, "no call reached the server that is out");
+
+    admin.health.store(SERVING, Ordering::SeqCst);
+    let back =
+        wait_until(Duration::from_secs(5), || async { server_of(&v, &origin).await["routable"] == true })
+            .await;
+    assert!(back, "{}", server_of(&v, &origin).await);
+    assert_eq!(unary(&mut c, msg("back", 1)).await.unwrap(), msg("echo back", 2));
+}
+
+/// An HTTP/1.1 origin on `addr` that answers each request (read whole,
+/// chunked or with a length, into `got`) with a chunked `world` and an
+/// `x-sum` trailer, then closes.
+async fn trailing_origin(addr: SocketAddr, got: Arc<parking_lot::Mutex<String>>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let got = Arc::clone(&got);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                let whole = |b: &[u8]| {
+                    let text = String::from_utf8_lossy(b).to_ascii_lowercase();
+                    let Some(head_end) = text.find("\r\n\r\n") else { return false };
+                    if text.contains("content-length: 5") {
+                        return b.len() >= head_end + 4 + 5;
+                    }
+                    text[head_end..]
+                        .find("\r\n0\r\n")
+                        .is_some_and(|at| text[head_end + at + 3..].contains("\r\n\r\n"))
+                };
+                while !whole(&buf) {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                *got.lock() = String::from_utf8_lossy(&buf).into_owned();
+                let answer = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\nConnection: close\r\n\r\n\
+                              5\r\nworld\r\n0\r\nx-sum: 99\r\n\r\n";
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_trailers_are_dropped_on_either_side_and_the_bodies_kept() {
+    let ip = "127.0.0.11";
+    let addr = SocketAddr::new(ip.parse().unwrap(), free_port(&[ip]));
+    let got = Arc::new(parking_lot::Mutex::new(String::new()));
+    trailing_origin(addr, Arc::clone(&got)).await;
+    let origin = format!("trailers.test:{}", addr.port());
+    let v =
+        Vigil::start("h1trailers", "", &remap("trailers.test", &origin, &format!("[\"{addr}\"]"), ""), "")
+            .await;
+    let answer = raw(
+        v.listen,
+        b"POST /t HTTP/1.1\r\nHost: trailers.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+          5\r\nhello\r\n0\r\nx-sum: 42\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let body_and_after = &answer[answer.find("\r\n\r\n").unwrap()..];
+    assert!(body_and_after.contains("world"), "the body is whole: {answer}");
+    assert!(!answer.contains("x-sum: 99"), "the origin's trailer is dropped: {answer}");
+    assert!(!answer.to_ascii_lowercase().contains("\r\ntrailer:"), "no trailer announced: {answer}");
+    let sent = got.lock().clone();
+    assert!(sent.contains("hello"), "the body is whole: {sent}");
+    assert!(!sent.contains("x-sum: 42"), "the client's trailer is dropped: {sent}");
+    assert_eq!(v.server(addr).await["l4"]["consecutive_failures"], 0);
 }
