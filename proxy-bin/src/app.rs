@@ -250,6 +250,7 @@ async fn join_cluster(
         cluster_id: c.cluster_id.clone(),
         gossip_interval: c.gossip_interval,
         key,
+        previous_keys: Vec::new(),
     };
     let cluster = Cluster::start(config, db.clone()).await.map_err(|e| e.to_string())?;
     let member = cluster.clone();
