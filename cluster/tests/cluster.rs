@@ -430,3 +430,39 @@ async fn keys_rotate_live_and_a_dropped_key_is_refused() {
         n.cluster.abort();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_before_the_others_hold_the_new_key_cuts_them_off_until_they_catch_up() {
+    let (old, new) = ([15; 32], [16; 32]);
+    let key = |k: [u8; 32]| ClusterKey::from_bytes(&k).unwrap();
+    let nodes = start(2, old, &[]).await;
+    let both: Vec<&Node> = nodes.iter().collect();
+    wait_for("2 nodes agree", Duration::from_secs(20), || agreed(&both)).await;
+    // Step (a) skipped: node 0 seals with a key node 1 does not hold.
+    assert!(nodes[0].cluster.set_keys(key(new), vec![key(old)]));
+    wait_for("node 1 refuses node 0", Duration::from_secs(10), || {
+        nodes[1].cluster.metrics().transport().rejected() >= 3
+    })
+    .await;
+    // Node 1 hears nothing from node 0: after failure detection it is alone
+    // and checks every server itself. (Node 0 still opens node 1's
+    // datagrams with its previous key, so it hears node 1's heartbeats and
+    // keeps it as a member, with the state it had before the switch.)
+    let origin = origin_key();
+    let took = wait_for("node 1 sees node 0 gone", Duration::from_secs(30), || {
+        nodes[1].cluster.live_nodes().is_empty()
+            && servers().iter().all(|s| nodes[1].cluster.checks_here(&origin, *s))
+    })
+    .await;
+    println!("node 1 alone after {took:?}");
+    // Node 1 catches up: they find each other again, and nothing is refused.
+    assert!(nodes[1].cluster.set_keys(key(new), vec![key(old)]));
+    wait_for("2 nodes agree again", Duration::from_secs(30), || agreed(&both)).await;
+    let rejected = nodes[1].cluster.metrics().transport().rejected();
+    flip_and_wait(&both, servers()[0], L7State::Unhealthy).await;
+    flip_and_wait(&both, servers()[1], L7State::Unhealthy).await;
+    assert_eq!(nodes[1].cluster.metrics().transport().rejected(), rejected);
+    for n in &nodes {
+        n.cluster.abort();
+    }
+}
