@@ -51,6 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             cluster_id: "example".into(),
             gossip_interval: Duration::from_millis(100),
             key: ClusterKey::from_bytes(&key)?,
+            previous_keys: Vec::new(),
         })
     };
     let (db_a, db_b) = (db(server)?, db(server)?);

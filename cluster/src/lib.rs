@@ -7,7 +7,8 @@
 //!
 //! Built so far: the parts every node must agree on, each usable alone.
 //! - [`seal`]: the authenticated datagram format (XChaCha20-Poly1305 under
-//!   the cluster key, bound to the cluster id, replays refused).
+//!   the cluster key, bound to the cluster id, replays refused), and the
+//!   [`Keyring`] that lets a key be rotated live (previous keys still open).
 //! - [`record`]: the compact per-server record and its 64-bit hashed key.
 //! - [`ownership`]: rendezvous hashing, which node checks which server.
 //!
@@ -32,5 +33,5 @@ pub mod transport;
 pub use node::{Cluster, ClusterConfig, ClusterError, ClusterMetrics};
 pub use ownership::{owner, owner_in};
 pub use record::{RecordError, ServerRecord, gossip_key, parse_gossip_key, server_key};
-pub use seal::{ClusterKey, KEY_LEN, KeyError, OVERHEAD, OpenError, Opener, Sealer};
+pub use seal::{ClusterKey, KEY_LEN, KeyError, Keyring, OVERHEAD, OpenError, Opened, Opener, Sealer};
 pub use transport::{SealedTransport, TransportStats};

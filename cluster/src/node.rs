@@ -27,7 +27,7 @@ use vigil_hostdb::{Event, HostDb, L4State, L7State, L7Status, OriginKey, Server,
 
 use crate::ownership::owner_in;
 use crate::record::{ServerRecord, gossip_key, server_key};
-use crate::seal::ClusterKey;
+use crate::seal::{ClusterKey, Keyring};
 use crate::transport::{SealedTransport, TransportStats};
 
 /// Maps keyed by server keys, which are hashes already: used as they are.
@@ -69,8 +69,11 @@ pub struct ClusterConfig {
     pub cluster_id: String,
     /// How often a node gossips and syncs HostDB with the cluster.
     pub gossip_interval: Duration,
-    /// The cluster key.
+    /// The cluster key: every datagram is sealed with it.
     pub key: ClusterKey,
+    /// Keys that still open datagrams (a rotation in progress: peers that
+    /// have not switched yet seal with one of them). Usually empty.
+    pub previous_keys: Vec<ClusterKey>,
 }
 
 /// The cluster's counters.
@@ -119,6 +122,8 @@ struct View {
 struct Inner {
     node_id: Arc<str>,
     db: HostDb,
+    /// The transport's keys, swapped by [`Cluster::set_keys`].
+    keys: Arc<Keyring>,
     interval: Duration,
     handle: parking_lot::Mutex<Option<ChitchatHandle>>,
     view: ArcSwap<View>,
@@ -197,7 +202,8 @@ impl Cluster {
     /// [`ClusterError::Start`] when chitchat fails otherwise.
     pub async fn start(config: ClusterConfig, db: HostDb) -> Result<Self, ClusterError> {
         let metrics = ClusterMetrics::default();
-        let transport = SealedTransport::new(&config.key, &config.cluster_id, Arc::clone(&metrics.transport));
+        let keys = Arc::new(Keyring::new(config.key, config.previous_keys));
+        let transport = SealedTransport::new(&keys, &config.cluster_id, Arc::clone(&metrics.transport));
         let generation = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let chitchat_config = ChitchatConfig {
             chitchat_id: ChitchatId::new(config.node_id.as_str(), generation, config.listen),
@@ -238,6 +244,7 @@ impl Cluster {
         let inner = Arc::new(Inner {
             node_id: config.node_id.as_str().into(),
             db,
+            keys,
             interval: config.gossip_interval,
             handle: parking_lot::Mutex::new(Some(handle)),
             view: ArcSwap::default(),
@@ -285,6 +292,19 @@ impl Cluster {
         let me = checking.then_some(&self.inner.node_id);
         owner_in(server_key(origin, server), others.iter().chain(me).map(|n| &**n))
             .map(|o| if o == &*self.inner.node_id { Arc::clone(&self.inner.node_id) } else { o.into() })
+    }
+
+    /// Seals with `key` and opens with it and `previous` from the next
+    /// datagram on, without restarting gossip: every peer's replay window
+    /// stays. A key not given here opens nothing any more. Whether the keys
+    /// changed.
+    pub fn set_keys(&self, key: ClusterKey, previous: Vec<ClusterKey>) -> bool {
+        let changed = self.inner.keys.set(key, previous);
+        if changed {
+            tracing::info!(node = %self.inner.node_id, previous = self.inner.keys.previous_keys(),
+                "cluster: keys changed");
+        }
+        changed
     }
 
     /// Leaves in order: withdraws this node's interest and records, lets
@@ -648,6 +668,7 @@ mod tests {
             cluster_id: "vigil-test".into(),
             gossip_interval: Duration::from_millis(100),
             key: crate::ClusterKey::from_bytes(&[7; 32]).unwrap(),
+            previous_keys: Vec::new(),
         };
         let Err(err) = Cluster::start(config, HostDb::new()).await else { panic!("bound a taken address") };
         assert_eq!(err.listen(), listen);

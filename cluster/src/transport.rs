@@ -7,7 +7,8 @@
 //! without the key can neither forge nor replay one), and put back together
 //! by the receiver. Every received datagram is counted; one that fails to
 //! open (another key, another cluster id, tampered, replayed) is dropped and
-//! counted as rejected.
+//! counted as rejected; one opened with a previous key of the keyring is
+//! counted too, so an operator sees when no peer seals with it any more.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,7 +20,7 @@ use async_trait::async_trait;
 use chitchat::transport::{Socket, Transport};
 use chitchat::{ChitchatMessage, Deserializable, Serializable};
 
-use crate::seal::{ClusterKey, OVERHEAD, Opener, Sealer};
+use crate::seal::{Keyring, OVERHEAD, Opener, Sealer};
 
 /// The largest UDP payload over IPv4.
 const MAX_DATAGRAM: usize = 65_507;
@@ -40,6 +41,7 @@ pub struct TransportStats {
     datagrams_in: AtomicU64,
     datagrams_out: AtomicU64,
     rejected: AtomicU64,
+    previous_key: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
 }
@@ -58,6 +60,11 @@ impl TransportStats {
     pub fn rejected(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
     }
+    /// Datagrams that opened with a previous key of the keyring, not the
+    /// current one: some peer still seals with it.
+    pub fn previous_key(&self) -> u64 {
+        self.previous_key.load(Ordering::Relaxed)
+    }
     /// Bytes received (UDP payload).
     pub fn bytes_in(&self) -> u64 {
         self.bytes_in.load(Ordering::Relaxed)
@@ -70,7 +77,7 @@ impl TransportStats {
 
 /// A chitchat [`Transport`] over UDP that seals every datagram.
 pub struct SealedTransport {
-    key: ClusterKey,
+    keys: Arc<Keyring>,
     cluster_id: String,
     stats: Arc<TransportStats>,
 }
@@ -82,9 +89,11 @@ impl std::fmt::Debug for SealedTransport {
 }
 
 impl SealedTransport {
-    /// A transport for `cluster_id` under `key`, counting into `stats`.
-    pub fn new(key: &ClusterKey, cluster_id: &str, stats: Arc<TransportStats>) -> Self {
-        Self { key: key.clone(), cluster_id: cluster_id.to_owned(), stats }
+    /// A transport for `cluster_id` under `keys` (as they are when each
+    /// datagram goes or comes: [`Keyring::set`] applies live), counting
+    /// into `stats`.
+    pub fn new(keys: &Arc<Keyring>, cluster_id: &str, stats: Arc<TransportStats>) -> Self {
+        Self { keys: Arc::clone(keys), cluster_id: cluster_id.to_owned(), stats }
     }
 }
 
@@ -96,8 +105,8 @@ impl Transport for SealedTransport {
             .with_context(|| format!("cannot bind the gossip socket {listen}/udp"))?;
         Ok(Box::new(SealedSocket {
             socket,
-            sealer: Sealer::new(&self.key, &self.cluster_id),
-            opener: Opener::new(&self.key, &self.cluster_id),
+            sealer: Sealer::new(&self.keys, &self.cluster_id),
+            opener: Opener::new(&self.keys, &self.cluster_id),
             stats: Arc::clone(&self.stats),
             buf_send: Vec::new(),
             buf_recv: vec![0; MAX_DATAGRAM].into_boxed_slice(),
@@ -227,7 +236,12 @@ impl Socket for SealedSocket {
             self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
             self.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
             let frame = match self.opener.open(&self.buf_recv[..n]) {
-                Ok(frame) => frame,
+                Ok(opened) => {
+                    if opened.previous_key {
+                        self.stats.previous_key.fetch_add(1, Ordering::Relaxed);
+                    }
+                    opened.payload
+                }
                 Err(e) => {
                     self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(from = %from, error = %e, "gossip datagram rejected");
@@ -262,8 +276,8 @@ impl Socket for SealedSocket {
 mod tests {
     use super::*;
 
-    fn key(b: u8) -> ClusterKey {
-        ClusterKey::from_bytes(&[b; 32]).unwrap()
+    fn key(b: u8) -> Arc<Keyring> {
+        Arc::new(Keyring::new(crate::ClusterKey::from_bytes(&[b; 32]).unwrap(), Vec::new()))
     }
 
     #[test]
@@ -326,6 +340,37 @@ mod tests {
                 assert_eq!(datagrams, if len > FRAGMENT_PAYLOAD { 2 } else { 1 }, "{len} bytes");
             }
             assert_eq!(b_stats.rejected(), 0);
+        });
+    }
+
+    #[test]
+    fn a_previous_key_is_counted_and_a_removed_one_rejected() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let b_stats = Arc::new(TransportStats::default());
+            let b_keys = Arc::new(Keyring::new(
+                crate::ClusterKey::from_bytes(&[2; 32]).unwrap(),
+                vec![crate::ClusterKey::from_bytes(&[1; 32]).unwrap()],
+            ));
+            let a = SealedTransport::new(&key(1), "c", Arc::default());
+            let b = SealedTransport::new(&b_keys, "c", Arc::clone(&b_stats));
+            let mut tx = a.open("127.0.0.1:0".parse().unwrap()).await.unwrap();
+            let b_addr = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+            let mut rx = b.open(b_addr).await.unwrap();
+            let message =
+                |id: &str| ChitchatMessage::Syn { cluster_id: id.into(), digest: Default::default() };
+            tx.send(b_addr, message("one")).await.unwrap();
+            assert_eq!(rx.recv().await.unwrap().1, message("one"));
+            assert_eq!((b_stats.previous_key(), b_stats.rejected()), (1, 0));
+            // Key 1 dropped while the socket runs: refused from then on.
+            assert!(b_keys.set(crate::ClusterKey::from_bytes(&[2; 32]).unwrap(), Vec::new()));
+            tx.send(b_addr, message("two")).await.unwrap();
+            let c = SealedTransport::new(&key(2), "c", Arc::default());
+            let mut tx2 = c.open("127.0.0.1:0".parse().unwrap()).await.unwrap();
+            tx2.send(b_addr, message("three")).await.unwrap();
+            // "two" was dropped; "three", under the current key, is next.
+            assert_eq!(rx.recv().await.unwrap().1, message("three"));
+            assert_eq!((b_stats.previous_key(), b_stats.rejected()), (1, 1));
         });
     }
 }

@@ -62,6 +62,7 @@ async fn start_node(node_id: Option<String>, key: [u8; 32], seeds: Vec<SocketAdd
         cluster_id: "vigil-test".into(),
         gossip_interval: GOSSIP,
         key: ClusterKey::from_bytes(&key).unwrap(),
+        previous_keys: Vec::new(),
     };
     let cluster = Cluster::start(config, db.clone()).await.unwrap();
     Node { db, cluster }
@@ -354,4 +355,114 @@ async fn dropping_the_last_handle_stops_the_member() {
     })
     .await;
     nodes[0].cluster.abort();
+}
+
+/// Flips `s` to `state` on its checking node and waits until every other
+/// node adopted it.
+async fn flip_and_wait(nodes: &[&Node], s: SocketAddr, state: L7State) {
+    let o = owner_index(nodes, s);
+    let origin = origin_of(nodes[o]);
+    let server = origin.server(s).unwrap();
+    let result = match state {
+        L7State::Healthy => CheckResult::pass("200", Duration::ZERO),
+        _ => CheckResult::fail("503", Duration::ZERO),
+    };
+    for _ in 0..3 {
+        origin.record_check(&server, &result, Instant::now().into_std());
+    }
+    assert_eq!(server.l7_state(), state);
+    wait_for("the others adopt the change", Duration::from_secs(10), || {
+        nodes.iter().all(|n| origin_of(n).server(s).unwrap().l7_state() == state)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_live_and_a_dropped_key_is_refused() {
+    let (old, new) = ([13; 32], [14; 32]);
+    let key = |k: [u8; 32]| ClusterKey::from_bytes(&k).unwrap();
+    let nodes = start(2, old, &[]).await;
+    let both: Vec<&Node> = nodes.iter().collect();
+    wait_for("2 nodes agree", Duration::from_secs(20), || agreed(&both)).await;
+    let s = servers()[0];
+    let previous = || nodes.iter().map(|n| n.cluster.metrics().transport().previous_key()).sum::<u64>();
+
+    // (a) Both open the new key too; nobody seals with it yet.
+    for n in &nodes {
+        assert!(n.cluster.set_keys(key(old), vec![key(new)]));
+    }
+    flip_and_wait(&both, s, L7State::Healthy).await;
+    assert_eq!(previous(), 0);
+    // (b) One by one, seal with the new key; the old one still opens. In
+    // between, each reads the other through its previous key.
+    assert!(nodes[0].cluster.set_keys(key(new), vec![key(old)]));
+    flip_and_wait(&both, s, L7State::Unhealthy).await;
+    wait_for("both used a previous key", Duration::from_secs(10), || {
+        nodes.iter().all(|n| n.cluster.metrics().transport().previous_key() > 0)
+    })
+    .await;
+    assert!(nodes[1].cluster.set_keys(key(new), vec![key(old)]));
+    flip_and_wait(&both, s, L7State::Healthy).await;
+    // (c) Once nobody seals with the old key (the count stays still), drop it.
+    let settled = previous();
+    tokio::time::sleep(GOSSIP * 5).await;
+    assert_eq!(previous(), settled, "someone still seals with the old key");
+    for n in &nodes {
+        assert!(n.cluster.set_keys(key(new), Vec::new()));
+        assert!(!n.cluster.set_keys(key(new), Vec::new()), "the same keys again change nothing");
+    }
+    flip_and_wait(&both, s, L7State::Unhealthy).await;
+    assert!(agreed(&both), "a member was lost in the rotation");
+    for n in &nodes {
+        assert_eq!(n.cluster.metrics().transport().rejected(), 0);
+    }
+
+    // A node still on the old key only: refused by both, never a member.
+    let stale = start(1, old, &[seed_of(&nodes[0])]).await;
+    wait_for("its datagrams are rejected", Duration::from_secs(10), || {
+        nodes[0].cluster.metrics().transport().rejected() >= 3
+    })
+    .await;
+    tokio::time::sleep(GOSSIP * 5).await;
+    assert!(nodes.iter().all(|n| n.cluster.live_nodes().len() == 1));
+    assert!(stale[0].cluster.live_nodes().is_empty());
+    for n in nodes.iter().chain(&stale) {
+        n.cluster.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_before_the_others_hold_the_new_key_cuts_them_off_until_they_catch_up() {
+    let (old, new) = ([15; 32], [16; 32]);
+    let key = |k: [u8; 32]| ClusterKey::from_bytes(&k).unwrap();
+    let nodes = start(2, old, &[]).await;
+    let both: Vec<&Node> = nodes.iter().collect();
+    wait_for("2 nodes agree", Duration::from_secs(20), || agreed(&both)).await;
+    // Step (a) skipped: node 0 seals with a key node 1 does not hold.
+    assert!(nodes[0].cluster.set_keys(key(new), vec![key(old)]));
+    wait_for("node 1 refuses node 0", Duration::from_secs(10), || {
+        nodes[1].cluster.metrics().transport().rejected() >= 3
+    })
+    .await;
+    // Node 1 hears nothing from node 0: after failure detection it is alone
+    // and checks every server itself. (Node 0 still opens node 1's
+    // datagrams with its previous key, so it hears node 1's heartbeats and
+    // keeps it as a member, with the state it had before the switch.)
+    let origin = origin_key();
+    let took = wait_for("node 1 sees node 0 gone", Duration::from_secs(30), || {
+        nodes[1].cluster.live_nodes().is_empty()
+            && servers().iter().all(|s| nodes[1].cluster.checks_here(&origin, *s))
+    })
+    .await;
+    println!("node 1 alone after {took:?}");
+    // Node 1 catches up: they find each other again, and nothing is refused.
+    assert!(nodes[1].cluster.set_keys(key(new), vec![key(old)]));
+    wait_for("2 nodes agree again", Duration::from_secs(30), || agreed(&both)).await;
+    let rejected = nodes[1].cluster.metrics().transport().rejected();
+    flip_and_wait(&both, servers()[0], L7State::Unhealthy).await;
+    flip_and_wait(&both, servers()[1], L7State::Unhealthy).await;
+    assert_eq!(nodes[1].cluster.metrics().transport().rejected(), rejected);
+    for n in &nodes {
+        n.cluster.abort();
+    }
 }

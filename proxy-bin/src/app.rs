@@ -30,8 +30,8 @@ pub(crate) struct Loaded {
     pub(crate) config: Config,
     pub(crate) checks: HealthChecks,
     pub(crate) hostdb: HostDbConfig,
-    /// The `[cluster]` key, read and checked once.
-    pub(crate) cluster_key: Option<ClusterKey>,
+    /// The `[cluster]` keys, read and checked once.
+    pub(crate) cluster_keys: Option<ClusterKeys>,
     /// How each origin's servers are reached (TLS profiles made in the
     /// connector given to [`load`]).
     pub(crate) upstreams: HashMap<OriginKey, OriginUpstream>,
@@ -50,17 +50,8 @@ pub(crate) fn load(path: &Path, tls: &TlsConnect) -> Result<Loaded, String> {
     let checks =
         HealthChecks::parse(&read(&config.health_checks)?, &config.health_checks.display().to_string())
             .map_err(|e| e.to_string())?;
-    let cluster_key = match &config.cluster {
-        None => None,
-        Some(cluster) => {
-            let key = std::fs::read(&cluster.key_file)
-                .map_err(|e| format!("{}: cannot read the cluster key: {e}", cluster.key_file.display()))?;
-            Some(
-                ClusterKey::from_bytes(&key)
-                    .map_err(|e| format!("{}: the cluster key must be {e}", cluster.key_file.display()))?,
-            )
-        }
-    };
+    let cluster_keys =
+        config.cluster.as_ref().map(read_cluster_keys).transpose().map_err(|e| e.to_string())?;
     // Built here, once: it is also what HostDB would refuse (a DNS origin
     // without a resolver is checked at apply).
     let hostdb = hostdb_config(&config, &checks)?;
@@ -87,7 +78,46 @@ pub(crate) fn load(path: &Path, tls: &TlsConnect) -> Result<Loaded, String> {
     } else {
         Some(Certificates::load(&config.certificates).map_err(|e| e.to_string())?)
     };
-    Ok(Loaded { config, checks, hostdb, cluster_key, upstreams, upgrades, certificates })
+    Ok(Loaded { config, checks, hostdb, cluster_keys, upstreams, upgrades, certificates })
+}
+
+/// The `[cluster]` keys: the one this node seals with and the previous ones
+/// it still opens.
+#[derive(Debug)]
+pub(crate) struct ClusterKeys {
+    pub(crate) key: ClusterKey,
+    pub(crate) previous: Vec<ClusterKey>,
+}
+
+/// Reads `key_file` and `previous_key_files`: each must be 32 bytes, and no
+/// two may hold the same key (two names for one key would leave out the
+/// key they were meant to keep, likely the old one mid-rotation).
+fn read_cluster_keys(c: &crate::config::Cluster) -> Result<ClusterKeys, FileError> {
+    let read = |file: &Located<PathBuf>, what: &str| {
+        let bytes = std::fs::read(&file.value).map_err(|e| {
+            file.error(format!("{what} {}: cannot read the cluster key: {e}", file.value.display()))
+        })?;
+        ClusterKey::from_bytes(&bytes)
+            .map(|key| (key, bytes))
+            .map_err(|e| file.error(format!("{what} {}: the cluster key must be {e}", file.value.display())))
+    };
+    let (key, key_bytes) = read(&c.key_file, "key_file")?;
+    let mut seen = vec![key_bytes];
+    let mut previous = Vec::with_capacity(c.previous_key_files.len());
+    for file in &c.previous_key_files {
+        let (k, bytes) = read(file, "previous_key_files")?;
+        if let Some(i) = seen.iter().position(|b| *b == bytes) {
+            let other = if i == 0 { &c.key_file } else { &c.previous_key_files[i - 1] };
+            return Err(file.error(format!(
+                "previous_key_files {}: holds the same key as {}",
+                file.value.display(),
+                other.value.display()
+            )));
+        }
+        seen.push(bytes);
+        previous.push(k);
+    }
+    Ok(ClusterKeys { key, previous })
 }
 
 /// What only both files together show: a gRPC check needs an origin that
@@ -239,7 +269,7 @@ pub(crate) fn read_key(file: &Located<PathBuf>) -> Result<PrivateKeyDer<'static>
 /// checks.
 async fn join_cluster(
     c: &crate::config::Cluster,
-    key: ClusterKey,
+    keys: ClusterKeys,
     db: &HostDb,
     checker: &Checker,
 ) -> Result<Cluster, String> {
@@ -249,7 +279,8 @@ async fn join_cluster(
         seeds: c.seeds.clone(),
         cluster_id: c.cluster_id.clone(),
         gossip_interval: c.gossip_interval,
-        key,
+        key: keys.key,
+        previous_keys: keys.previous,
     };
     let cluster = Cluster::start(config, db.clone()).await.map_err(|e| e.to_string())?;
     let member = cluster.clone();
@@ -309,7 +340,7 @@ impl Shared {
         config_path: PathBuf,
         tls: Arc<TlsConnect>,
     ) -> Result<Arc<Self>, String> {
-        let Loaded { config, checks, hostdb, cluster_key, upstreams, upgrades, certificates } = loaded;
+        let Loaded { config, checks, hostdb, cluster_keys, upstreams, upgrades, certificates } = loaded;
         let listener = match (config.listen_tls, certificates) {
             (Some(_), Some(certs)) => Some(Arc::new(TlsListener::new(certs)?)),
             _ => None,
@@ -355,8 +386,8 @@ impl Shared {
             m.on_event(e);
             ev.on_event(e);
         }));
-        let cluster = match (&config.cluster, cluster_key) {
-            (Some(c), Some(key)) => Some(join_cluster(c, key, &db, &checker).await?),
+        let cluster = match (&config.cluster, cluster_keys) {
+            (Some(c), Some(keys)) => Some(join_cluster(c, keys, &db, &checker).await?),
             _ => None,
         };
         metrics.register(
@@ -416,7 +447,9 @@ impl Shared {
     }
 
     fn reload_locked(&self) -> Result<String, String> {
-        let Loaded { config, checks, hostdb, upstreams, upgrades, certificates, .. } =
+        // Everything is read and checked here, cluster keys included: a key
+        // file that cannot be read refuses the reload before anything changed.
+        let Loaded { config, checks, hostdb, cluster_keys, upstreams, upgrades, certificates } =
             load(&self.config_path, &self.tls)?;
         let old_routes = self.routes.load_full();
         // Opened first: a log that cannot be opened refuses the reload whole.
@@ -434,6 +467,20 @@ impl Shared {
         if let (Some(listener), Some(certs)) = (&self.listener, certificates) {
             listener.set_certificates(certs);
         }
+        // A key rotation step: the keys apply live, gossip and every peer's
+        // replay window carry on.
+        let keys_changed = match (&self.cluster, cluster_keys, &config.cluster) {
+            (Some(cluster), Some(keys), Some(c)) => {
+                let previous = keys.previous.len();
+                cluster.set_keys(keys.key, keys.previous).then(|| {
+                    format!(
+                        "; cluster keys changed (seals with {}; previous keys: {previous})",
+                        c.key_file.value.display()
+                    )
+                })
+            }
+            _ => None,
+        };
         self.metrics.forget_owners();
         let old = self.config.load();
         let mut restart = Vec::new();
@@ -445,7 +492,13 @@ impl Shared {
             (old.connect_timeout != config.connect_timeout, "l4.connect_timeout"),
             (old.max_idle_per_server != config.max_idle_per_server, "pool.max_idle_per_server"),
             (old.idle_timeout != config.idle_timeout, "pool.idle_timeout"),
-            (old.cluster != config.cluster, "cluster"),
+            (
+                match (&old.cluster, &config.cluster) {
+                    (Some(old), Some(new)) => old.needs_restart(new),
+                    (old, new) => old.is_some() != new.is_some(),
+                },
+                "cluster",
+            ),
             (old.state != config.state, "proxy.state_file, state_save_interval, state_max_age"),
         ] {
             if changed {
@@ -462,6 +515,7 @@ impl Shared {
             report.removed.len(),
             report.kept
         );
+        summary.push_str(keys_changed.as_deref().unwrap_or_default());
         if !restart.is_empty() {
             summary.push_str(&format!("; takes effect only after a restart: {}", restart.join(", ")));
         }

@@ -213,7 +213,33 @@ pub(crate) struct Cluster {
     pub(crate) seeds: Vec<SocketAddr>,
     pub(crate) cluster_id: String,
     pub(crate) gossip_interval: Duration,
-    pub(crate) key_file: PathBuf,
+    /// `key_file`: the key this node seals with (and opens with first).
+    pub(crate) key_file: Located<PathBuf>,
+    /// `previous_key_files`: keys that still open (a rotation in progress).
+    pub(crate) previous_key_files: Vec<Located<PathBuf>>,
+}
+
+impl Cluster {
+    /// Most `previous_key_files`: a rotation needs one, and a datagram that
+    /// opens under no key costs a tag check per key.
+    pub(crate) const MAX_PREVIOUS_KEYS: usize = 4;
+
+    /// Whether going from `self` to `new` needs a restart: any change but
+    /// the key files, which a reload applies live.
+    pub(crate) fn needs_restart(&self, new: &Cluster) -> bool {
+        // Spelled out whole: a new field must say which side it is on.
+        let Cluster {
+            node_id,
+            listen,
+            seeds,
+            cluster_id,
+            gossip_interval,
+            key_file: _,
+            previous_key_files: _,
+        } = self;
+        (node_id, listen, seeds, cluster_id, gossip_interval)
+            != (&new.node_id, &new.listen, &new.seeds, &new.cluster_id, &new.gossip_interval)
+    }
 }
 
 #[derive(Deserialize)]
@@ -356,6 +382,8 @@ struct RawCluster {
     cluster_id: Option<Spanned<String>>,
     gossip_interval: Option<Spanned<String>>,
     key_file: Spanned<String>,
+    #[serde(default)]
+    previous_key_files: Vec<Spanned<String>>,
 }
 
 struct Ctx<'a> {
@@ -788,6 +816,24 @@ impl Config {
                         "cluster listen must be the address peers reach this node at, not an unspecified one",
                     ));
                 }
+                let key_file = cx.path(dir, &c.key_file)?;
+                let mut previous_key_files: Vec<Located<PathBuf>> = Vec::new();
+                for (i, f) in c.previous_key_files.iter().enumerate() {
+                    if i == Cluster::MAX_PREVIOUS_KEYS {
+                        return Err(cx.err(
+                            f.span(),
+                            format!("at most {} previous_key_files", Cluster::MAX_PREVIOUS_KEYS),
+                        ));
+                    }
+                    let file = cx.path(dir, f)?;
+                    if file.value == key_file.value {
+                        return Err(cx.err(f.span(), format!("{:?} is the key_file itself", f.get_ref())));
+                    }
+                    if previous_key_files.iter().any(|p| p.value == file.value) {
+                        return Err(cx.err(f.span(), format!("{:?} is listed twice", f.get_ref())));
+                    }
+                    previous_key_files.push(file);
+                }
                 Some(Cluster {
                     node_id: c.node_id.get_ref().clone(),
                     listen,
@@ -797,7 +843,8 @@ impl Config {
                         .as_ref()
                         .map_or_else(|| "vigil".to_owned(), |i| i.get_ref().clone()),
                     gossip_interval: cx.dur(&c.gossip_interval, Duration::from_millis(200))?,
-                    key_file: dir.join(c.key_file.get_ref()),
+                    key_file,
+                    previous_key_files,
                 })
             }
         };

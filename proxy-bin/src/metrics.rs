@@ -539,8 +539,13 @@ impl Collector for Live {
                 ("vigil_cluster_datagrams_out", "Gossip datagrams sent", t.datagrams_out()),
                 (
                     "vigil_cluster_datagrams_rejected",
-                    "Gossip datagrams dropped: not sealed with the cluster key and id, tampered or replayed",
+                    "Gossip datagrams dropped: not sealed with one of this node's cluster keys and its cluster id, tampered or replayed",
                     t.rejected(),
+                ),
+                (
+                    "vigil_cluster_datagrams_previous_key",
+                    "Gossip datagrams opened with one of previous_key_files: a peer still seals with it (flat on every node: the key can be dropped)",
+                    t.previous_key(),
                 ),
                 ("vigil_cluster_gossip_bytes_in", "Gossip bytes received (UDP payload)", t.bytes_in()),
                 ("vigil_cluster_gossip_bytes_out", "Gossip bytes sent (UDP payload)", t.bytes_out()),

@@ -105,6 +105,7 @@ async fn main() {
                 cluster_id: "scale".into(),
                 gossip_interval: gossip,
                 key: ClusterKey::from_bytes(&[3; 32]).unwrap(),
+                previous_keys: Vec::new(),
             },
             db.clone(),
         )

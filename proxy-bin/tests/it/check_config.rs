@@ -285,6 +285,47 @@ fn the_cluster_key_file_must_hold_32_bytes() {
 }
 
 #[test]
+fn previous_key_files_are_read_like_key_file_and_never_name_a_key_twice() {
+    let d = dir("cluster-previous");
+    std::fs::write(d.join("healthchecks.toml"), HC).unwrap();
+    std::fs::write(d.join("new.key"), [1u8; 32]).unwrap();
+    std::fs::write(d.join("old.key"), [2u8; 32]).unwrap();
+    std::fs::write(d.join("copy.key"), [1u8; 32]).unwrap();
+    std::fs::write(d.join("short.key"), b"short").unwrap();
+    let run = |previous: &str| {
+        let main = format!(
+            "{SPEC_MAIN}\n[cluster]\nnode_id = \"edge-1\"\nlisten = \"127.0.0.1:7946\"\nkey_file = \"new.key\"\nprevious_key_files = {previous}\n"
+        );
+        std::fs::write(d.join("vigil.toml"), &main).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["check-config", "--config"])
+            .arg(d.join("vigil.toml"))
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = run(r#"["old.key"]"#);
+    assert_eq!(code, Some(0), "{err}");
+    // The line of previous_key_files, and the column of the entry at fault.
+    let line = SPEC_MAIN.lines().count() + 6;
+    for (previous, column, message) in [
+        (r#"["old.key", "gone.key"]"#, 34, "gone.key: cannot read the cluster key"),
+        (r#"["short.key"]"#, 23, "the cluster key must be exactly 32 random bytes, not 5"),
+        (r#"["old.key", "./new.key"]"#, 34, "\"./new.key\" is the key_file itself"),
+        (r#"["old.key", "old.key"]"#, 34, "\"old.key\" is listed twice"),
+        (r#"["copy.key"]"#, 23, "holds the same key as"),
+        (r#"["a", "b", "c", "d", "e"]"#, 43, "at most 4 previous_key_files"),
+        (r#"["old.key", ""]"#, 34, "must not be empty"),
+    ] {
+        let (code, err) = run(previous);
+        assert_eq!(code, Some(1), "{previous}: {err}");
+        assert!(err.contains(&format!("vigil.toml:{line}:{column}: ")), "{previous}: {err}");
+        assert!(err.contains(message), "{previous}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
 fn the_demo_runs_by_itself_and_exits_0() {
     let out = Command::new(env!("CARGO_BIN_EXE_vigil")).args(["demo", "--seconds", "4"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

@@ -9,7 +9,7 @@ use http::StatusCode;
 
 use crate::harness::*;
 
-const CHECKS: &str = r#"[defaults]
+pub(crate) const CHECKS: &str = r#"[defaults]
 interval = "200ms"
 unhealthy_interval = "200ms"
 timeout = "150ms"
@@ -21,11 +21,16 @@ origin = "app.test"
 path = "/healthz"
 "#;
 
-fn free_udp() -> SocketAddr {
+pub(crate) fn free_udp() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port_for(&["127.0.0.1"], true)))
 }
 
-fn cluster_section(node: &str, listen: SocketAddr, seeds: &[SocketAddr], key: &std::path::Path) -> String {
+pub(crate) fn cluster_section(
+    node: &str,
+    listen: SocketAddr,
+    seeds: &[SocketAddr],
+    key: &std::path::Path,
+) -> String {
     let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
     format!(
         "[cluster]\nnode_id = \"{node}\"\nlisten = \"{listen}\"\nseeds = [{}]\ncluster_id = \"e2e\"\ngossip_interval = \"100ms\"\nkey_file = \"{}\"\n",
@@ -35,7 +40,7 @@ fn cluster_section(node: &str, listen: SocketAddr, seeds: &[SocketAddr], key: &s
 }
 
 /// Server address -> (node, l7 state, l7 source) as `v` shows it.
-async fn sources(v: &Vigil) -> HashMap<String, (String, String)> {
+pub(crate) async fn sources(v: &Vigil) -> HashMap<String, (String, String)> {
     let hosts = v.hosts().await;
     let mut out = HashMap::new();
     for o in hosts["origins"].as_array().unwrap() {
@@ -54,7 +59,10 @@ async fn sources(v: &Vigil) -> HashMap<String, (String, String)> {
 
 /// For every server, the node whose status is its own while the others show
 /// `cluster:<that node>`; `None` until all nodes agree on that.
-async fn owners(nodes: &[(&str, &Vigil)], servers: &[SocketAddr]) -> Option<HashMap<SocketAddr, String>> {
+pub(crate) async fn owners(
+    nodes: &[(&str, &Vigil)],
+    servers: &[SocketAddr],
+) -> Option<HashMap<SocketAddr, String>> {
     let mut views = Vec::new();
     for (name, v) in nodes {
         views.push((*name, sources(v).await));
@@ -78,7 +86,7 @@ async fn owners(nodes: &[(&str, &Vigil)], servers: &[SocketAddr]) -> Option<Hash
     Some(out)
 }
 
-fn metric(text: &str, name: &str) -> u64 {
+pub(crate) fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find(|l| l.starts_with(name) && !l.starts_with('#'))
         .and_then(|l| l.rsplit(' ').next())
@@ -86,7 +94,7 @@ fn metric(text: &str, name: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
-async fn metrics(v: &Vigil) -> String {
+pub(crate) async fn metrics(v: &Vigil) -> String {
     get_raw(v.admin, "admin", "/metrics").await.unwrap().2
 }
 

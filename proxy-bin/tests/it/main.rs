@@ -8,6 +8,7 @@ mod check_config;
 mod checks;
 mod cli;
 mod cluster;
+mod cluster_keys;
 mod dashboard;
 mod deploy;
 mod essentials;
