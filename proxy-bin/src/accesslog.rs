@@ -1,16 +1,17 @@
 //! The access log: one line per request, kept off the request path.
 //!
-//! A request formats its line into a per-thread scratch buffer and appends
-//! it, under a short lock, to one pending buffer; a writer thread of its own
+//! A request formats its line straight into one pending buffer, under its
+//! lock (no copy through a scratch buffer); a writer thread of its own
 //! takes the whole buffer every `flush_interval` (sooner when a quarter
-//! megabyte is pending, and at shutdown) and writes it in one call. No
-//! request ever makes a system call for the log. A disk that is slow or
+//! megabyte is pending, and at shutdown) and writes it in one call. A
+//! request makes no system call for the log but the rare wake of that
+//! thread (once per quarter megabyte). A disk that is slow or
 //! full never blocks a request: past [`MAX_PENDING`] bytes waiting, lines
 //! are dropped and counted (`vigil_access_log_dropped_total`), as are the
 //! lines of a write that failed. `SIGUSR1` reopens the file (after
 //! logrotate moved it).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
@@ -74,17 +75,30 @@ enum Pushed {
 }
 
 impl Pending {
-    fn push(&mut self, line: &[u8]) -> Pushed {
-        if self.buf.len() + line.len() > MAX_PENDING {
+    /// Appends the line `write` writes (its newline included), unless the
+    /// writer is [`MAX_PENDING`] behind.
+    #[inline]
+    fn append(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> Pushed {
+        let before = self.buf.len();
+        if before >= MAX_PENDING {
             return Pushed::Dropped;
         }
-        self.buf.extend_from_slice(line);
+        write(&mut self.buf);
+        if self.buf.len() > MAX_PENDING {
+            self.buf.truncate(before);
+            return Pushed::Dropped;
+        }
         self.lines += 1;
         if self.buf.len() >= WAKE_AT && !self.woken {
             self.woken = true;
             return Pushed::Wake;
         }
         Pushed::Queued
+    }
+
+    #[cfg(test)]
+    fn push(&mut self, line: &[u8]) -> Pushed {
+        self.append(|buf| buf.extend_from_slice(line))
     }
 }
 
@@ -133,30 +147,27 @@ impl AccessLog {
         self.shared.wake.notify_one();
     }
 
-    /// Appends one request's line.
+    /// Appends one request's line: formatted straight into the pending
+    /// buffer, under its lock (a line is a few hundred instructions; a
+    /// scratch buffer would cost a copy of every line).
     pub(crate) fn log(&self, entry: &Entry, status: u16, bytes: u64, now: Instant) {
-        thread_local! {
-            static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
-        }
-        SCRATCH.with_borrow_mut(|line| {
-            line.clear();
-            match self.config.format {
-                AccessLogFormat::Json => entry.json(line, status, bytes, now),
-                AccessLogFormat::Combined => entry.combined(line, status, bytes),
+        let format = self.config.format;
+        let pushed = self.shared.pending.lock().append(|out| {
+            match format {
+                AccessLogFormat::Json => entry.json(out, status, bytes, now),
+                AccessLogFormat::Combined => entry.combined(out, status, bytes),
             }
-            line.push(b'\n');
-            let mut p = self.shared.pending.lock();
-            match p.push(line) {
-                Pushed::Dropped => {
-                    drop(p);
-                    self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                Pushed::Wake => {
-                    self.shared.wake.notify_one();
-                }
-                Pushed::Queued => {}
-            }
+            out.push(b'\n');
         });
+        match pushed {
+            Pushed::Dropped => {
+                self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Pushed::Wake => {
+                self.shared.wake.notify_one();
+            }
+            Pushed::Queued => {}
+        }
     }
 }
 
@@ -308,6 +319,27 @@ fn write_loop(shared: &Shared, mut out: Out, path: Option<PathBuf>, interval: Du
     }
 }
 
+/// The wall-clock time at `at`, from the monotonic clock: a thread's
+/// anchor (both clocks read together) is taken again once a second, so a
+/// request reads no second clock for its line's time, and a step of the
+/// system clock shows within a second.
+pub(crate) fn wall_time(at: Instant) -> SystemTime {
+    thread_local! {
+        static ANCHOR: Cell<Option<(Instant, SystemTime)>> = const { Cell::new(None) };
+    }
+    ANCHOR.with(|anchor| {
+        if let Some((mono, wall)) = anchor.get()
+            && let Some(since) = at.checked_duration_since(mono)
+            && since < Duration::from_secs(1)
+        {
+            return wall + since;
+        }
+        let wall = SystemTime::now();
+        anchor.set(Some((at, wall)));
+        wall
+    })
+}
+
 /// What a line says about a request, gathered along its way.
 #[derive(Debug)]
 pub(crate) struct Entry {
@@ -338,8 +370,10 @@ impl Entry {
         rfc3339(out, self.time);
         out.extend_from_slice(b"\",\"client\":\"");
         out.extend_from_slice(self.client_text.as_bytes());
-        out.extend_from_slice(b"\",\"method\":");
-        json_str(out, self.method.as_str().as_bytes());
+        // A method is a token: no quote, backslash or control character.
+        out.extend_from_slice(b"\",\"method\":\"");
+        out.extend_from_slice(self.method.as_str().as_bytes());
+        out.push(b'"');
         out.extend_from_slice(b",\"host\":");
         json_opt(out, self.host.as_ref());
         out.extend_from_slice(b",\"path\":");
@@ -370,7 +404,16 @@ impl Entry {
         out.extend_from_slice(b",\"retries\":");
         push_u64(out, u64::from(self.retries));
         out.extend_from_slice(b",\"request_id\":");
-        json_opt(out, self.request_id.as_ref());
+        match &self.request_id {
+            // The client's, checked to be letters, digits and `-_.:+/=@`,
+            // or ours (hex): nothing to escape.
+            Some(id) => {
+                out.push(b'"');
+                out.extend_from_slice(id.as_bytes());
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
         out.extend_from_slice(b",\"user_agent\":");
         json_opt(out, self.user_agent.as_ref());
         out.extend_from_slice(b",\"referer\":");
@@ -407,18 +450,8 @@ fn version(v: Version) -> &'static str {
     }
 }
 
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// `a.b.c.d:port` by hand; `[v6]:port` through `Display`. (`SocketAddr`'s
@@ -625,6 +658,20 @@ mod tests {
             String::from_utf8(out).expect("ascii"),
             r#"10.0.0.9 - - [02/Dec/2026:13:45:12 +0000] "GET /a?b=c%22 HTTP/1.1" 404 7 "-" "curl/8 \"x\"\xFF""#
         );
+    }
+
+    #[test]
+    fn wall_time_follows_the_monotonic_clock_from_an_anchor_a_second_old_at_most() {
+        let t0 = tokio::time::Instant::now().into_std() + Duration::from_secs(3600);
+        let w0 = wall_time(t0);
+        let w1 = wall_time(t0 + Duration::from_millis(250));
+        assert_eq!(w1.duration_since(w0).expect("later"), Duration::from_millis(250), "from the anchor");
+        let now = SystemTime::now();
+        assert!(now.duration_since(w0).unwrap_or_default() < Duration::from_secs(1), "anchored now");
+        // A second on, the anchor is read again: the wall clock, not w0 + 5 s.
+        let w2 = wall_time(t0 + Duration::from_secs(5));
+        let off = w2.duration_since(now).unwrap_or_else(|e| e.duration());
+        assert!(off < Duration::from_secs(1), "{off:?}");
     }
 
     #[test]

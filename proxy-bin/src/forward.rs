@@ -453,9 +453,10 @@ fn finish(mut resp: Response<ProxyBody>, logged: Option<Box<Logged>>) -> Respons
 fn entry<B>(req: &Request<B>, peer: &Peer, request_id: Option<HeaderValue>) -> Entry {
     let h = req.headers();
     let host = requested_host(req);
+    let start = clock();
     Entry {
-        start: clock(),
-        time: std::time::SystemTime::now(),
+        start,
+        time: crate::accesslog::wall_time(start),
         client_text: peer.ip.clone(),
         method: req.method().clone(),
         uri: req.uri().clone(),
@@ -492,7 +493,8 @@ fn forward<'a, B: ClientRequestBody>(
                 );
             }
         };
-        let mut now = clock();
+        // The clock the log line's start read a moment ago, if it did.
+        let mut now = trace.as_ref().map_or_else(clock, |t| t.entry.start);
         let Some(origin) = shared.db.origin_by_key(&route.origin) else {
             // Only between a reload's HostDB swap and its routes swap.
             return local(StatusCode::BAD_GATEWAY, "vigil: origin not configured\n");
