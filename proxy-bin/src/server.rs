@@ -210,8 +210,10 @@ fn serve(
                 // The first bytes tell HTTP/1.1 from h2c: within the head
                 // timeout, like any head, or the connection closes (a client
                 // that sends nothing, or half the preface, holds no descriptor).
-                let sniffed = stop.unless_stopped(tokio::time::timeout(head_timeout, h1::sniff(&mut stream)));
-                let Some(Ok(Ok((first, h2)))) = sniffed.await else { return };
+                // A stop leaves it `IDLE_GRACE` to send them: a request sent
+                // as the server stopped is answered.
+                let deadline = tokio::time::Instant::now() + head_timeout;
+                let Some(Ok((first, h2))) = stop.idle(deadline, h1::sniff(&mut stream)).await else { return };
                 if !h2 {
                     h1::serve(stream, first, peer, shared, live).await;
                     return;
@@ -230,7 +232,8 @@ fn serve(
             tokio::spawn(async move {
                 let _slot = slot;
                 let Some(listener) = shared.listener.clone() else { return };
-                let Some(Some(tls)) = stop.unless_stopped(listener.accept(stream, head_timeout)).await else {
+                let deadline = tokio::time::Instant::now() + head_timeout;
+                let Some(Some(tls)) = stop.idle(deadline, listener.accept(stream, head_timeout)).await else {
                     return;
                 };
                 if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
