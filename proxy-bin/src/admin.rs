@@ -203,7 +203,7 @@ pub(crate) fn hosts(shared: &Shared) -> serde_json::Value {
             }
         }
         // In a cluster: which node checks each server, as this node sees it.
-        if let Some(cluster) = &shared.cluster {
+        if let Some(cluster) = shared.cluster.get() {
             for o in origins.iter_mut() {
                 let Some(key) = o["origin"].as_str().and_then(|k| k.parse::<OriginKey>().ok()) else {
                     continue;
@@ -218,7 +218,7 @@ pub(crate) fn hosts(shared: &Shared) -> serde_json::Value {
             }
         }
     }
-    if let (Some(cluster), serde_json::Value::Object(d)) = (&shared.cluster, &mut doc) {
+    if let (Some(cluster), serde_json::Value::Object(d)) = (shared.cluster.get(), &mut doc) {
         let live: Vec<String> = cluster.live_nodes().iter().map(ToString::to_string).collect();
         d.insert("cluster".into(), serde_json::json!({"node": cluster.node_id(), "live_nodes": live}));
     }

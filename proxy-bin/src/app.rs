@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
@@ -92,7 +92,7 @@ pub(crate) struct ClusterKeys {
 /// Reads `key_file` and `previous_key_files`: each must be 32 bytes, and no
 /// two may hold the same key (two names for one key would leave out the
 /// key they were meant to keep, likely the old one mid-rotation).
-fn read_cluster_keys(c: &crate::config::Cluster) -> Result<ClusterKeys, FileError> {
+pub(crate) fn read_cluster_keys(c: &crate::config::Cluster) -> Result<ClusterKeys, FileError> {
     let read = |file: &Located<PathBuf>, what: &str| {
         let bytes = std::fs::read(&file.value).map_err(|e| {
             file.error(format!("{what} {}: cannot read the cluster key: {e}", file.value.display()))
@@ -267,7 +267,7 @@ pub(crate) fn read_key(file: &Located<PathBuf>) -> Result<PrivateKeyDer<'static>
 
 /// Joins the cluster and makes the checker leave the servers another node
 /// checks.
-async fn join_cluster(
+pub(crate) async fn join_cluster(
     c: &crate::config::Cluster,
     keys: ClusterKeys,
     db: &HostDb,
@@ -315,8 +315,9 @@ pub(crate) struct Shared {
     pub(crate) db: HostDb,
     pub(crate) pool: Pool,
     pub(crate) checker: Checker,
-    /// This node's cluster membership (`[cluster]`).
-    pub(crate) cluster: Option<Cluster>,
+    /// This node's cluster membership (`[cluster]`): set at start, or a
+    /// moment after a binary upgrade (once the old process left).
+    pub(crate) cluster: Arc<OnceLock<Cluster>>,
     pub(crate) routes: ArcSwap<Routes>,
     pub(crate) metrics: Arc<Metrics>,
     /// HostDB's changes and check results for `GET /events` and `/checks`.
@@ -386,10 +387,10 @@ impl Shared {
             m.on_event(e);
             ev.on_event(e);
         }));
-        let cluster = match (&config.cluster, cluster_keys) {
-            (Some(c), Some(keys)) => Some(join_cluster(c, keys, &db, &checker).await?),
-            _ => None,
-        };
+        let cluster = Arc::new(OnceLock::new());
+        if let (Some(c), Some(keys)) = (&config.cluster, cluster_keys) {
+            let _ = cluster.set(join_cluster(c, keys, &db, &checker).await?);
+        }
         metrics.register(
             db.clone(),
             pool.clone(),
@@ -469,7 +470,7 @@ impl Shared {
         }
         // A key rotation step: the keys apply live, gossip and every peer's
         // replay window carry on.
-        let keys_changed = match (&self.cluster, cluster_keys, &config.cluster) {
+        let keys_changed = match (self.cluster.get(), cluster_keys, &config.cluster) {
             (Some(cluster), Some(keys), Some(c)) => {
                 let previous = keys.previous.len();
                 cluster.set_keys(keys.key, keys.previous).then(|| {
@@ -500,6 +501,7 @@ impl Shared {
                 "cluster",
             ),
             (old.state != config.state, "proxy.state_file, state_save_interval, state_max_age"),
+            (old.upgrade_socket != config.upgrade_socket, "proxy.upgrade_socket"),
         ] {
             if changed {
                 restart.push(what);

@@ -49,7 +49,15 @@ pub(crate) enum Command {
     /// VIGIL_LOG (for example `debug` or `vigil_hostdb=debug,info`) sets the
     /// level. Under systemd (NOTIFY_SOCKET set) it reports READY=1,
     /// RELOADING=1 and STOPPING=1.
-    Run(ConfigArg),
+    ///
+    /// With --upgrade it takes over from the vigil running with the same
+    /// `proxy.upgrade_socket` (a binary upgrade): it takes that process's
+    /// listening sockets and server state, starts serving, and the old
+    /// process stops accepting and drains as on SIGTERM. If it fails before
+    /// it serves, it exits 1 and the old process serves on untouched.
+    /// SIGUSR2 makes a running vigil start this itself (under systemd: the
+    /// new process stays in the service, which follows it as its main PID).
+    Run(RunArgs),
 
     /// Validate the main config and the health-check file it names.
     ///
@@ -84,6 +92,19 @@ pub(crate) enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// `vigil run`'s options.
+#[derive(Debug, Args, PartialEq, Eq)]
+pub(crate) struct RunArgs {
+    /// The main config file (vigil.toml); the health-check file is named in it.
+    #[arg(short, long, value_name = "FILE")]
+    pub(crate) config: PathBuf,
+
+    /// Take over from the vigil running with this config's
+    /// `proxy.upgrade_socket`: its listeners, its server state, then it drains.
+    #[arg(long)]
+    pub(crate) upgrade: bool,
 }
 
 /// `--config FILE`, required.
@@ -135,7 +156,7 @@ where
     let cli = Cli::try_parse_from(args)?;
     match (cli.command, cli.config) {
         (Some(command), _) => Ok(command),
-        (None, Some(config)) => Ok(Command::Run(ConfigArg { config })),
+        (None, Some(config)) => Ok(Command::Run(RunArgs { config, upgrade: false })),
         // clap's `required` rules this out; say what is missing all the same.
         (None, None) => Err(Cli::command().error(
             clap::error::ErrorKind::MissingRequiredArgument,
@@ -167,7 +188,7 @@ mod tests {
     }
 
     fn run(path: &str) -> Command {
-        Command::Run(ConfigArg { config: path.into() })
+        Command::Run(RunArgs { config: path.into(), upgrade: false })
     }
 
     fn status(admin: &str, watch: bool, interval: u64) -> Command {
@@ -185,6 +206,10 @@ mod tests {
         assert_eq!(parse_str("-c v.toml").unwrap(), run("v.toml"));
         assert_eq!(parse_str("run --config v.toml").unwrap(), run("v.toml"));
         assert_eq!(parse_str("run -c v.toml").unwrap(), run("v.toml"));
+        assert_eq!(
+            parse_str("run --upgrade --config v.toml").unwrap(),
+            Command::Run(RunArgs { config: "v.toml".into(), upgrade: true })
+        );
         assert_eq!(
             parse_str("check-config --config v.toml").unwrap(),
             Command::CheckConfig(ConfigArg { config: "v.toml".into() })
@@ -212,6 +237,9 @@ mod tests {
         assert_eq!(kind("status --interval 5"), ErrorKind::MissingRequiredArgument);
         assert_eq!(kind("check-config"), ErrorKind::MissingRequiredArgument);
         assert_eq!(kind("run"), ErrorKind::MissingRequiredArgument);
+        assert_eq!(kind("run --upgrade"), ErrorKind::MissingRequiredArgument);
+        // --upgrade belongs to `run`: the short form takes no flags but --config.
+        assert_eq!(kind("--config v.toml --upgrade"), ErrorKind::UnknownArgument);
         assert_eq!(kind("--config v.toml run --config w.toml"), ErrorKind::ArgumentConflict);
         assert_eq!(kind("completions tcsh"), ErrorKind::InvalidValue);
         assert_eq!(kind("--confg v.toml"), ErrorKind::UnknownArgument);

@@ -47,9 +47,16 @@ pub(crate) struct Config {
     pub(crate) trust_forwarded: bool,
     /// `state_file` and its timing: server state kept across restarts.
     pub(crate) state: Option<StateConfig>,
+    /// `upgrade_socket`: the Unix socket a new process (`vigil run
+    /// --upgrade`) takes the listeners and the server state from.
+    pub(crate) upgrade_socket: Option<PathBuf>,
     /// Things worth a word that are not errors (an admin listener off loopback).
     pub(crate) warnings: Vec<String>,
 }
+
+/// The longest `upgrade_socket` path: a Unix socket's address holds 107
+/// bytes, and the socket is first bound under the path plus `.new`.
+pub(crate) const MAX_UPGRADE_SOCKET_PATH: usize = 100;
 
 /// `state_file`, `state_save_interval`, `state_max_age` (in `[proxy]`).
 #[derive(Debug, Clone, PartialEq)]
@@ -317,6 +324,7 @@ struct RawProxy {
     state_file: Option<Spanned<String>>,
     state_save_interval: Option<Spanned<String>>,
     state_max_age: Option<Spanned<String>>,
+    upgrade_socket: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -912,6 +920,26 @@ impl Config {
             }),
         };
 
+        let upgrade_socket = match &p.upgrade_socket {
+            None => None,
+            Some(f) => {
+                let path = cx.path(dir, f)?.value;
+                // A Unix socket's address holds 107 bytes; the socket is
+                // bound under a temporary name a few bytes longer first.
+                let len = path.as_os_str().len();
+                if len > MAX_UPGRADE_SOCKET_PATH {
+                    return Err(cx.err(
+                        f.span(),
+                        format!(
+                            "upgrade_socket {}: {len} bytes long, more than a Unix socket's {MAX_UPGRADE_SOCKET_PATH} (choose a shorter path, e.g. /run/vigil/upgrade.sock)",
+                            path.display()
+                        ),
+                    ));
+                }
+                Some(path)
+            }
+        };
+
         // Defaults are the library crates' own (SPEC's), written once.
         let (pool_defaults, l4_defaults) = (PoolConfig::default(), L4Policy::default());
         Ok(Self {
@@ -950,6 +978,7 @@ impl Config {
             request_id: p.request_id.as_ref().is_none_or(|v| *v.get_ref()),
             trust_forwarded: p.trust_forwarded.as_ref().is_some_and(|v| *v.get_ref()),
             state,
+            upgrade_socket,
             warnings,
         })
     }

@@ -149,7 +149,8 @@ async fn show(length: Duration) -> Result<(), String> {
     let shared = app::Shared::start(loaded?, path, tls).await?;
     let (listen, admin) =
         ("127.0.0.1:0".parse().map_err(|_| "addr")?, "127.0.0.1:0".parse().map_err(|_| "addr")?);
-    let srv = server::start(Arc::clone(&shared), listen, admin).await.map_err(|e| e.to_string())?;
+    let srv =
+        server::start(Arc::clone(&shared), listen, admin, Vec::new()).await.map_err(|e| e.to_string())?;
 
     let tty = std::io::stdout().is_terminal();
     println!("vigil demo: proxy on {}, admin API on {}", srv.proxy, srv.admin);

@@ -45,8 +45,16 @@ use crate::forward::{self, Peer, ProxyBody};
 /// Response body bytes queued for one write.
 const MAX_QUEUED: usize = 64 * 1024;
 
-/// Tells connections to finish: those waiting for a head close at once,
-/// the others after the response in flight.
+/// How long a connection with no request begun (a keep-alive one between
+/// requests, one just accepted, a TLS handshake) may still start one once
+/// the server stops. A client that sent its next request as the stop came
+/// gets it answered (with `Connection: close`) rather than a closed or
+/// reset connection; one that stays quiet is closed after this.
+pub(crate) const IDLE_GRACE: Duration = Duration::from_secs(1);
+
+/// Tells connections to finish: each answers the request it has begun
+/// with `Connection: close` and closes; one with no request begun gets
+/// [`IDLE_GRACE`] to begin one, then closes.
 #[derive(Debug, Default)]
 pub(crate) struct Stop {
     stopping: AtomicBool,
@@ -67,18 +75,34 @@ impl Stop {
         Live(Arc::clone(self))
     }
 
-    /// Runs `work` unless the server stops first (then `None`).
-    pub(crate) async fn unless_stopped<F: Future>(&self, work: F) -> Option<F::Output> {
+    /// Whether the server is stopping.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Runs `work`, the wait for a request to begin, until `deadline`; once
+    /// the server stops, for [`IDLE_GRACE`] from the stop at most. `None`
+    /// past either.
+    pub(crate) async fn idle<F: Future>(&self, deadline: tokio::time::Instant, work: F) -> Option<F::Output> {
         let stopped = self.notify.notified();
         let mut stopped = pin!(stopped);
         stopped.as_mut().enable();
-        if self.stopping.load(Ordering::SeqCst) {
-            return None;
-        }
-        tokio::select! {
-            biased;
-            () = stopped => None,
-            out = work => Some(out),
+        let grace = |deadline: tokio::time::Instant| deadline.min(tokio::time::Instant::now() + IDLE_GRACE);
+        let mut seen = self.stopping();
+        let timer = tokio::time::sleep_until(if seen { grace(deadline) } else { deadline });
+        let mut timer = pin!(timer);
+        let mut work = pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut work => return Some(out),
+                () = &mut stopped, if !seen => {
+                    seen = true;
+                    let at = grace(timer.deadline());
+                    timer.as_mut().reset(at);
+                }
+                () = &mut timer => return None,
+            }
         }
     }
 
@@ -176,52 +200,52 @@ pub(crate) async fn serve_halves<R: ConnRead, W: AsyncWrite + Unpin + Send>(
     let stop = Arc::clone(&live.0);
     let read: SharedRead<R> =
         Arc::new(Mutex::new(ReadSide { io: r, buf, body: Decoder::Done, continue_at: None }));
-    let stopped = stop.notify.notified();
-    let mut stopped = pin!(stopped);
-    stopped.as_mut().enable();
     // How long a client may take to send a whole head
-    // (`client_header_timeout`), and to start the next one on a keep-alive
-    // connection (`limits.keepalive_timeout`).
+    // (`client_header_timeout`; the first one's from now), and to start the
+    // next one on a keep-alive connection (`limits.keepalive_timeout`).
     let (head_timeout, keepalive_timeout, send_timeout, limits) = {
         let c = shared.config.load();
         (c.client_header_timeout, c.limits.keepalive_timeout, c.limits.send_timeout, c.limits.head())
     };
-    let timer = tokio::time::sleep(head_timeout);
+    let first_deadline = tokio::time::Instant::now() + head_timeout;
+    let timer = tokio::time::sleep_until(first_deadline);
     let mut timer = pin!(timer);
     let mut out = Writer { q: WriteQueue::default(), send_timeout };
     let mut first = true;
     loop {
-        if stop.stopping.load(Ordering::SeqCst) {
-            return;
-        }
-        if !first && read.lock().buf.is_empty() {
-            // Idle between requests: wait for the next one's first bytes.
-            timer.as_mut().reset(tokio::time::Instant::now() + keepalive_timeout);
-            let more = tokio::select! {
-                biased;
-                more = poll_fn(|cx| read.lock().poll_fill(cx)) => more,
-                () = &mut stopped => return,
-                () = &mut timer => {
+        if read.lock().buf.is_empty() {
+            // No request begun: wait for one's first bytes. Once the server
+            // stops, only for `IDLE_GRACE`: a client that sent its next
+            // request as the stop came is answered, not cut off.
+            let deadline =
+                if first { first_deadline } else { tokio::time::Instant::now() + keepalive_timeout };
+            let Some(more) = stop.idle(deadline, poll_fn(|cx| read.lock().poll_fill(cx))).await else {
+                if stop.stopping() {
+                    tracing::debug!("stopping, and no request came; closing");
+                } else if first {
+                    tracing::debug!("no request within client_header_timeout; closing");
+                } else {
                     tracing::debug!("keep-alive connection idle past keepalive_timeout; closing");
-                    return;
                 }
+                return;
             };
             if !matches!(more, Ok(n) if n > 0) {
                 return; // the client closed between requests
             }
         }
-        first = false;
         // Usually the whole head came with its first bytes: parsed at once,
-        // with no timer to set. Only a head still partial waits, bounded.
+        // with no timer to set. Only a head still partial waits, bounded
+        // (and not cut short by a stop: the request has begun).
         let parsed = poll_head(&mut read.lock(), limits, &mut Context::from_waker(std::task::Waker::noop()));
         let head = match parsed {
             Poll::Ready(head) => head,
             Poll::Pending => {
-                timer.as_mut().reset(tokio::time::Instant::now() + head_timeout);
+                let deadline =
+                    if first { first_deadline } else { tokio::time::Instant::now() + head_timeout };
+                timer.as_mut().reset(deadline);
                 tokio::select! {
                     biased;
                     head = poll_fn(|cx| poll_head(&mut read.lock(), limits, cx)) => head,
-                    () = &mut stopped => return,
                     () = &mut timer => {
                         tracing::debug!("no whole request head within client_header_timeout; closing");
                         return;
@@ -251,6 +275,7 @@ pub(crate) async fn serve_halves<R: ConnRead, W: AsyncWrite + Unpin + Send>(
                 return;
             }
         };
+        first = false;
         let Head { mut req, keep_alive, expect_continue } = head;
         let head_only = req.method() == Method::HEAD;
         let http10 = req.version() == Version::HTTP_10;
@@ -280,7 +305,8 @@ pub(crate) async fn serve_halves<R: ConnRead, W: AsyncWrite + Unpin + Send>(
         {
             return;
         }
-        let keep = keep_alive && body_done && !wants_close(resp.headers());
+        // Stopping: this answer is the connection's last, and says so.
+        let keep = keep_alive && body_done && !wants_close(resp.headers()) && !stop.stopping();
         match out.respond(&mut w, resp, keep, head_only, http10).await {
             Ok(true) if keep => {}
             Ok(_) if !matches!(read.lock().body, Decoder::Done | Decoder::Failed) => {
@@ -724,6 +750,38 @@ pub(crate) async fn sniff(stream: &mut TcpStream) -> io::Result<(BytesMut, bool)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_leaves_a_connection_with_no_request_the_idle_grace() {
+        use tokio::time::{Instant, sleep};
+        let stop = Arc::new(Stop::default());
+        let t0 = Instant::now();
+        let far = t0 + Duration::from_secs(60);
+        // Work that finishes in time is not cut short.
+        assert_eq!(stop.idle(far, async { 7 }).await, Some(7));
+        // A stop during the wait: IDLE_GRACE from the stop, not the deadline.
+        let s = Arc::clone(&stop);
+        let stopper = tokio::spawn(async move {
+            sleep(Duration::from_secs(5)).await;
+            s.stop();
+        });
+        assert_eq!(stop.idle(far, std::future::pending::<()>()).await, None);
+        assert_eq!(t0.elapsed(), Duration::from_secs(5) + IDLE_GRACE);
+        stopper.await.unwrap();
+        // Work that comes within the grace is done.
+        let late = async {
+            sleep(IDLE_GRACE / 2).await;
+            1
+        };
+        assert_eq!(stop.idle(far, late).await, Some(1));
+        // Stopped already: the grace at most, an earlier deadline first.
+        let t1 = Instant::now();
+        assert_eq!(stop.idle(far, std::future::pending::<()>()).await, None);
+        assert_eq!(t1.elapsed(), IDLE_GRACE);
+        let soon = Instant::now() + IDLE_GRACE / 4;
+        assert_eq!(stop.idle(soon, std::future::pending::<()>()).await, None);
+        assert_eq!(t1.elapsed(), IDLE_GRACE + IDLE_GRACE / 4);
+    }
 
     #[test]
     fn the_date_is_an_imf_fixdate() {

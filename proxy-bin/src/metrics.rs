@@ -269,7 +269,7 @@ impl Metrics {
         self: &Arc<Self>,
         db: HostDb,
         pool: Pool,
-        cluster: Option<vigil_cluster::Cluster>,
+        cluster: Arc<std::sync::OnceLock<vigil_cluster::Cluster>>,
         tls: Arc<TlsConnect>,
         listener: Option<Arc<TlsListener>>,
         checker: vigil_l7check::Checker,
@@ -382,7 +382,8 @@ impl Observer for ConnectObserver {
 struct Live {
     db: HostDb,
     pool: Pool,
-    cluster: Option<vigil_cluster::Cluster>,
+    /// Set once the node joined (after a binary upgrade, a moment after start).
+    cluster: Arc<std::sync::OnceLock<vigil_cluster::Cluster>>,
     framing_refused: Arc<AtomicU64>,
     tls: Arc<TlsConnect>,
     listener: Option<Arc<TlsListener>>,
@@ -528,7 +529,7 @@ impl Collector for Live {
             None,
             open.metric_type(),
         )?)?;
-        if let Some(cluster) = &self.cluster {
+        if let Some(cluster) = self.cluster.get() {
             let (c, t) = (cluster.metrics(), cluster.metrics().transport());
             counters.extend([
                 (

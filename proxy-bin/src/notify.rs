@@ -34,6 +34,14 @@ pub(crate) fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping: finishing requests in flight")]);
 }
 
+/// A binary upgrade: `pid`, the new process, serves and is the service's
+/// main process from now on (this one drains and exits). systemd takes it
+/// from the main process, which this one still is, when `pid` is in the
+/// service (its child: SIGUSR2 starts it so); `status` is the STATUS line.
+pub(crate) fn main_pid(pid: u32, status: &str) {
+    send(&[NotifyState::MainPid(pid), NotifyState::Status(status)]);
+}
+
 fn send(states: &[NotifyState<'_>]) {
     // `notify` returns Ok at once when NOTIFY_SOCKET is unset.
     if let Err(e) = sd_notify::notify(states) {

@@ -2,9 +2,16 @@
 //! framing; h2c prior knowledge on hyper), the same over TLS (`listen_tls`:
 //! ALPN picks HTTP/1.1 or h2), and the admin API (hyper), with graceful
 //! shutdown.
+//!
+//! A listener is bound, or adopted from the process a binary upgrade takes
+//! over from (`upgrade.rs`): the same kernel socket, so connections queued
+//! on it are accepted by whichever process accepts first, and none is
+//! refused while the two overlap. Each keeps a duplicate of its socket for
+//! the next upgrade, dropped when the server stops.
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,16 +46,46 @@ pub(crate) struct Server {
     pub(crate) tls: Option<SocketAddr>,
     stop: watch::Sender<Option<Duration>>,
     loops: Vec<JoinHandle<()>>,
+    /// What a binary upgrade hands over; emptied when the server stops.
+    sockets: Sockets,
 }
 
-/// Binds both listeners and starts serving.
-pub(crate) async fn start(shared: Arc<Shared>, listen: SocketAddr, admin: SocketAddr) -> io::Result<Server> {
-    let proxy_l = bind(listen, "proxy.listen").await?;
-    let admin_l = bind(admin, "proxy.admin").await?;
+/// A listening socket as a binary upgrade hands it over.
+#[derive(Debug)]
+pub(crate) struct ListenSocket {
+    /// Which listener: `proxy.listen`, `proxy.listen_tls`, `proxy.admin`.
+    pub(crate) role: &'static str,
+    /// Its bound address.
+    pub(crate) addr: SocketAddr,
+    /// A duplicate of the accepting descriptor.
+    pub(crate) fd: OwnedFd,
+}
+
+/// The running listeners' sockets, for a binary upgrade; empty once the
+/// server stops (the duplicates would keep a socket listening, with
+/// nobody accepting, for as long as the process drains).
+pub(crate) type Sockets = Arc<parking_lot::Mutex<Vec<ListenSocket>>>;
+
+/// Binds the listeners, or adopts those of `inherited` bound to the
+/// addresses the config names (what is left of it is closed), and starts
+/// serving.
+pub(crate) async fn start(
+    shared: Arc<Shared>,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    inherited: Vec<std::net::TcpListener>,
+) -> io::Result<Server> {
+    let mut inherited = inherited;
+    let mut kept = Vec::new();
+    let proxy_l = bind(listen, "proxy.listen", &mut inherited, &mut kept).await?;
+    let admin_l = bind(admin, "proxy.admin", &mut inherited, &mut kept).await?;
     let tls_l = match (shared.config.load().listen_tls, &shared.listener) {
-        (Some(addr), Some(_)) => Some(bind(addr, "proxy.listen_tls").await?),
+        (Some(addr), Some(_)) => Some(bind(addr, "proxy.listen_tls", &mut inherited, &mut kept).await?),
         _ => None,
     };
+    for gone in inherited {
+        tracing::info!(addr = ?gone.local_addr().ok(), "a listener of the old process the config no longer names: closed here");
+    }
     let (proxy, admin) = (proxy_l.local_addr()?, admin_l.local_addr()?);
     let tls = tls_l.as_ref().map(TcpListener::local_addr).transpose()?;
     let (stop, rx) = watch::channel(None);
@@ -62,19 +99,43 @@ pub(crate) async fn start(shared: Arc<Shared>, listen: SocketAddr, admin: Socket
     if let Some(l) = tls_l {
         loops.push(tokio::spawn(accept_loop(l, Kind::ProxyTls, shared, rx, auto_max)));
     }
-    Ok(Server { proxy, admin, tls, stop, loops })
+    Ok(Server { proxy, admin, tls, stop, loops, sockets: Arc::new(parking_lot::Mutex::new(kept)) })
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| io::Error::new(e.kind(), format!("{what} {addr}: cannot listen: {e}")))
+/// The listener for `addr` (`what` names its key): the inherited one bound
+/// there, else a new one. A duplicate of its socket goes to `kept`.
+async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+    inherited: &mut Vec<std::net::TcpListener>,
+    kept: &mut Vec<ListenSocket>,
+) -> io::Result<TcpListener> {
+    let cannot = |e: io::Error| io::Error::new(e.kind(), format!("{what} {addr}: cannot listen: {e}"));
+    let listener = match inherited.iter().position(|l| l.local_addr().is_ok_and(|a| a == addr)) {
+        Some(i) => {
+            let l = inherited.swap_remove(i);
+            l.set_nonblocking(true).map_err(cannot)?;
+            tracing::debug!(%addr, what, "listening socket taken over from the old process");
+            TcpListener::from_std(l).map_err(cannot)?
+        }
+        None => TcpListener::bind(addr).await.map_err(cannot)?,
+    };
+    let bound = listener.local_addr().map_err(cannot)?;
+    let fd = listener.as_fd().try_clone_to_owned().map_err(cannot)?;
+    kept.push(ListenSocket { role: what, addr: bound, fd });
+    Ok(listener)
 }
 
 impl Server {
+    /// The listening sockets a binary upgrade hands over.
+    pub(crate) fn sockets(&self) -> Sockets {
+        Arc::clone(&self.sockets)
+    }
+
     /// Stops accepting, lets connections finish what is in flight (up to
     /// `grace`), then returns.
     pub(crate) async fn shutdown(self, grace: Duration) {
+        self.sockets.lock().clear();
         let _ = self.stop.send(Some(grace));
         for l in self.loops {
             let _ = l.await;
@@ -210,8 +271,10 @@ fn serve(
                 // The first bytes tell HTTP/1.1 from h2c: within the head
                 // timeout, like any head, or the connection closes (a client
                 // that sends nothing, or half the preface, holds no descriptor).
-                let sniffed = stop.unless_stopped(tokio::time::timeout(head_timeout, h1::sniff(&mut stream)));
-                let Some(Ok(Ok((first, h2)))) = sniffed.await else { return };
+                // A stop leaves it `IDLE_GRACE` to send them: a request sent
+                // as the server stopped is answered.
+                let deadline = tokio::time::Instant::now() + head_timeout;
+                let Some(Ok((first, h2))) = stop.idle(deadline, h1::sniff(&mut stream)).await else { return };
                 if !h2 {
                     h1::serve(stream, first, peer, shared, live).await;
                     return;
@@ -230,7 +293,8 @@ fn serve(
             tokio::spawn(async move {
                 let _slot = slot;
                 let Some(listener) = shared.listener.clone() else { return };
-                let Some(Some(tls)) = stop.unless_stopped(listener.accept(stream, head_timeout)).await else {
+                let deadline = tokio::time::Instant::now() + head_timeout;
+                let Some(Some(tls)) = stop.idle(deadline, listener.accept(stream, head_timeout)).await else {
                     return;
                 };
                 if tls.get_ref().1.alpn_protocol() != Some(b"h2") {

@@ -7,6 +7,10 @@
 //! Loaded only when it is ours (its `format`), younger than `state_max_age`,
 //! and only for the origins and servers the config still has. A file that
 //! is missing, corrupt, foreign or old is logged and ignored: never fatal.
+//!
+//! A binary upgrade hands the same document to the new process over the
+//! upgrade socket ([`to_bytes`], [`apply_bytes`]) rather than through the
+//! disk: the new process routes as the old one did from its first request.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -129,6 +133,29 @@ pub(crate) fn save(db: &HostDb, path: &Path) -> Result<(), String> {
         let _ = std::fs::remove_file(&tmp);
         format!("{}: cannot write the state file: {e}", path.display())
     })
+}
+
+/// The state of every server of `db` now, as the state file would hold it
+/// (a binary upgrade sends it to the new process).
+pub(crate) fn to_bytes(db: &HostDb) -> Vec<u8> {
+    let state = capture(db, tokio::time::Instant::now().into_std());
+    // Plain data of our own types: serializing it cannot fail.
+    serde_json::to_vec(&state).unwrap_or_default()
+}
+
+/// Applies `bytes` (made by [`to_bytes`] in the old process) to `db`, as a
+/// state file without a maximum age: it was taken a moment ago.
+///
+/// # Errors
+/// Bytes that are not a state document of this format; nothing is applied.
+pub(crate) fn apply_bytes(db: &HostDb, bytes: &[u8]) -> Result<Loaded, String> {
+    let state: StateFile =
+        serde_json::from_slice(bytes).map_err(|e| format!("the old process's server state: {e}"))?;
+    if state.format != FORMAT {
+        return Err(format!("the old process's server state is {:?}, not {FORMAT:?}", state.format));
+    }
+    let age = Duration::from_millis(unix_ms(SystemTime::now()).saturating_sub(state.written_unix_ms));
+    Ok(apply(db, &state, age))
 }
 
 /// What a load did, for its one log line.

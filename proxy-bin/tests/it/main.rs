@@ -19,3 +19,4 @@ mod policy;
 mod proxy;
 mod systemd;
 mod tls;
+mod upgrade;
