@@ -11,7 +11,7 @@ use toml::Spanned;
 use vigil_hostdb::conf::{FileError, error_at, parse_duration};
 use vigil_hostdb::policy::MAX_WEIGHT;
 use vigil_hostdb::{L4Policy, LbPolicy, OriginKey, OriginPolicy, OutlierPolicy};
-use vigil_session::PoolConfig;
+use vigil_session::{IdleLimit, PoolConfig};
 
 /// The whole main config, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,7 +31,7 @@ pub(crate) struct Config {
     pub(crate) fail_threshold: u32,
     pub(crate) down_time: Duration,
     pub(crate) connect_attempts: u32,
-    pub(crate) max_idle_per_server: usize,
+    pub(crate) max_idle_per_server: IdleLimit,
     pub(crate) idle_timeout: Duration,
     pub(crate) remaps: Vec<Remap>,
     pub(crate) origins: BTreeMap<String, OriginSettings>,
@@ -269,6 +269,14 @@ struct Raw {
     access_log: Option<Spanned<RawAccessLog>>,
 }
 
+/// `max_idle_per_server`: a number, or `"auto"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawIdle {
+    Count(i64),
+    Auto(String),
+}
+
 /// A byte count: a number, or a string with a unit (`"64KiB"`, `"10m"`).
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -339,7 +347,7 @@ struct RawL4 {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawPool {
-    max_idle_per_server: Option<Spanned<i64>>,
+    max_idle_per_server: Option<Spanned<RawIdle>>,
     idle_timeout: Option<Spanned<String>>,
 }
 
@@ -962,13 +970,18 @@ impl Config {
             )? as u32,
             down_time: cx.dur(&l4.down_time, l4_defaults.down_time)?,
             connect_attempts: cx.int(&l4.connect_attempts, 3, 1, 100, "connect_attempts")? as u32,
-            max_idle_per_server: cx.int(
-                &pool.max_idle_per_server,
-                pool_defaults.max_idle_per_server as i64,
-                0,
-                100_000,
-                "max_idle_per_server",
-            )? as usize,
+            max_idle_per_server: match &pool.max_idle_per_server {
+                None => pool_defaults.max_idle_per_server,
+                Some(v) => match v.get_ref() {
+                    RawIdle::Auto(t) if t == "auto" => IdleLimit::AUTO,
+                    RawIdle::Count(n) if (0..=100_000).contains(n) => IdleLimit::Fixed(*n as usize),
+                    _ => {
+                        return Err(
+                            cx.err(v.span(), "max_idle_per_server is \"auto\" or a number from 0 to 100000")
+                        );
+                    }
+                },
+            },
             idle_timeout: cx.dur(&pool.idle_timeout, pool_defaults.idle_timeout)?,
             remaps,
             origins,

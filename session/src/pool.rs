@@ -20,7 +20,7 @@ use crate::error::SessionError;
 use crate::h1;
 use crate::h2::H2Conn;
 use crate::session::Session;
-use crate::{Observer, PoolConfig, PoolMetrics, Protocol, Target};
+use crate::{IdleLimit, Observer, PoolConfig, PoolMetrics, Protocol, Target};
 
 /// Whether a checkout may take an idle session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,9 +61,26 @@ struct Host {
     /// For a [`Protocol::Auto`] target: what the last new connection
     /// settled on, so the next checkout looks in the right books.
     negotiated: Option<Protocol>,
+    /// The most HTTP/1.1 sessions in use at once since the last sweep, and
+    /// in the sweep interval before: what an adaptive idle limit keeps.
+    peak: usize,
+    last_peak: usize,
 }
 
 impl Host {
+    /// One more HTTP/1.1 session in use.
+    #[inline]
+    fn take_h1(&mut self) {
+        self.in_use += 1;
+        self.peak = self.peak.max(self.in_use);
+    }
+
+    /// How many idle HTTP/1.1 sessions this target keeps now.
+    #[inline]
+    fn idle_limit(&self, limit: IdleLimit) -> usize {
+        limit.at(self.peak.max(self.last_peak))
+    }
+
     fn is_empty(&self) -> bool {
         self.idle.is_empty() && self.in_use == 0 && self.h2.is_empty() && self.h2_connecting.is_none()
     }
@@ -212,7 +229,7 @@ impl Pool {
                 self.inner.metrics.evicted.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            host.in_use += 1;
+            host.take_h1();
             self.inner.metrics.reused.fetch_add(1, Ordering::Relaxed);
             return Some(Session::h1(&self.inner, target, idle.conn, true));
         }
@@ -245,7 +262,7 @@ impl Pool {
                 return self.start_h2(target, conn, id, false).await;
             }
         }
-        self.inner.hosts.lock().entry(target).or_default().in_use += 1;
+        self.inner.hosts.lock().entry(target).or_default().take_h1();
         Ok(Session::h1(&self.inner, target, h1::Conn::new(conn.io, id), false))
     }
 
@@ -304,7 +321,7 @@ impl Pool {
             let mut hosts = self.inner.hosts.lock();
             let host = hosts.entry(target).or_default();
             host.negotiated = Some(Protocol::Http1);
-            host.in_use += 1;
+            host.take_h1();
             drop(hosts);
             return Ok(Session::h1(&self.inner, target, h1::Conn::new(conn.io, id), false));
         }
@@ -390,10 +407,11 @@ impl Inner {
         let mut hosts = self.hosts.lock();
         let Some(host) = hosts.get_mut(&target) else { return };
         host.in_use = host.in_use.saturating_sub(1);
-        if self.config.max_idle_per_server == 0 {
+        let limit = host.idle_limit(self.config.max_idle_per_server);
+        if limit == 0 {
             self.metrics.evicted.fetch_add(1, Ordering::Relaxed);
         } else {
-            if host.idle.len() >= self.config.max_idle_per_server {
+            if host.idle.len() >= limit {
                 host.idle.pop_front(); // the oldest goes
                 self.metrics.evicted.fetch_add(1, Ordering::Relaxed);
             }
@@ -455,6 +473,12 @@ async fn evict_loop(pool: Weak<Inner>, every: Duration) {
         for host in hosts.values_mut() {
             let before = host.idle.len() + host.h2.len();
             host.idle.retain_mut(|s| !s.conn.is_closed() && s.since.elapsed() < timeout);
+            // A new window for the adaptive limit; what the load no longer
+            // uses goes, the oldest first.
+            host.last_peak = std::mem::replace(&mut host.peak, host.in_use);
+            let keep = host.idle_limit(inner.config.max_idle_per_server);
+            let surplus = host.idle.len().saturating_sub(keep);
+            host.idle.drain(..surplus);
             let now = Instant::now();
             host.h2.retain_mut(|c| {
                 if c.in_use() {

@@ -54,7 +54,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 use vigil_benches::{arg, arg_str};
 use vigil_hostdb::{HostDb, HostDbConfig, OriginKey, OriginSpec, ServerSource};
 use vigil_l7check::{Checker, CheckerOptions, HealthChecks, OriginUpstream, PoolProbe};
-use vigil_session::{NoopObserver, Pool, PoolConfig, Protocol, Upstream};
+use vigil_session::{IdleLimit, NoopObserver, Pool, PoolConfig, Protocol, Upstream};
 
 const PORT: u16 = 18_181;
 
@@ -365,7 +365,10 @@ async fn harness(kind: Kind) {
         })
         .collect();
     db.apply(&HostDbConfig { origins, ..Default::default() }).unwrap();
-    let pool = Pool::new(PoolConfig { max_idle_per_server: 4, ..Default::default() }, Arc::new(NoopObserver));
+    let pool = Pool::new(
+        PoolConfig { max_idle_per_server: IdleLimit::Fixed(4), ..Default::default() },
+        Arc::new(NoopObserver),
+    );
     let options = CheckerOptions { max_in_flight };
     let checker = Checker::new(db.clone(), Arc::new(PoolProbe::new(pool.clone())), hc, options);
     if kind == Kind::Grpc {

@@ -108,6 +108,16 @@ fn a_bad_main_config_names_file_line_and_column() {
             "not a size",
         ),
         ("[proxy]\nlisten = \"127.0.0.1:8080\"\n[limits]\nmax_uri = 10\n", "4:11", "max_uri must be"),
+        (
+            "[proxy]\nlisten = \"127.0.0.1:8080\"\n[pool]\nmax_idle_per_server = \"lots\"\n",
+            "4:23",
+            "max_idle_per_server is \"auto\" or a number from 0 to 100000",
+        ),
+        (
+            "[proxy]\nlisten = \"127.0.0.1:8080\"\n[pool]\nmax_idle_per_server = -1\n",
+            "4:23",
+            "max_idle_per_server is \"auto\" or a number",
+        ),
         ("[proxy]\nlisten = \"127.0.0.1:8080\"\n[limits]\nkeepalive = \"1s\"\n", "4:1", "keepalive"),
         (
             "[proxy]\nlisten = \"127.0.0.1:8080\"\n[access_log]\npath = \"a.log\"\nformat = \"clf\"\n",

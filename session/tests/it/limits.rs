@@ -1,19 +1,64 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use vigil_session::{Freshness, NoopObserver, Pool, PoolConfig, PoolCounts, Target};
+use vigil_session::{Freshness, IdleLimit, NoopObserver, Pool, PoolConfig, PoolCounts, Target};
 
 use crate::{concurrent, get, h1_origin, read_all};
 
 #[tokio::test]
 async fn parallel_requests_stay_within_the_idle_limit() {
     let origin = h1_origin().await;
-    let config = PoolConfig { max_idle_per_server: 4, ..Default::default() };
+    let config = PoolConfig { max_idle_per_server: IdleLimit::Fixed(4), ..Default::default() };
     let pool = Pool::new(config, Arc::new(NoopObserver));
     let t = Target::http1(origin.addr);
     concurrent(&pool, t, 16, "/slow").await;
     assert_eq!(origin.conns(), 16, "h1 sessions are unique: one per concurrent request");
     assert_eq!(pool.counts(origin.addr), PoolCounts { idle: 4, in_use: 0 });
+    assert_eq!(pool.metrics().evicted(), 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adaptive_idle_limit_keeps_what_the_load_uses_and_no_more() {
+    let origin = h1_origin().await;
+    let config = PoolConfig {
+        max_idle_per_server: IdleLimit::Adaptive { min: 2, max: 8 },
+        idle_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let pool = Pool::new(config, Arc::new(NoopObserver));
+    let t = Target::http1(origin.addr);
+    // Waves of six at once: six sessions, reused wave after wave (a fixed
+    // limit of 2 closes four after each wave and opens them again).
+    for _ in 0..3 {
+        concurrent(&pool, t, 6, "/slow").await;
+    }
+    assert_eq!(origin.conns(), 6);
+    assert_eq!(pool.metrics().evicted(), 0);
+    assert_eq!(pool.counts(origin.addr), PoolCounts { idle: 6, in_use: 0 });
+
+    // Twelve at once: never more than 8 kept.
+    concurrent(&pool, t, 12, "/slow").await;
+    assert_eq!(pool.counts(origin.addr), PoolCounts { idle: 8, in_use: 0 });
+
+    // The load gone, two sweeps (every 500 ms here) give back all but 2,
+    // before the idle timeout closes the rest.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1_800);
+    while pool.counts(origin.addr).idle > 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pool.counts(origin.addr).idle, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_idle_limit_below_the_load_churns() {
+    let origin = h1_origin().await;
+    let config = PoolConfig { max_idle_per_server: IdleLimit::Fixed(2), ..Default::default() };
+    let pool = Pool::new(config, Arc::new(NoopObserver));
+    for _ in 0..3 {
+        concurrent(&pool, Target::http1(origin.addr), 6, "/slow").await;
+    }
+    // What the adaptive limit is for: the same waves open 6 + 4 + 4.
+    assert_eq!(origin.conns(), 14);
     assert_eq!(pool.metrics().evicted(), 12);
 }
 
@@ -60,7 +105,7 @@ fn fds_on_port(port: u16) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_checkouts_hold_no_more_descriptors_than_the_limits_allow() {
     let origin = h1_origin().await;
-    let config = PoolConfig { max_idle_per_server: 4, ..Default::default() };
+    let config = PoolConfig { max_idle_per_server: IdleLimit::Fixed(4), ..Default::default() };
     let pool = Pool::new(config, Arc::new(NoopObserver));
     let t = Target::http1(origin.addr);
     let before = fds_on_port(origin.addr.port());
