@@ -207,7 +207,18 @@ pub(crate) async fn serve_halves<R: ConnRead, W: AsyncWrite + Unpin + Send>(
         let c = shared.config.load();
         (c.client_header_timeout, c.limits.keepalive_timeout, c.limits.send_timeout, c.limits.head())
     };
-    let first_deadline = tokio::time::Instant::now() + head_timeout;
+    let mut first_deadline = tokio::time::Instant::now() + head_timeout;
+    // What `Stop::idle` does, with the stop's notification and the timer
+    // made once per connection, not once per request (each is a
+    // registration: hundreds of instructions a request).
+    let stopped = stop.notify.notified();
+    let mut stopped = pin!(stopped);
+    stopped.as_mut().enable();
+    // A connection accepted after the stop has no notification coming.
+    let mut stop_seen = stop.stopping();
+    if stop_seen {
+        first_deadline = first_deadline.min(tokio::time::Instant::now() + IDLE_GRACE);
+    }
     let timer = tokio::time::sleep_until(first_deadline);
     let mut timer = pin!(timer);
     let mut out = Writer { q: WriteQueue::default(), send_timeout };
@@ -216,11 +227,25 @@ pub(crate) async fn serve_halves<R: ConnRead, W: AsyncWrite + Unpin + Send>(
         if read.lock().buf.is_empty() {
             // No request begun: wait for one's first bytes. Once the server
             // stops, only for `IDLE_GRACE`: a client that sent its next
-            // request as the stop came is answered, not cut off.
-            let deadline =
-                if first { first_deadline } else { tokio::time::Instant::now() + keepalive_timeout };
-            let Some(more) = stop.idle(deadline, poll_fn(|cx| read.lock().poll_fill(cx))).await else {
-                if stop.stopping() {
+            // request as the stop came is answered, not cut off. (After a
+            // stop a connection's answer closes it: there is no next wait.)
+            if !first {
+                timer.as_mut().reset(tokio::time::Instant::now() + keepalive_timeout);
+            }
+            let more = loop {
+                tokio::select! {
+                    biased;
+                    more = poll_fn(|cx| read.lock().poll_fill(cx)) => break Some(more),
+                    () = &mut stopped, if !stop_seen => {
+                        stop_seen = true;
+                        let at = timer.deadline().min(tokio::time::Instant::now() + IDLE_GRACE);
+                        timer.as_mut().reset(at);
+                    }
+                    () = &mut timer => break None,
+                }
+            };
+            let Some(more) = more else {
+                if stop_seen {
                     tracing::debug!("stopping, and no request came; closing");
                 } else if first {
                     tracing::debug!("no request within client_header_timeout; closing");
