@@ -246,12 +246,12 @@ impl IdleLimit {
     /// The default: adaptive between 64 and 1 024.
     pub const AUTO: Self = Self::Adaptive { min: 64, max: 1024 };
 
-    /// The limit for a target whose recent peak of sessions in use is `peak`.
-    #[inline]
-    pub(crate) fn at(self, peak: usize) -> usize {
+    /// The bounds on a target's idle sessions, whatever its recent peak of
+    /// sessions in use: `(n, n)` for a fixed limit.
+    pub(crate) fn bounds(self) -> (usize, usize) {
         match self {
-            Self::Fixed(n) => n,
-            Self::Adaptive { min, max } => peak.clamp(min, max.max(min)),
+            Self::Fixed(n) => (n, n),
+            Self::Adaptive { min, max } => (min, max.max(min)),
         }
     }
 }

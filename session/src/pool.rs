@@ -20,7 +20,7 @@ use crate::error::SessionError;
 use crate::h1;
 use crate::h2::H2Conn;
 use crate::session::Session;
-use crate::{IdleLimit, Observer, PoolConfig, PoolMetrics, Protocol, Target};
+use crate::{Observer, PoolConfig, PoolMetrics, Protocol, Target};
 
 /// Whether a checkout may take an idle session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,10 +75,11 @@ impl Host {
         self.peak = self.peak.max(self.in_use);
     }
 
-    /// How many idle HTTP/1.1 sessions this target keeps now.
+    /// How many idle HTTP/1.1 sessions this target keeps now, within
+    /// `(min, max)` ([`IdleLimit::bounds`]).
     #[inline]
-    fn idle_limit(&self, limit: IdleLimit) -> usize {
-        limit.at(self.peak.max(self.last_peak))
+    fn idle_limit(&self, (min, max): (usize, usize)) -> usize {
+        self.peak.max(self.last_peak).max(min).min(max)
     }
 
     fn is_empty(&self) -> bool {
@@ -92,6 +93,8 @@ pub(crate) struct Inner {
     pub(crate) metrics: PoolMetrics,
     connector: Arc<dyn Connect>,
     hosts: Mutex<HashMap<Target, Host, foldhash::fast::RandomState>>,
+    /// `config.max_idle_per_server` as bounds, worked out once.
+    idle_bounds: (usize, usize),
 }
 
 /// A pool of keep-alive origin sessions, shared by requests and checks.
@@ -136,6 +139,7 @@ impl Pool {
         connector: Arc<dyn Connect>,
     ) -> Self {
         let inner = Arc::new(Inner {
+            idle_bounds: config.max_idle_per_server.bounds(),
             config,
             observer,
             metrics: PoolMetrics::default(),
@@ -407,7 +411,7 @@ impl Inner {
         let mut hosts = self.hosts.lock();
         let Some(host) = hosts.get_mut(&target) else { return };
         host.in_use = host.in_use.saturating_sub(1);
-        let limit = host.idle_limit(self.config.max_idle_per_server);
+        let limit = host.idle_limit(self.idle_bounds);
         if limit == 0 {
             self.metrics.evicted.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -476,7 +480,7 @@ async fn evict_loop(pool: Weak<Inner>, every: Duration) {
             // A new window for the adaptive limit; what the load no longer
             // uses goes, the oldest first.
             host.last_peak = std::mem::replace(&mut host.peak, host.in_use);
-            let keep = host.idle_limit(inner.config.max_idle_per_server);
+            let keep = host.idle_limit(inner.idle_bounds);
             let surplus = host.idle.len().saturating_sub(keep);
             host.idle.drain(..surplus);
             let now = Instant::now();
