@@ -31,6 +31,12 @@ const FRAGMENT: u8 = 1;
 const FRAGMENT_HEADER: usize = 1 + 4 + 1 + 1;
 /// Payload bytes per fragment.
 const FRAGMENT_PAYLOAD: usize = MAX_DATAGRAM - OVERHEAD - FRAGMENT_HEADER;
+/// Most fragments of one message: chitchat keeps a message within
+/// `MAX_DATAGRAM`, which two fragments hold. A fragment that claims more is
+/// refused before anything is kept for it, so its `count` byte sizes no
+/// table.
+const MAX_FRAGMENTS: usize = 2;
+const _: () = assert!(MAX_FRAGMENTS * FRAGMENT_PAYLOAD >= MAX_DATAGRAM);
 /// Senders with a message half received; past this the table is cleared
 /// (only key holders can fill it: fragments are authenticated first).
 const MAX_PARTIAL: usize = 256;
@@ -106,12 +112,11 @@ impl Transport for SealedTransport {
         Ok(Box::new(SealedSocket {
             socket,
             sealer: Sealer::new(&self.keys, &self.cluster_id),
-            opener: Opener::new(&self.keys, &self.cluster_id),
+            inbound: Inbound::new(&self.keys, &self.cluster_id, Arc::clone(&self.stats)),
             stats: Arc::clone(&self.stats),
             buf_send: Vec::new(),
             buf_recv: vec![0; MAX_DATAGRAM].into_boxed_slice(),
             next_id: 0,
-            partial: HashMap::new(),
         }))
     }
 }
@@ -123,33 +128,56 @@ struct Partial {
     missing: usize,
 }
 
-struct SealedSocket {
-    socket: tokio::net::UdpSocket,
-    sealer: Sealer,
+/// The receiving half, without the socket: opens each datagram, puts
+/// fragments back together and decodes chitchat's message. Everything a
+/// peer's bytes reach is here, so the fuzz targets drive it directly
+/// ([`crate::check`]).
+pub(crate) struct Inbound {
     opener: Opener,
     stats: Arc<TransportStats>,
-    buf_send: Vec<u8>,
-    buf_recv: Box<[u8]>,
-    next_id: u32,
     partial: HashMap<SocketAddr, Partial>,
 }
 
-impl SealedSocket {
-    async fn send_sealed(&self, to: SocketAddr, frame: &[u8]) -> anyhow::Result<()> {
-        let datagram = self.sealer.seal(frame);
-        match self.socket.send_to(&datagram, to).await {
-            Ok(n) => {
-                self.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
-                self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                Ok(())
+impl Inbound {
+    pub(crate) fn new(keys: &Arc<Keyring>, cluster_id: &str, stats: Arc<TransportStats>) -> Self {
+        Self { opener: Opener::new(keys, cluster_id), stats, partial: HashMap::new() }
+    }
+
+    /// The message `datagram` from `from` carries or completes, if any;
+    /// counts it (and counts it rejected when it does not open or decode).
+    pub(crate) fn receive(&mut self, from: SocketAddr, datagram: &[u8]) -> Option<ChitchatMessage> {
+        self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_in.fetch_add(datagram.len() as u64, Ordering::Relaxed);
+        let frame = match self.opener.open(datagram) {
+            Ok(opened) => {
+                if opened.previous_key {
+                    self.stats.previous_key.fetch_add(1, Ordering::Relaxed);
+                }
+                opened.payload
             }
-            // A peer that is gone (ICMP unreachable reported on this
-            // socket) or a full buffer loses one datagram; gossip repeats.
-            Err(e) if is_transient(&e) => {
-                tracing::debug!(to = %to, error = %e, "gossip datagram not sent");
-                Ok(())
+            Err(e) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(from = %from, error = %e, "gossip datagram rejected");
+                return None;
             }
-            Err(e) => Err(e).with_context(|| format!("cannot send gossip to {to}")),
+        };
+        // A whole message is decoded where it lies; fragments are collected.
+        let whole;
+        let message = match frame.first() {
+            Some(&WHOLE) => &frame[1..],
+            _ => {
+                whole = self.reassemble(from, &frame)?;
+                &whole[..]
+            }
+        };
+        match ChitchatMessage::deserialize(&mut &message[..]) {
+            Ok(message) => Some(message),
+            Err(e) => {
+                // Authentic but undecodable: a node of another version.
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(from = %from, error = %e, "gossip message from a key holder does not decode");
+                None
+            }
         }
     }
 
@@ -159,7 +187,7 @@ impl SealedSocket {
             Some(FRAGMENT) if frame.len() >= FRAGMENT_HEADER => {
                 let id = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]);
                 let (index, count) = (frame[5] as usize, frame[6] as usize);
-                if count < 2 || index >= count {
+                if !(2..=MAX_FRAGMENTS).contains(&count) || index >= count {
                     return None;
                 }
                 if self.partial.len() >= MAX_PARTIAL && !self.partial.contains_key(&from) {
@@ -187,6 +215,49 @@ impl SealedSocket {
             _ => None,
         }
     }
+
+    /// Messages half received, and the bytes their fragments hold.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn buffered(&self) -> (usize, usize) {
+        let bytes = self.partial.values().flat_map(|p| p.parts.iter().flatten()).map(Vec::len).sum();
+        (self.partial.len(), bytes)
+    }
+
+    /// The most fragments a half-received message has room for.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn widest_partial(&self) -> usize {
+        self.partial.values().map(|p| p.parts.len()).max().unwrap_or(0)
+    }
+}
+
+struct SealedSocket {
+    socket: tokio::net::UdpSocket,
+    sealer: Sealer,
+    inbound: Inbound,
+    stats: Arc<TransportStats>,
+    buf_send: Vec<u8>,
+    buf_recv: Box<[u8]>,
+    next_id: u32,
+}
+
+impl SealedSocket {
+    async fn send_sealed(&self, to: SocketAddr, frame: &[u8]) -> anyhow::Result<()> {
+        let datagram = self.sealer.seal(frame);
+        match self.socket.send_to(&datagram, to).await {
+            Ok(n) => {
+                self.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
+                self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            // A peer that is gone (ICMP unreachable reported on this
+            // socket) or a full buffer loses one datagram; gossip repeats.
+            Err(e) if is_transient(&e) => {
+                tracing::debug!(to = %to, error = %e, "gossip datagram not sent");
+                Ok(())
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot send gossip to {to}")),
+        }
+    }
 }
 
 fn is_transient(e: &std::io::Error) -> bool {
@@ -206,7 +277,14 @@ impl Socket for SealedSocket {
         } else {
             self.next_id = self.next_id.wrapping_add(1);
             let chunks: Vec<&[u8]> = buf[1..].chunks(FRAGMENT_PAYLOAD).collect();
-            let count = chunks.len() as u8; // at most 2: chitchat stays under 65 507
+            if chunks.len() > MAX_FRAGMENTS {
+                // chitchat stays under 65 507 bytes: never so. A receiver
+                // would refuse it, so it is not sent.
+                tracing::warn!(to = %to, bytes = buf.len(), "gossip message too large to send");
+                self.buf_send = buf;
+                return Ok(());
+            }
+            let count = chunks.len() as u8;
             let mut frame = Vec::with_capacity(MAX_DATAGRAM);
             let mut result = Ok(());
             for (index, chunk) in chunks.iter().enumerate() {
@@ -233,40 +311,8 @@ impl Socket for SealedSocket {
                 Err(e) if is_transient(&e) => continue,
                 Err(e) => return Err(e).context("the gossip socket failed"),
             };
-            self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
-            self.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-            let frame = match self.opener.open(&self.buf_recv[..n]) {
-                Ok(opened) => {
-                    if opened.previous_key {
-                        self.stats.previous_key.fetch_add(1, Ordering::Relaxed);
-                    }
-                    opened.payload
-                }
-                Err(e) => {
-                    self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(from = %from, error = %e, "gossip datagram rejected");
-                    continue;
-                }
-            };
-            // A whole message is decoded where it lies; fragments are collected.
-            let whole;
-            let message = match frame.first() {
-                Some(&WHOLE) => &frame[1..],
-                _ => match self.reassemble(from, &frame) {
-                    Some(m) => {
-                        whole = m;
-                        &whole[..]
-                    }
-                    None => continue,
-                },
-            };
-            match ChitchatMessage::deserialize(&mut &message[..]) {
-                Ok(message) => return Ok((from, message)),
-                Err(e) => {
-                    // Authentic but undecodable: a node of another version.
-                    self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(from = %from, error = %e, "gossip message from a key holder does not decode");
-                }
+            if let Some(message) = self.inbound.receive(from, &self.buf_recv[..n]) {
+                return Ok((from, message));
             }
         }
     }
@@ -280,41 +326,49 @@ mod tests {
         Arc::new(Keyring::new(crate::ClusterKey::from_bytes(&[b; 32]).unwrap(), Vec::new()))
     }
 
+    /// A fragment frame: `id`, `index` of `count`, then `body`.
+    fn frag(id: u32, index: u8, count: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![FRAGMENT];
+        f.extend_from_slice(&id.to_be_bytes());
+        f.extend_from_slice(&[index, count]);
+        f.extend_from_slice(body);
+        f
+    }
+
     #[test]
     fn fragments_reassemble_in_any_order_and_a_newer_message_replaces_an_older() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let mut s = SealedSocket {
-                socket,
-                sealer: Sealer::new(&key(1), "c"),
-                opener: Opener::new(&key(1), "c"),
-                stats: Arc::default(),
-                buf_send: vec![],
-                buf_recv: vec![0; 16].into_boxed_slice(),
-                next_id: 0,
-                partial: HashMap::new(),
-            };
-            let from: SocketAddr = "127.0.0.9:1".parse().unwrap();
-            let frag = |id: u32, i: u8, n: u8, body: &[u8]| {
-                let mut f = vec![FRAGMENT];
-                f.extend_from_slice(&id.to_be_bytes());
-                f.extend_from_slice(&[i, n]);
-                f.extend_from_slice(body);
-                f
-            };
-            assert_eq!(s.reassemble(from, &frag(7, 1, 2, b"world")), None);
-            assert_eq!(s.reassemble(from, &frag(7, 0, 2, b"hello ")), Some(b"hello world".to_vec()));
-            // Message 8's first half is lost when 9 starts.
-            assert_eq!(s.reassemble(from, &frag(8, 0, 2, b"old")), None);
-            assert_eq!(s.reassemble(from, &frag(9, 0, 2, b"new ")), None);
-            assert_eq!(s.reassemble(from, &frag(9, 1, 2, b"one")), Some(b"new one".to_vec()));
-            // Nonsense headers are ignored.
-            assert_eq!(s.reassemble(from, &frag(1, 2, 2, b"x")), None);
-            assert_eq!(s.reassemble(from, &[FRAGMENT, 0]), None);
-            assert_eq!(s.reassemble(from, &[9]), None);
-            assert_eq!(s.reassemble(from, &[WHOLE, b'a']), None, "not a fragment");
-        });
+        let mut s = Inbound::new(&key(1), "c", Arc::default());
+        let from: SocketAddr = "127.0.0.9:1".parse().unwrap();
+        assert_eq!(s.reassemble(from, &frag(7, 1, 2, b"world")), None);
+        assert_eq!(s.reassemble(from, &frag(7, 0, 2, b"hello ")), Some(b"hello world".to_vec()));
+        // Message 8's first half is lost when 9 starts.
+        assert_eq!(s.reassemble(from, &frag(8, 0, 2, b"old")), None);
+        assert_eq!(s.reassemble(from, &frag(9, 0, 2, b"new ")), None);
+        assert_eq!(s.reassemble(from, &frag(9, 1, 2, b"one")), Some(b"new one".to_vec()));
+        // Nonsense headers are ignored.
+        assert_eq!(s.reassemble(from, &frag(1, 2, 2, b"x")), None);
+        assert_eq!(s.reassemble(from, &[FRAGMENT, 0]), None);
+        assert_eq!(s.reassemble(from, &[9]), None);
+        assert_eq!(s.reassemble(from, &[WHOLE, b'a']), None, "not a fragment");
+        assert_eq!(s.buffered(), (0, 0));
+    }
+
+    #[test]
+    fn a_fragment_count_past_what_a_message_needs_keeps_nothing() {
+        // A 7-byte frame claiming 255 fragments used to make a table of 255
+        // slots: an allocation sized by a byte of the input.
+        let mut s = Inbound::new(&key(1), "c", Arc::default());
+        let from: SocketAddr = "127.0.0.9:1".parse().unwrap();
+        for count in [3, 255] {
+            assert_eq!(s.reassemble(from, &frag(1, 0, count, b"")), None);
+            assert_eq!(s.reassemble(from, &frag(1, count - 1, count, b"x")), None);
+        }
+        assert_eq!(s.buffered(), (0, 0));
+        assert_eq!(s.widest_partial(), 0);
+        // Two still go through.
+        assert_eq!(s.reassemble(from, &frag(2, 0, 2, b"a")), None);
+        assert_eq!(s.widest_partial(), 2);
+        assert_eq!(s.reassemble(from, &frag(2, 1, 2, b"b")), Some(b"ab".to_vec()));
     }
 
     #[test]
