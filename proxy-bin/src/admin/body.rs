@@ -56,11 +56,93 @@ impl ServerBody for WeightBody {
     }
 }
 
-/// A body, its origin and its server, or the message a 400 carries.
+/// Most characters of the client's own text an error repeats: enough to
+/// recognise it, and a 64 KiB body does not come back whole.
+const ECHO: usize = 120;
+
+/// A body, its origin and its server, or the message a 400 carries: one
+/// line, whatever the body holds.
 pub(crate) fn decode<B: ServerBody>(body: &[u8]) -> Result<(B, OriginKey, SocketAddr), String> {
-    let b: B = serde_json::from_slice(body).map_err(|e| format!("expected {}: {e}", B::SHAPE))?;
-    let origin: OriginKey = b.origin().parse().map_err(|e| format!("origin {:?}: {e}", b.origin()))?;
-    let server =
-        vigil_hostdb::parse_server_addr(b.server()).map_err(|e| format!("server {:?}: {e}", b.server()))?;
+    // serde_json's message repeats an unknown field's name as it was sent
+    // (a JSON escape can put a line break in it), and its position last.
+    let b: B = serde_json::from_slice(body)
+        .map_err(|e| format!("expected {}: {}", B::SHAPE, one_line(&e.to_string())))?;
+    let origin: OriginKey = b
+        .origin()
+        .parse()
+        .map_err(|e: vigil_hostdb::AddrError| format!("origin {}: {}", echo(b.origin()), e.reason()))?;
+    let server = vigil_hostdb::parse_server_addr(b.server())
+        .map_err(|e| format!("server {}: {}", echo(b.server()), e.reason()))?;
     Ok((b, origin, server))
+}
+
+/// `text` quoted, control characters escaped, cut to [`ECHO`] characters.
+fn echo(text: &str) -> String {
+    match text.char_indices().nth(ECHO) {
+        Some((cut, _)) => format!("{:?}…", &text[..cut]),
+        None => format!("{text:?}"),
+    }
+}
+
+/// `message` on one line (control characters escaped) and, when long, cut
+/// in the middle: its start says what is wrong, its end where.
+fn one_line(message: &str) -> String {
+    let mut escaped = String::with_capacity(message.len());
+    for c in message.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    let n = escaped.chars().count();
+    if n <= 3 * ECHO {
+        return escaped;
+    }
+    let head: String = escaped.chars().take(2 * ECHO).collect();
+    let tail: String = escaped.chars().skip(n - ECHO / 2).collect();
+    format!("{head}…{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_good_body_decodes() {
+        let (b, origin, server) =
+            decode::<WeightBody>(br#"{"origin": "App.Internal", "server": "10.0.0.1:80", "weight": 3}"#)
+                .unwrap();
+        assert_eq!(
+            (b.weight, origin.as_str(), server.to_string().as_str()),
+            (3, "app.internal:80", "10.0.0.1:80")
+        );
+    }
+
+    /// Found by the admin_json fuzz target: an unknown field whose name
+    /// has a JSON-escaped line break came back in a two-line error.
+    #[test]
+    fn an_error_is_one_line_whatever_the_body_holds() {
+        let e = decode::<MaintenanceBody>(br#"{"origi\nrv": 1}"#).unwrap_err();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.contains(r"unknown field `origi\nrv`") && e.ends_with("at line 1 column 12"), "{e}");
+        let e = decode::<MaintenanceBody>(br#"{"origin": "a\u0000b", "server": "1.2.3.4:5", "on": true}"#)
+            .unwrap_err();
+        assert!(e.starts_with(r#"origin "a\0b": "#), "{e}");
+    }
+
+    #[test]
+    fn an_error_repeats_little_of_a_long_body() {
+        let long = "x".repeat(60_000);
+        let body = format!(r#"{{"{long}": 1}}"#);
+        let e = decode::<WeightBody>(body.as_bytes()).unwrap_err();
+        assert!(e.len() < WeightBody::SHAPE.len() + 4 * ECHO, "{} bytes", e.len());
+        assert!(e.ends_with("at line 1 column 60003"), "{e}");
+        let body = format!(r#"{{"origin": "{long}:80", "server": "1.2.3.4:5", "weight": 1}}"#);
+        let e = decode::<WeightBody>(body.as_bytes()).unwrap_err();
+        assert!(e.starts_with(&format!("origin \"{}\"…: ", "x".repeat(ECHO))), "{e}");
+        let body = format!(r#"{{"origin": "a:80", "server": "{long}", "weight": 1}}"#);
+        let e = decode::<WeightBody>(body.as_bytes()).unwrap_err();
+        assert!(e.len() < 2 * ECHO, "{e}");
+    }
 }
