@@ -76,12 +76,19 @@ pub(crate) fn decode<B: ServerBody>(body: &[u8]) -> Result<(B, OriginKey, Socket
     Ok((b, origin, server))
 }
 
-/// `text` quoted, control characters escaped, cut to [`ECHO`] characters.
+/// `text` quoted and escaped as `{:?}` would, cut where the escaped text
+/// passes [`ECHO`] characters (an escape is up to 10 of them: cutting the
+/// text itself at `ECHO` would still let it grow tenfold).
 fn echo(text: &str) -> String {
-    match text.char_indices().nth(ECHO) {
-        Some((cut, _)) => format!("{:?}…", &text[..cut]),
-        None => format!("{text:?}"),
+    let mut shown = String::new();
+    for c in text.chars() {
+        let escaped = c.escape_debug();
+        if shown.len() + escaped.len() > ECHO {
+            return format!("\"{shown}\"…");
+        }
+        shown.extend(escaped);
     }
+    format!("\"{shown}\"")
 }
 
 /// `message` on one line (control characters escaped) and, when long, cut
@@ -144,5 +151,10 @@ mod tests {
         let body = format!(r#"{{"origin": "a:80", "server": "{long}", "weight": 1}}"#);
         let e = decode::<WeightBody>(body.as_bytes()).unwrap_err();
         assert!(e.len() < 2 * ECHO, "{e}");
+        // Found by the admin_json fuzz target: 120 characters that each
+        // escape to six (`\u{7f}`) came back as 720.
+        let body = format!(r#"{{"origin": "a{}", "server": "a:80", "weight": 1}}"#, r"\u007f".repeat(200));
+        let e = decode::<WeightBody>(body.as_bytes()).unwrap_err();
+        assert!(e.starts_with(r#"origin "a\u{7f}"#) && e.len() < 2 * ECHO, "{} bytes: {e}", e.len());
     }
 }
