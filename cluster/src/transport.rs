@@ -75,7 +75,8 @@ impl TransportStats {
         self.datagrams_out.load(Ordering::Relaxed)
     }
     /// Datagrams dropped because they did not open (wrong key or cluster id,
-    /// tampered, replayed) or did not decode.
+    /// tampered, replayed), did not decode, or would have inflated past 16
+    /// times their size.
     pub fn rejected(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
     }
