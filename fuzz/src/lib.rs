@@ -49,13 +49,13 @@ pub fn assert_positioned(e: &FileError, file: &str, text: &str) {
 /// `vigil.toml`'s parser on `data`: no panic; an error is positioned
 /// ([`assert_positioned`]); a warning names the file.
 ///
-/// Bytes that are not UTF-8 never reach the parser: the binary reads the
-/// file as text first and refuses it with the file's name and no position
-/// (`vigil.toml: cannot read: stream did not contain valid UTF-8`), the one
-/// error without one. No other error comes before the parser: the files a
-/// config names (certificates, keys, the health-check file) are read after
-/// it, and their errors carry the position of the key that names them
-/// (`Located`).
+/// Some errors have no position, all from outside the parser: a file that
+/// cannot be read, or is not UTF-8, is refused by its name alone
+/// (`vigil.toml: cannot read: stream did not contain valid UTF-8`), be it
+/// vigil.toml or the health-check file it names. So bytes that are not
+/// UTF-8 are skipped here. The other files it names (keys, certificates)
+/// are read after the parser, and their errors carry the position of the
+/// key that names them (`Located`).
 pub fn main_config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     match config::Config::parse(text, Path::new(MAIN_CONFIG)) {
