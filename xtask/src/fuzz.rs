@@ -12,7 +12,8 @@
 //!
 //! Each run starts from the committed seeds (`<crate>/corpus/<target>`,
 //! read only) and grows a scratch corpus under the target directory, so a
-//! run never adds files to the tree. A crash leaves its input under
+//! run never adds files to the tree: `fuzz/corpus/<target>` there, kept
+//! from one `cargo xtask fuzz` to the next; the smoke's own, emptied first. A crash leaves its input under
 //! `<target dir>/fuzz/artifacts/<target>/` and fails the step.
 
 use std::path::Path;
@@ -83,7 +84,19 @@ pub(crate) fn run(root: &Path, run: Run) -> Result<()> {
             Run::For(seconds) => (seconds, false),
         };
         let fuzz_dir = root.join(t.dir);
-        let corpus = work.join("corpus").join(t.name);
+        // The smoke starts from the seeds alone, every time: an unoptimized
+        // build would take minutes to replay what long runs have grown
+        // (and libFuzzer replays its corpus whatever -max_total_time says).
+        let corpus = match run {
+            Run::Smoke => {
+                let fresh = work.join("smoke-corpus").join(t.name);
+                if fresh.exists() {
+                    std::fs::remove_dir_all(&fresh)?;
+                }
+                fresh
+            }
+            Run::For(_) => work.join("corpus").join(t.name),
+        };
         let artifacts = work.join("artifacts").join(t.name);
         std::fs::create_dir_all(&corpus)?;
         std::fs::create_dir_all(&artifacts)?;
