@@ -24,6 +24,9 @@
 
 #![warn(missing_docs)]
 
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod check;
 pub mod node;
 pub mod ownership;
 pub mod record;

@@ -26,7 +26,9 @@ use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig
 use vigil_hostdb::{Event, HostDb, L4State, L7State, L7Status, OriginKey, Server, Source, SubscriptionId};
 
 use crate::ownership::owner_in;
-use crate::record::{ServerRecord, gossip_key, server_key};
+use crate::record::{
+    INTEREST, RECORD, ServerRecord, gossip_key, interest_key, parse_interest_key, server_key,
+};
 use crate::seal::{ClusterKey, Keyring};
 use crate::transport::{SealedTransport, TransportStats};
 
@@ -50,11 +52,6 @@ impl std::hash::Hasher for KeyHasher {
         self.0 = n;
     }
 }
-
-/// Prefix of the keys that say a node has traffic for an origin.
-const INTEREST: &str = "o:";
-/// Prefix of the server records.
-const RECORD: &str = "s:";
 
 /// What a node needs to join (the `[cluster]` section).
 #[derive(Debug, Clone)]
@@ -438,10 +435,10 @@ fn sync_once(inner: &Inner, cc: &mut chitchat::Chitchat, state: &mut SyncState) 
     let interest: HashSet<u64> =
         origins.iter().filter(|o| o.is_checking()).map(|o| o.key().hash64()).collect();
     for h in interest.difference(&state.interest) {
-        cc.self_node_state().set(format!("{INTEREST}{h:016x}"), "");
+        cc.self_node_state().set(interest_key(*h), "");
     }
     for h in state.interest.difference(&interest) {
-        cc.self_node_state().delete(&format!("{INTEREST}{h:016x}"));
+        cc.self_node_state().delete(&interest_key(*h));
     }
     state.interest = interest;
 
@@ -459,7 +456,7 @@ fn sync_once(inner: &Inner, cc: &mut chitchat::Chitchat, state: &mut SyncState) 
         }
         if let Some(node) = cc.node_state(id) {
             for (key, _) in node.iter_prefix(INTEREST) {
-                if let Some(h) = key.strip_prefix(INTEREST).and_then(|h| u64::from_str_radix(h, 16).ok()) {
+                if let Some(h) = parse_interest_key(key) {
                     view.interest.entry(h).or_default().push(Arc::clone(&name));
                 }
             }

@@ -37,15 +37,37 @@ pub fn server_key(origin: &OriginKey, server: SocketAddr) -> u64 {
     xxh3_64_with_seed(&buf[..n], origin.hash64())
 }
 
+/// Prefix of the gossip keys of server records.
+pub(crate) const RECORD: &str = "s:";
+/// Prefix of the gossip keys that say a node has traffic for an origin.
+pub(crate) const INTEREST: &str = "o:";
+
 /// The gossip key of a server record.
 pub fn gossip_key(server_key: u64) -> String {
-    format!("s:{server_key:016x}")
+    format!("{RECORD}{server_key:016x}")
 }
 
 /// The server key inside a gossip key written by [`gossip_key`].
 pub fn parse_gossip_key(key: &str) -> Option<u64> {
-    let hex = key.strip_prefix("s:")?;
-    if hex.len() != 16 {
+    parse_hex64(key.strip_prefix(RECORD)?)
+}
+
+/// The gossip key that says a node has traffic for the origin whose
+/// [`OriginKey::hash64`] is `origin_hash`.
+pub(crate) fn interest_key(origin_hash: u64) -> String {
+    format!("{INTEREST}{origin_hash:016x}")
+}
+
+/// The origin hash inside a key written by [`interest_key`].
+pub(crate) fn parse_interest_key(key: &str) -> Option<u64> {
+    parse_hex64(key.strip_prefix(INTEREST)?)
+}
+
+/// Exactly 16 lowercase hex digits, as the keys are written: one value has
+/// one spelling (`from_str_radix` alone would also take a sign, uppercase
+/// and fewer digits).
+fn parse_hex64(hex: &str) -> Option<u64> {
+    if hex.len() != 16 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     u64::from_str_radix(hex, 16).ok()
@@ -157,6 +179,19 @@ mod tests {
         assert_eq!(parse_gossip_key(&gossip_key(k)), Some(k));
         assert_eq!(parse_gossip_key("s:123"), None);
         assert_eq!(parse_gossip_key("origins"), None);
+        assert_eq!(interest_key(k), "o:00abcdef01234567");
+        assert_eq!(parse_interest_key(&interest_key(k)), Some(k));
+        assert_eq!(parse_interest_key(&gossip_key(k)), None);
+    }
+
+    #[test]
+    fn a_key_has_one_spelling() {
+        // Each of these parsed before: a sign, uppercase digits.
+        for key in ["s:+0abcdef01234567", "s:00ABCDEF01234567", "s:00abcdef0123456 "] {
+            assert_eq!(parse_gossip_key(key), None, "{key:?}");
+            let interest = key.replacen("s:", "o:", 1);
+            assert_eq!(parse_interest_key(&interest), None, "{interest:?}");
+        }
     }
 
     #[test]

@@ -31,9 +31,28 @@ const FRAGMENT: u8 = 1;
 const FRAGMENT_HEADER: usize = 1 + 4 + 1 + 1;
 /// Payload bytes per fragment.
 const FRAGMENT_PAYLOAD: usize = MAX_DATAGRAM - OVERHEAD - FRAGMENT_HEADER;
+/// Most fragments of one message: chitchat keeps a message within
+/// `MAX_DATAGRAM`, which two fragments hold. A fragment that claims more is
+/// refused before anything is kept for it, so its `count` byte sizes no
+/// table.
+const MAX_FRAGMENTS: usize = 2;
+const _: () = assert!(MAX_FRAGMENTS * FRAGMENT_PAYLOAD >= MAX_DATAGRAM);
 /// Senders with a message half received; past this the table is cleared
 /// (only key holders can fill it: fragments are authenticated first).
 const MAX_PARTIAL: usize = 256;
+/// What a message may inflate to when chitchat decodes it: its zstd
+/// blocks' declared sizes added up, at most this many times its own size
+/// (gossip compresses about twofold), or [`MIN_INFLATED`] when that is
+/// more. chitchat inflates every block, up to 64 KiB each, into one buffer
+/// before anything else: 185 blocks of 19 bytes, each a frame of 64 KiB of
+/// zeros, made 12 MiB of a 4 KiB datagram, and a whole datagram would make
+/// 200 MiB. Only key holders could send one; still, no message is taken
+/// that asks for more memory than this.
+const MAX_INFLATION: usize = 16;
+/// What any message may inflate to (four of chitchat's 16 KiB blocks).
+const MIN_INFLATED: usize = 64 * 1024;
+/// The most one of chitchat's blocks inflates to: its buffer's size.
+const MAX_BLOCK: usize = u16::MAX as usize;
 
 /// Datagram and byte counts of one node's transport.
 #[derive(Debug, Default)]
@@ -56,7 +75,8 @@ impl TransportStats {
         self.datagrams_out.load(Ordering::Relaxed)
     }
     /// Datagrams dropped because they did not open (wrong key or cluster id,
-    /// tampered, replayed) or did not decode.
+    /// tampered, replayed), did not decode, or would have inflated past 16
+    /// times their size.
     pub fn rejected(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
     }
@@ -106,12 +126,11 @@ impl Transport for SealedTransport {
         Ok(Box::new(SealedSocket {
             socket,
             sealer: Sealer::new(&self.keys, &self.cluster_id),
-            opener: Opener::new(&self.keys, &self.cluster_id),
+            inbound: Inbound::new(&self.keys, &self.cluster_id, Arc::clone(&self.stats)),
             stats: Arc::clone(&self.stats),
             buf_send: Vec::new(),
             buf_recv: vec![0; MAX_DATAGRAM].into_boxed_slice(),
             next_id: 0,
-            partial: HashMap::new(),
         }))
     }
 }
@@ -123,33 +142,66 @@ struct Partial {
     missing: usize,
 }
 
-struct SealedSocket {
-    socket: tokio::net::UdpSocket,
-    sealer: Sealer,
+/// The receiving half, without the socket: opens each datagram, puts
+/// fragments back together and decodes chitchat's message. Everything a
+/// peer's bytes reach is here, so the fuzz targets drive it directly
+/// ([`crate::check`]).
+pub(crate) struct Inbound {
     opener: Opener,
     stats: Arc<TransportStats>,
-    buf_send: Vec<u8>,
-    buf_recv: Box<[u8]>,
-    next_id: u32,
     partial: HashMap<SocketAddr, Partial>,
 }
 
-impl SealedSocket {
-    async fn send_sealed(&self, to: SocketAddr, frame: &[u8]) -> anyhow::Result<()> {
-        let datagram = self.sealer.seal(frame);
-        match self.socket.send_to(&datagram, to).await {
-            Ok(n) => {
-                self.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
-                self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                Ok(())
+impl Inbound {
+    pub(crate) fn new(keys: &Arc<Keyring>, cluster_id: &str, stats: Arc<TransportStats>) -> Self {
+        Self { opener: Opener::new(keys, cluster_id), stats, partial: HashMap::new() }
+    }
+
+    /// The message `datagram` from `from` carries or completes, if any;
+    /// counts it (and counts it rejected when it does not open or decode).
+    pub(crate) fn receive(&mut self, from: SocketAddr, datagram: &[u8]) -> Option<ChitchatMessage> {
+        self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_in.fetch_add(datagram.len() as u64, Ordering::Relaxed);
+        let frame = match self.opener.open(datagram) {
+            Ok(opened) => {
+                if opened.previous_key {
+                    self.stats.previous_key.fetch_add(1, Ordering::Relaxed);
+                }
+                opened.payload
             }
-            // A peer that is gone (ICMP unreachable reported on this
-            // socket) or a full buffer loses one datagram; gossip repeats.
-            Err(e) if is_transient(&e) => {
-                tracing::debug!(to = %to, error = %e, "gossip datagram not sent");
-                Ok(())
+            Err(e) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(from = %from, error = %e, "gossip datagram rejected");
+                return None;
             }
-            Err(e) => Err(e).with_context(|| format!("cannot send gossip to {to}")),
+        };
+        // A whole message is decoded where it lies; fragments are collected.
+        let whole;
+        let message = match frame.first() {
+            Some(&WHOLE) => &frame[1..],
+            _ => {
+                whole = self.reassemble(from, &frame)?;
+                &whole[..]
+            }
+        };
+        let limit = MIN_INFLATED.max(MAX_INFLATION * message.len());
+        match inflated_len(message) {
+            Some(n) if n <= limit => {}
+            n => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(from = %from, bytes = message.len(), inflated = ?n, limit,
+                    "gossip message from a key holder would inflate too far (or is not chitchat's)");
+                return None;
+            }
+        }
+        match ChitchatMessage::deserialize(&mut &message[..]) {
+            Ok(message) => Some(message),
+            Err(e) => {
+                // Authentic but undecodable: a node of another version.
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(from = %from, error = %e, "gossip message from a key holder does not decode");
+                None
+            }
         }
     }
 
@@ -159,7 +211,7 @@ impl SealedSocket {
             Some(FRAGMENT) if frame.len() >= FRAGMENT_HEADER => {
                 let id = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]);
                 let (index, count) = (frame[5] as usize, frame[6] as usize);
-                if count < 2 || index >= count {
+                if !(2..=MAX_FRAGMENTS).contains(&count) || index >= count {
                     return None;
                 }
                 if self.partial.len() >= MAX_PARTIAL && !self.partial.contains_key(&from) {
@@ -187,6 +239,138 @@ impl SealedSocket {
             _ => None,
         }
     }
+
+    /// Messages half received, and the bytes their fragments hold.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn buffered(&self) -> (usize, usize) {
+        let bytes = self.partial.values().flat_map(|p| p.parts.iter().flatten()).map(Vec::len).sum();
+        (self.partial.len(), bytes)
+    }
+
+    /// The most fragments a half-received message has room for.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn widest_partial(&self) -> usize {
+        self.partial.values().map(|p| p.parts.len()).max().unwrap_or(0)
+    }
+}
+
+/// The bytes chitchat's decoding of `message` inflates its blocks to,
+/// read from chitchat 0.11's layout (protocol 0) without inflating them:
+/// an uncompressed block counts its length, a compressed one the sizes its
+/// zstd frames declare (or [`MAX_BLOCK`], which is what chitchat inflates
+/// it into, when a frame declares none or cannot be read). `None` when the
+/// layout cannot be followed: such a message is not taken either.
+fn inflated_len(message: &[u8]) -> Option<usize> {
+    let mut r = Reader(message);
+    r.take(3)?; // magic number and protocol version: chitchat checks them
+    match r.u8()? {
+        // Syn (a digest and the cluster id), BadCluster: no blocks.
+        0 | 3 => Some(0),
+        // SynAck: a digest, then a delta.
+        1 => {
+            for _ in 0..r.u16()? {
+                let node_id = r.u16()?;
+                r.take(usize::from(node_id) + 8)?; // node id, generation
+                match r.u8()? {
+                    4 => r.take(4 + 2)?,
+                    6 => r.take(16 + 2)?,
+                    _ => return None,
+                };
+                r.take(24)?; // heartbeat, last GC version, max version
+            }
+            blocks(&mut r)
+        }
+        // Ack: a delta.
+        2 => blocks(&mut r),
+        _ => None,
+    }
+}
+
+/// A delta's blocks, until the end tag.
+fn blocks(r: &mut Reader<'_>) -> Option<usize> {
+    let mut total = 0usize;
+    loop {
+        let block = match r.u8()? {
+            0 => return Some(total),
+            1 => {
+                let len = r.u16()?;
+                zstd_declared(r.take(usize::from(len))?)
+            }
+            2 => {
+                let len = r.u16()?;
+                r.take(usize::from(len))?.len()
+            }
+            _ => return None,
+        };
+        total = total.saturating_add(block);
+    }
+}
+
+/// What a compressed block inflates to: its frames' declared sizes, at
+/// most [`MAX_BLOCK`].
+fn zstd_declared(mut frames: &[u8]) -> usize {
+    use zstd::zstd_safe::{find_frame_compressed_size, get_frame_content_size};
+    let mut total = 0usize;
+    while !frames.is_empty() && total < MAX_BLOCK {
+        let size = match get_frame_content_size(frames) {
+            Ok(Some(n)) => usize::try_from(n).unwrap_or(MAX_BLOCK),
+            _ => MAX_BLOCK,
+        };
+        total = total.saturating_add(size);
+        match find_frame_compressed_size(frames) {
+            Ok(n) if n > 0 && n <= frames.len() => frames = &frames[n..],
+            _ => return MAX_BLOCK,
+        }
+    }
+    total.min(MAX_BLOCK)
+}
+
+/// Little-endian fields off the front of a slice, as chitchat writes them.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        let b = self.take(2)?;
+        Some(u16::from_le_bytes([b[0], b[1]]))
+    }
+}
+
+struct SealedSocket {
+    socket: tokio::net::UdpSocket,
+    sealer: Sealer,
+    inbound: Inbound,
+    stats: Arc<TransportStats>,
+    buf_send: Vec<u8>,
+    buf_recv: Box<[u8]>,
+    next_id: u32,
+}
+
+impl SealedSocket {
+    async fn send_sealed(&self, to: SocketAddr, frame: &[u8]) -> anyhow::Result<()> {
+        let datagram = self.sealer.seal(frame);
+        match self.socket.send_to(&datagram, to).await {
+            Ok(n) => {
+                self.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
+                self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            // A peer that is gone (ICMP unreachable reported on this
+            // socket) or a full buffer loses one datagram; gossip repeats.
+            Err(e) if is_transient(&e) => {
+                tracing::debug!(to = %to, error = %e, "gossip datagram not sent");
+                Ok(())
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot send gossip to {to}")),
+        }
+    }
 }
 
 fn is_transient(e: &std::io::Error) -> bool {
@@ -206,7 +390,14 @@ impl Socket for SealedSocket {
         } else {
             self.next_id = self.next_id.wrapping_add(1);
             let chunks: Vec<&[u8]> = buf[1..].chunks(FRAGMENT_PAYLOAD).collect();
-            let count = chunks.len() as u8; // at most 2: chitchat stays under 65 507
+            if chunks.len() > MAX_FRAGMENTS {
+                // chitchat stays under 65 507 bytes: never so. A receiver
+                // would refuse it, so it is not sent.
+                tracing::warn!(to = %to, bytes = buf.len(), "gossip message too large to send");
+                self.buf_send = buf;
+                return Ok(());
+            }
+            let count = chunks.len() as u8;
             let mut frame = Vec::with_capacity(MAX_DATAGRAM);
             let mut result = Ok(());
             for (index, chunk) in chunks.iter().enumerate() {
@@ -233,40 +424,8 @@ impl Socket for SealedSocket {
                 Err(e) if is_transient(&e) => continue,
                 Err(e) => return Err(e).context("the gossip socket failed"),
             };
-            self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
-            self.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-            let frame = match self.opener.open(&self.buf_recv[..n]) {
-                Ok(opened) => {
-                    if opened.previous_key {
-                        self.stats.previous_key.fetch_add(1, Ordering::Relaxed);
-                    }
-                    opened.payload
-                }
-                Err(e) => {
-                    self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(from = %from, error = %e, "gossip datagram rejected");
-                    continue;
-                }
-            };
-            // A whole message is decoded where it lies; fragments are collected.
-            let whole;
-            let message = match frame.first() {
-                Some(&WHOLE) => &frame[1..],
-                _ => match self.reassemble(from, &frame) {
-                    Some(m) => {
-                        whole = m;
-                        &whole[..]
-                    }
-                    None => continue,
-                },
-            };
-            match ChitchatMessage::deserialize(&mut &message[..]) {
-                Ok(message) => return Ok((from, message)),
-                Err(e) => {
-                    // Authentic but undecodable: a node of another version.
-                    self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(from = %from, error = %e, "gossip message from a key holder does not decode");
-                }
+            if let Some(message) = self.inbound.receive(from, &self.buf_recv[..n]) {
+                return Ok((from, message));
             }
         }
     }
@@ -280,40 +439,154 @@ mod tests {
         Arc::new(Keyring::new(crate::ClusterKey::from_bytes(&[b; 32]).unwrap(), Vec::new()))
     }
 
+    /// A fragment frame: `id`, `index` of `count`, then `body`.
+    fn frag(id: u32, index: u8, count: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![FRAGMENT];
+        f.extend_from_slice(&id.to_be_bytes());
+        f.extend_from_slice(&[index, count]);
+        f.extend_from_slice(body);
+        f
+    }
+
     #[test]
     fn fragments_reassemble_in_any_order_and_a_newer_message_replaces_an_older() {
+        let mut s = Inbound::new(&key(1), "c", Arc::default());
+        let from: SocketAddr = "127.0.0.9:1".parse().unwrap();
+        assert_eq!(s.reassemble(from, &frag(7, 1, 2, b"world")), None);
+        assert_eq!(s.reassemble(from, &frag(7, 0, 2, b"hello ")), Some(b"hello world".to_vec()));
+        // Message 8's first half is lost when 9 starts.
+        assert_eq!(s.reassemble(from, &frag(8, 0, 2, b"old")), None);
+        assert_eq!(s.reassemble(from, &frag(9, 0, 2, b"new ")), None);
+        assert_eq!(s.reassemble(from, &frag(9, 1, 2, b"one")), Some(b"new one".to_vec()));
+        // Nonsense headers are ignored.
+        assert_eq!(s.reassemble(from, &frag(1, 2, 2, b"x")), None);
+        assert_eq!(s.reassemble(from, &[FRAGMENT, 0]), None);
+        assert_eq!(s.reassemble(from, &[9]), None);
+        assert_eq!(s.reassemble(from, &[WHOLE, b'a']), None, "not a fragment");
+        assert_eq!(s.buffered(), (0, 0));
+    }
+
+    #[test]
+    fn a_fragment_count_past_what_a_message_needs_keeps_nothing() {
+        // A 7-byte frame claiming 255 fragments used to make a table of 255
+        // slots: an allocation sized by a byte of the input.
+        let mut s = Inbound::new(&key(1), "c", Arc::default());
+        let from: SocketAddr = "127.0.0.9:1".parse().unwrap();
+        for count in [3, 255] {
+            assert_eq!(s.reassemble(from, &frag(1, 0, count, b"")), None);
+            assert_eq!(s.reassemble(from, &frag(1, count - 1, count, b"x")), None);
+        }
+        assert_eq!(s.buffered(), (0, 0));
+        assert_eq!(s.widest_partial(), 0);
+        // Two still go through.
+        assert_eq!(s.reassemble(from, &frag(2, 0, 2, b"a")), None);
+        assert_eq!(s.widest_partial(), 2);
+        assert_eq!(s.reassemble(from, &frag(2, 1, 2, b"b")), Some(b"ab".to_vec()));
+    }
+
+    /// chitchat's message header (magic number, protocol 0) and `kind`.
+    fn header(kind: u8) -> Vec<u8> {
+        let mut m = 45_139u16.to_le_bytes().to_vec();
+        m.extend_from_slice(&[0, kind]);
+        m
+    }
+
+    /// Found by the cluster_datagram fuzz target's allocation limit, with
+    /// an input built for it: an Ack of 185 compressed blocks of 19 bytes,
+    /// each a zstd frame of 64 KiB of zeros, which chitchat inflated into
+    /// 12 MiB from a 4 KiB datagram.
+    #[test]
+    fn a_message_that_would_inflate_far_past_its_size_is_refused_before_chitchat() {
+        let zeros = zstd::bulk::compress(&[0u8; MAX_BLOCK], 19).unwrap();
+        assert!(zeros.len() < 32, "{} bytes", zeros.len());
+        let mut ack = header(2);
+        for _ in 0..185 {
+            ack.push(1);
+            ack.extend_from_slice(&(zeros.len() as u16).to_le_bytes());
+            ack.extend_from_slice(&zeros);
+        }
+        ack.push(0);
+        assert_eq!(inflated_len(&ack), Some(185 * MAX_BLOCK));
+        let stats = Arc::new(TransportStats::default());
+        let mut inbound = Inbound::new(&key(1), "c", Arc::clone(&stats));
+        let sealer = Sealer::new(&key(1), "c");
+        let from: SocketAddr = "127.0.0.9:1".parse().unwrap();
+        let mut frame = vec![WHOLE];
+        frame.extend_from_slice(&ack);
+        assert_eq!(inbound.receive(from, &sealer.seal(&frame)), None);
+        assert_eq!(stats.rejected(), 1);
+
+        // A few such blocks are within bounds, and chitchat decodes (and
+        // refuses) them as before; so is an empty delta.
+        let mut small = header(2);
+        small.extend_from_slice(&[1, zeros.len() as u8, 0]);
+        small.extend_from_slice(&zeros);
+        small.push(0);
+        assert_eq!(inflated_len(&small), Some(MAX_BLOCK));
+        frame.truncate(1);
+        frame.extend_from_slice(&small);
+        assert_eq!(inbound.receive(from, &sealer.seal(&frame)), None);
+        assert_eq!(stats.rejected(), 2, "zeros are no delta op");
+        let mut empty = header(2);
+        empty.push(0);
+        frame.truncate(1);
+        frame.extend_from_slice(&empty);
+        assert!(inbound.receive(from, &sealer.seal(&frame)).is_some());
+        // A layout that cannot be followed is not taken either.
+        assert_eq!(inflated_len(&header(9)), None);
+        assert_eq!(inflated_len(&[header(2), vec![7]].concat()), None);
+        assert_eq!(inflated_len(&[header(2), vec![2, 9, 0, 1]].concat()), None, "a block past the end");
+    }
+
+    #[test]
+    fn what_chitchat_sends_is_within_bounds_even_a_full_datagram_of_records() {
+        // Two nodes, one with enough records that its deltas fill whole
+        // datagrams with compressed blocks; the other learns every one,
+        // and nothing is refused.
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let mut s = SealedSocket {
-                socket,
-                sealer: Sealer::new(&key(1), "c"),
-                opener: Opener::new(&key(1), "c"),
-                stats: Arc::default(),
-                buf_send: vec![],
-                buf_recv: vec![0; 16].into_boxed_slice(),
-                next_id: 0,
-                partial: HashMap::new(),
-            };
-            let from: SocketAddr = "127.0.0.9:1".parse().unwrap();
-            let frag = |id: u32, i: u8, n: u8, body: &[u8]| {
-                let mut f = vec![FRAGMENT];
-                f.extend_from_slice(&id.to_be_bytes());
-                f.extend_from_slice(&[i, n]);
-                f.extend_from_slice(body);
-                f
-            };
-            assert_eq!(s.reassemble(from, &frag(7, 1, 2, b"world")), None);
-            assert_eq!(s.reassemble(from, &frag(7, 0, 2, b"hello ")), Some(b"hello world".to_vec()));
-            // Message 8's first half is lost when 9 starts.
-            assert_eq!(s.reassemble(from, &frag(8, 0, 2, b"old")), None);
-            assert_eq!(s.reassemble(from, &frag(9, 0, 2, b"new ")), None);
-            assert_eq!(s.reassemble(from, &frag(9, 1, 2, b"one")), Some(b"new one".to_vec()));
-            // Nonsense headers are ignored.
-            assert_eq!(s.reassemble(from, &frag(1, 2, 2, b"x")), None);
-            assert_eq!(s.reassemble(from, &[FRAGMENT, 0]), None);
-            assert_eq!(s.reassemble(from, &[9]), None);
-            assert_eq!(s.reassemble(from, &[WHOLE, b'a']), None, "not a fragment");
+            use chitchat::{ChitchatConfig, ChitchatId, FailureDetectorConfig, spawn_chitchat};
+            let stats = [Arc::new(TransportStats::default()), Arc::new(TransportStats::default())];
+            let addrs: Vec<SocketAddr> = (0..2)
+                .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap())
+                .collect();
+            let records: Vec<(String, String)> = (0..4000u64)
+                .map(|i| {
+                    let k = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    (crate::gossip_key(k), format!("h{}.0.{}.0", i % 4, i + 1))
+                })
+                .collect();
+            let mut handles = Vec::new();
+            for i in 0..2 {
+                let transport = SealedTransport::new(&key(1), "c", Arc::clone(&stats[i]));
+                let config = ChitchatConfig {
+                    chitchat_id: ChitchatId::new(format!("node-{i}"), 1, addrs[i]),
+                    cluster_id: "c".into(),
+                    gossip_interval: std::time::Duration::from_millis(20),
+                    listen_addr: addrs[i],
+                    seed_nodes: vec![addrs[1 - i].to_string()],
+                    failure_detector_config: FailureDetectorConfig::default(),
+                    marked_for_deletion_grace_period: std::time::Duration::from_secs(3600),
+                    catchup_callback: None,
+                    extra_liveness_predicate: None,
+                };
+                let kvs = if i == 0 { records.clone() } else { Vec::new() };
+                handles.push(spawn_chitchat(config, kvs, &transport).await.unwrap());
+            }
+            let source = ChitchatId::new("node-0", 1, addrs[0]);
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                let learned = handles[1]
+                    .with_chitchat(|cc| cc.node_state(&source).map_or(0, |n| n.key_values().count()))
+                    .await;
+                if learned >= records.len() {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{learned} of {} records", records.len());
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            assert_eq!((stats[0].rejected(), stats[1].rejected()), (0, 0));
+            assert!(stats[0].bytes_out() > 65_507, "whole datagrams were sent");
         });
     }
 

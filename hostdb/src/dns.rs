@@ -7,7 +7,6 @@
 //! per run of failures, records the error for the admin view, and retries
 //! with capped exponential backoff.
 
-use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -201,8 +200,8 @@ pub struct HickoryResolver {
 }
 
 #[cfg(feature = "hickory")]
-impl fmt::Debug for HickoryResolver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl std::fmt::Debug for HickoryResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("HickoryResolver")
     }
 }

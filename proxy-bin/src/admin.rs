@@ -13,11 +13,13 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Either, Full, Limited};
 use hyper::body::Incoming;
-use serde::Deserialize;
 use vigil_hostdb::{OriginKey, PoolView};
 
+use self::body::{MaintenanceBody, ServerBody, WeightBody};
 use crate::app::Shared;
 use crate::events::EventBody;
+
+mod body;
 
 const MAX_BODY: usize = 64 * 1024;
 
@@ -274,53 +276,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// An admin write naming one server of one origin.
-trait ServerBody: serde::de::DeserializeOwned {
-    /// The body's shape, for the error a bad one gets.
-    const SHAPE: &'static str;
-    fn origin(&self) -> &str;
-    fn server(&self) -> &str;
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MaintenanceBody {
-    origin: String,
-    server: String,
-    on: bool,
-}
-
-impl ServerBody for MaintenanceBody {
-    const SHAPE: &'static str = "{\"origin\": \"host:port\", \"server\": \"ip:port\", \"on\": true|false}";
-    fn origin(&self) -> &str {
-        &self.origin
-    }
-    fn server(&self) -> &str {
-        &self.server
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WeightBody {
-    origin: String,
-    server: String,
-    weight: u32,
-}
-
-// The shape below names the highest weight.
-const _: () = assert!(vigil_hostdb::policy::MAX_WEIGHT == 256);
-
-impl ServerBody for WeightBody {
-    const SHAPE: &'static str = "{\"origin\": \"host:port\", \"server\": \"ip:port\", \"weight\": 0 to 256}";
-    fn origin(&self) -> &str {
-        &self.origin
-    }
-    fn server(&self) -> &str {
-        &self.server
-    }
-}
-
 /// 400 with `msg`.
 fn bad(msg: String) -> Response<Full<Bytes>> {
     json(StatusCode::BAD_REQUEST, &serde_json::json!({"ok": false, "error": msg}))
@@ -333,14 +288,11 @@ async fn server_write<B: ServerBody>(
     shared: &Shared,
     req: Request<Incoming>,
 ) -> Result<(B, Arc<vigil_hostdb::Origin>, SocketAddr), Response<Full<Bytes>>> {
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+    let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return Err(bad(format!("cannot read the body: {e}"))),
     };
-    let b: B = serde_json::from_slice(&body).map_err(|e| bad(format!("expected {}: {e}", B::SHAPE)))?;
-    let origin: OriginKey = b.origin().parse().map_err(|e| bad(format!("origin {:?}: {e}", b.origin())))?;
-    let server = vigil_hostdb::parse_server_addr(b.server())
-        .map_err(|e| bad(format!("server {:?}: {e}", b.server())))?;
+    let (b, origin, server) = body::decode::<B>(&bytes).map_err(bad)?;
     match shared.db.origin_by_key(&origin).filter(|o| o.server(server).is_some()) {
         Some(o) => Ok((b, o, server)),
         None => Err(json(

@@ -540,7 +540,7 @@ impl Collector for Live {
                 ("vigil_cluster_datagrams_out", "Gossip datagrams sent", t.datagrams_out()),
                 (
                     "vigil_cluster_datagrams_rejected",
-                    "Gossip datagrams dropped: not sealed with one of this node's cluster keys and its cluster id, tampered or replayed",
+                    "Gossip datagrams dropped: not sealed with one of this node's cluster keys and its cluster id, tampered or replayed; or, from a key holder, undecodable or inflating past 16 times their size",
                     t.rejected(),
                 ),
                 (

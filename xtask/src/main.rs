@@ -6,7 +6,8 @@
 //! cargo xtask fmt|clippy|test|fuzz-smoke|doc|package|layering|perf   one step
 //! cargo xtask perf --bless  re-measure and write benches/perf-baseline.json
 //! cargo xtask fuzz [--seconds N]
-//!                           the HTTP/1.1 codec's fuzz targets, N s each (default 60; not a gate)
+//!                           every fuzz target (the codec's, the config files', the admin
+//!                           API's, the cluster's), optimized, N s each (default 60; not a gate)
 //! cargo xtask bench [ARGS]  the criterion suite (wall-clock figures; not a gate)
 //! cargo xtask loadtest [--rounds N] [--seconds S] [--connections C]
 //!                           vigil vs nginx vs HAProxy under wrk, syscalls per request (not a gate)
@@ -54,7 +55,7 @@ fn main() -> Result<()> {
                 }
                 None => 60,
             };
-            fuzz::run(&root, seconds)
+            fuzz::run(&root, fuzz::Run::For(seconds))
         }
         "loadtest" => loadtest::run(rest),
         "bench" => {
@@ -81,7 +82,7 @@ const STEPS: &[(&str, Step)] = &[
     ("fmt", |_| cargo(&["fmt", "--all", "--", "--check"], &[])),
     ("clippy", |_| cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])),
     ("test", |_| run_tests()),
-    ("fuzz-smoke", |root| fuzz::run(root, fuzz::SMOKE_SECONDS)),
+    ("fuzz-smoke", |root| fuzz::run(root, fuzz::Run::Smoke)),
     ("doc", |_| cargo(&["doc", "--workspace", "--no-deps"], &[("RUSTDOCFLAGS", "-D warnings")])),
     // Every crate packages and builds from what it would publish (the
     // library crates are meant to be taken one by one).
