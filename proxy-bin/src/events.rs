@@ -537,11 +537,16 @@ mod tests {
     async fn streams_end_at_close_and_history_is_bounded_per_server() {
         use http_body_util::BodyExt as _;
         let counters = Arc::new(EventCounters::default());
-        let events = Events::start(HostDb::new(), Arc::clone(&counters));
-        let stats: Stats = Arc::new(|| Bytes::from_static(b"event: stats\ndata: {}\n\n"));
-        let mut body = events.subscribe("n1", stats, Some(0), true);
         let origin: OriginKey = "a.internal:80".parse().unwrap();
         let server: SocketAddr = "127.0.0.2:80".parse().unwrap();
+        // The server is in HostDB: the hub's sweep, which may run between
+        // any two results, keeps its history.
+        let db = HostDb::new();
+        let spec = vigil_hostdb::OriginSpec::with_servers(origin.clone(), vec![server]);
+        db.apply(&vigil_hostdb::HostDbConfig { origins: vec![spec], ..Default::default() }).unwrap();
+        let events = Events::start(db, Arc::clone(&counters));
+        let stats: Stats = Arc::new(|| Bytes::from_static(b"event: stats\ndata: {}\n\n"));
+        let mut body = events.subscribe("n1", stats, Some(0), true);
         for i in 0..HISTORY + 5 {
             let r = CheckResult::pass("200", Duration::from_millis(i as u64));
             events.on_check(&origin, server, &r);
