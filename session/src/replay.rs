@@ -88,18 +88,6 @@ impl Replay {
     }
 }
 
-/// An older body read on after a newer one took over.
-#[derive(Debug)]
-struct Superseded;
-
-impl std::fmt::Display for Superseded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("request body superseded by a retry")
-    }
-}
-
-impl std::error::Error for Superseded {}
-
 impl Body for ReplayBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -111,7 +99,8 @@ impl Body for ReplayBody {
         let this = self.get_mut();
         let mut shared = this.shared.lock();
         if shared.generation != this.generation {
-            return Poll::Ready(Some(Err(Box::new(Superseded))));
+            // An older body read on after a newer one took over.
+            return Poll::Ready(Some(Err("request body superseded by a retry".into())));
         }
         if let Some(kept) = shared.kept.get(this.at) {
             this.at += 1;
@@ -129,16 +118,16 @@ impl Body for ReplayBody {
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && !shared.closed
         {
-            let kept = if let Some(data) = frame.data_ref() {
-                (shared.kept_bytes + data.len() <= KEPT_MAX).then(|| Kept::Data(data.clone()))
-            } else {
-                frame.trailers_ref().map(|t| Kept::Trailers(t.clone()))
+            let kept = match (frame.data_ref(), frame.trailers_ref()) {
+                (Some(data), _) if shared.kept_bytes + data.len() <= KEPT_MAX => {
+                    shared.kept_bytes += data.len();
+                    Some(Kept::Data(data.clone()))
+                }
+                (None, Some(trailers)) => Some(Kept::Trailers(trailers.clone())),
+                _ => None,
             };
             match kept {
                 Some(kept) => {
-                    if let Kept::Data(data) = &kept {
-                        shared.kept_bytes += data.len();
-                    }
                     shared.kept.push(kept);
                     this.at += 1;
                 }

@@ -94,7 +94,7 @@ impl Pool {
                     Ok(resp)
                 }
                 Err((e, replayable)) => {
-                    let back = if replayable { Some(req) } else { resend.as_ref().and_then(|r| r.request()) };
+                    let back = Resend::back(resend.as_deref(), replayable, req);
                     match back {
                         Some(req) if e.may_retry_on_fresh(RetryPolicy::request(req.method())) => {
                             // Not reported to the observer: only the retry's outcome counts.
@@ -129,7 +129,7 @@ impl Pool {
                 Ok(resp)
             }
             Err((e, replayable)) => {
-                let back = if replayable { Some(req) } else { resend.as_ref().and_then(|r| r.request()) };
+                let back = Resend::back(resend.as_deref(), replayable, req);
                 Err((self.inner.report(e), back))
             }
         }
@@ -277,6 +277,17 @@ impl Resend {
             *req.body_mut() = replay.again()?;
         }
         Some(req)
+    }
+
+    /// What may go again after a failed send: `req` itself when it is
+    /// whole (it never left, or HTTP/1.1 kept it), else the request made
+    /// again from `resend`.
+    fn back(
+        resend: Option<&Self>,
+        whole: bool,
+        req: http::Request<RequestBody>,
+    ) -> Option<http::Request<RequestBody>> {
+        if whole { Some(req) } else { resend.and_then(Self::request) }
     }
 
     /// The request was answered: what was kept of its body may go.
