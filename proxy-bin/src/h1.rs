@@ -36,6 +36,7 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
 use vigil_h1::{DecodeError, Decoder, Framing, HeadError, RequestLimits, ResponseLine, WriteQueue};
 
@@ -51,6 +52,36 @@ const MAX_QUEUED: usize = 64 * 1024;
 /// gets it answered (with `Connection: close`) rather than a closed or
 /// reset connection; one that stays quiet is closed after this.
 pub(crate) const IDLE_GRACE: Duration = Duration::from_secs(1);
+
+/// `deadline`, or [`IDLE_GRACE`] from now if that comes first.
+fn grace(deadline: tokio::time::Instant) -> tokio::time::Instant {
+    deadline.min(tokio::time::Instant::now() + IDLE_GRACE)
+}
+
+/// Runs `work` until `timer` fires (then `None`); once `stopped` fires
+/// (`seen` records that it did), the timer is brought forward to
+/// [`IDLE_GRACE`] from then at most. The notification (enabled) and the
+/// timer are the caller's: a connection makes them once, not per request.
+async fn wait_idle<F: Future>(
+    mut stopped: Pin<&mut Notified<'_>>,
+    seen: &mut bool,
+    mut timer: Pin<&mut tokio::time::Sleep>,
+    work: F,
+) -> Option<F::Output> {
+    let mut work = pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return Some(out),
+            () = stopped.as_mut(), if !*seen => {
+                *seen = true;
+                let at = grace(timer.deadline());
+                timer.as_mut().reset(at);
+            }
+            () = timer.as_mut() => return None,
+        }
+    }
+}
 
 /// Tells connections to finish: each answers the request it has begun
 /// with `Connection: close` and closes; one with no request begun gets
@@ -82,28 +113,15 @@ impl Stop {
 
     /// Runs `work`, the wait for a request to begin, until `deadline`; once
     /// the server stops, for [`IDLE_GRACE`] from the stop at most. `None`
-    /// past either.
+    /// past either. (A connection that waits again and again makes its
+    /// notification and timer once and calls [`wait_idle`].)
     pub(crate) async fn idle<F: Future>(&self, deadline: tokio::time::Instant, work: F) -> Option<F::Output> {
         let stopped = self.notify.notified();
         let mut stopped = pin!(stopped);
         stopped.as_mut().enable();
-        let grace = |deadline: tokio::time::Instant| deadline.min(tokio::time::Instant::now() + IDLE_GRACE);
         let mut seen = self.stopping();
         let timer = tokio::time::sleep_until(if seen { grace(deadline) } else { deadline });
-        let mut timer = pin!(timer);
-        let mut work = pin!(work);
-        loop {
-            tokio::select! {
-                biased;
-                out = &mut work => return Some(out),
-                () = &mut stopped, if !seen => {
-                    seen = true;
-                    let at = grace(timer.deadline());
-                    timer.as_mut().reset(at);
-                }
-                () = &mut timer => return None,
-            }
-        }
+        wait_idle(stopped, &mut seen, pin!(timer), work).await
     }
 
     pub(crate) fn live(&self) -> usize {
@@ -208,16 +226,15 @@ pub(crate) async fn serve_halves<R: ConnRead, W: AsyncWrite + Unpin + Send>(
         (c.client_header_timeout, c.limits.keepalive_timeout, c.limits.send_timeout, c.limits.head())
     };
     let mut first_deadline = tokio::time::Instant::now() + head_timeout;
-    // What `Stop::idle` does, with the stop's notification and the timer
-    // made once per connection, not once per request (each is a
-    // registration: hundreds of instructions a request).
+    // The stop's notification and the timer, made once per connection
+    // (each is a registration: hundreds of instructions a request).
     let stopped = stop.notify.notified();
     let mut stopped = pin!(stopped);
     stopped.as_mut().enable();
     // A connection accepted after the stop has no notification coming.
     let mut stop_seen = stop.stopping();
     if stop_seen {
-        first_deadline = first_deadline.min(tokio::time::Instant::now() + IDLE_GRACE);
+        first_deadline = grace(first_deadline);
     }
     let timer = tokio::time::sleep_until(first_deadline);
     let mut timer = pin!(timer);
@@ -232,19 +249,8 @@ pub(crate) async fn serve_halves<R: ConnRead, W: AsyncWrite + Unpin + Send>(
             if !first {
                 timer.as_mut().reset(tokio::time::Instant::now() + keepalive_timeout);
             }
-            let more = loop {
-                tokio::select! {
-                    biased;
-                    more = poll_fn(|cx| read.lock().poll_fill(cx)) => break Some(more),
-                    () = &mut stopped, if !stop_seen => {
-                        stop_seen = true;
-                        let at = timer.deadline().min(tokio::time::Instant::now() + IDLE_GRACE);
-                        timer.as_mut().reset(at);
-                    }
-                    () = &mut timer => break None,
-                }
-            };
-            let Some(more) = more else {
+            let fill = poll_fn(|cx| read.lock().poll_fill(cx));
+            let Some(more) = wait_idle(stopped.as_mut(), &mut stop_seen, timer.as_mut(), fill).await else {
                 if stop_seen {
                     tracing::debug!("stopping, and no request came; closing");
                 } else if first {
