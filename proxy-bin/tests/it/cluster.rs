@@ -86,6 +86,39 @@ pub(crate) async fn owners(
     Some(out)
 }
 
+/// `www.app.test` routed to the origin whose servers are `o`.
+pub(crate) fn www_remap(o: &[Origin]) -> String {
+    remap("www.app.test", &format!("app.test:{}", o[0].addr.port()), &server_list(o), "")
+}
+
+/// Three nodes, `edge-0` to `edge-2`, the first the others' seed, sealing
+/// with `key`; returned (with their gossip addresses) once each has had a
+/// request (checks start lazily) and they agree which node checks each of
+/// `servers`.
+pub(crate) async fn three_nodes(
+    name: &str,
+    remap: &str,
+    key: &std::path::Path,
+    servers: &[SocketAddr],
+) -> (Vec<Vigil>, Vec<SocketAddr>) {
+    let gossip: Vec<SocketAddr> = (0..3).map(|_| free_udp()).collect();
+    let mut vigils = Vec::new();
+    for (i, listen) in gossip.iter().enumerate() {
+        let seeds = if i == 0 { vec![] } else { vec![gossip[0]] };
+        let rest = format!("{remap}\n{}", cluster_section(&format!("edge-{i}"), *listen, &seeds, key));
+        vigils.push(Vigil::start(&format!("{name}-{i}"), "", &rest, CHECKS).await);
+    }
+    for v in &vigils {
+        assert_eq!(v.get("www.app.test", "/").await.0, StatusCode::OK);
+    }
+    let nodes: Vec<(&str, &Vigil)> =
+        vec![("edge-0", &vigils[0]), ("edge-1", &vigils[1]), ("edge-2", &vigils[2])];
+    let agreed =
+        wait_until(Duration::from_secs(20), || async { owners(&nodes, servers).await.is_some() }).await;
+    assert!(agreed, "nodes never agreed: {:?}", sources(&vigils[0]).await);
+    (vigils, gossip)
+}
+
 pub(crate) fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find(|l| l.starts_with(name) && !l.starts_with('#'))
@@ -102,30 +135,14 @@ pub(crate) async fn metrics(v: &Vigil) -> String {
 async fn three_vigils_check_each_server_once_share_results_and_hand_over() {
     let o = origins(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]).await;
     let servers: Vec<SocketAddr> = o.iter().map(|x| x.addr).collect();
-    let port = o[0].addr.port();
-    let remap = format!(
-        "[[remap]]\nfrom = \"www.app.test\"\nto = \"http://app.test:{port}\"\n\n[origins.\"app.test:{port}\"]\nservers = {}\n",
-        server_list(&o)
-    );
+    let remap = www_remap(&o);
     let keys = test_dir("cluster-keys");
     let key = keys.join("cluster.key");
     std::fs::write(&key, [42u8; 32]).unwrap();
-    let gossip: Vec<SocketAddr> = (0..3).map(|_| free_udp()).collect();
-    let mut vigils = Vec::new();
-    for (i, listen) in gossip.iter().enumerate() {
-        let seeds = if i == 0 { vec![] } else { vec![gossip[0]] };
-        let rest = format!("{remap}\n{}", cluster_section(&format!("edge-{i}"), *listen, &seeds, &key));
-        vigils.push(Vigil::start(&format!("cluster-{i}"), "", &rest, CHECKS).await);
-    }
     // Traffic through every node starts its checks (lazy start).
-    for v in &vigils {
-        assert_eq!(v.get("www.app.test", "/").await.0, StatusCode::OK);
-    }
+    let (mut vigils, gossip) = three_nodes("cluster", &remap, &key, &servers).await;
     let nodes: Vec<(&str, &Vigil)> =
         vec![("edge-0", &vigils[0]), ("edge-1", &vigils[1]), ("edge-2", &vigils[2])];
-    let agreed =
-        wait_until(Duration::from_secs(20), || async { owners(&nodes, &servers).await.is_some() }).await;
-    assert!(agreed, "nodes never agreed: {:?}", sources(&vigils[0]).await);
     let owner_map = owners(&nodes, &servers).await.unwrap();
 
     // What the dashboard shows: every node names the checking node of each

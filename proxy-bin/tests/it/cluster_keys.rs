@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::cluster::{CHECKS, cluster_section, free_udp, metric, metrics, owners, sources};
+use crate::cluster::{CHECKS, cluster_section, free_udp, metric, metrics, sources, three_nodes, www_remap};
 use crate::harness::*;
 
 /// One node's gossip counters, from one read of `/metrics`.
@@ -98,31 +98,13 @@ async fn gossip_flows(vigils: &[Vigil], o: &[Origin], state: &str, step: &str) {
 async fn three_vigils_rotate_the_cluster_key_with_reloads_and_the_old_key_is_refused() {
     let o = origins(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]).await;
     let servers: Vec<SocketAddr> = o.iter().map(|x| x.addr).collect();
-    let port = o[0].addr.port();
-    let remap = format!(
-        "[[remap]]\nfrom = \"www.app.test\"\nto = \"http://app.test:{port}\"\n\n[origins.\"app.test:{port}\"]\nservers = {}\n",
-        server_list(&o)
-    );
+    let remap = www_remap(&o);
     let keys = test_dir("cluster-rotation-keys");
     let (old, new, bad) = (keys.join("old.key"), keys.join("new.key"), keys.join("bad.key"));
     std::fs::write(&old, [21u8; 32]).unwrap();
     std::fs::write(&new, [22u8; 32]).unwrap();
     std::fs::write(&bad, [23u8; 5]).unwrap();
-    let gossip_at: Vec<SocketAddr> = (0..3).map(|_| free_udp()).collect();
-    let mut vigils = Vec::new();
-    for (i, listen) in gossip_at.iter().enumerate() {
-        let seeds = if i == 0 { vec![] } else { vec![gossip_at[0]] };
-        let rest = format!("{remap}\n{}", cluster_section(&format!("edge-{i}"), *listen, &seeds, &old));
-        vigils.push(Vigil::start(&format!("rotation-{i}"), "", &rest, CHECKS).await);
-    }
-    for v in &vigils {
-        assert_eq!(v.get("www.app.test", "/").await.0, StatusCode::OK);
-    }
-    let nodes: Vec<(&str, &Vigil)> =
-        vec![("edge-0", &vigils[0]), ("edge-1", &vigils[1]), ("edge-2", &vigils[2])];
-    let agreed =
-        wait_until(Duration::from_secs(20), || async { owners(&nodes, &servers).await.is_some() }).await;
-    assert!(agreed, "nodes never agreed: {:?}", sources(&vigils[0]).await);
+    let (vigils, gossip_at) = three_nodes("rotation", &remap, &old, &servers).await;
     gossip_flows(&vigils, &o, "healthy", "on the old key").await;
 
     // (a) Every node opens the new key too. Nobody seals with it yet.

@@ -287,22 +287,27 @@ impl Vigil {
         );
         std::fs::write(dir.join("vigil.toml"), main).unwrap();
         std::fs::write(dir.join("healthchecks.toml"), hc).unwrap();
-        let log = std::fs::File::create(dir.join("vigil.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
-            .args(["run", "--config"])
-            .arg(dir.join("vigil.toml"))
-            .env("VIGIL_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let v = Vigil { child, listen, admin, dir };
+        let v = Self::spawn(dir, listen, admin, false);
         let up = wait_until(Duration::from_secs(10), || async {
             get_raw(admin, "x", "/healthz").await.map(|r| r.0) == Some(StatusCode::OK)
         })
         .await;
         assert!(up, "vigil did not come up: {}", v.log());
         v
+    }
+
+    /// Starts `vigil run` on the `vigil.toml` already in `dir`, its log in
+    /// `vigil.log` there; with `notify`, `NOTIFY_SOCKET` is `notify.sock`
+    /// there (a socket the test binds). Does not wait for it to serve.
+    pub(crate) fn spawn(dir: PathBuf, listen: SocketAddr, admin: SocketAddr, notify: bool) -> Vigil {
+        let log = std::fs::File::create(dir.join("vigil.log")).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
+        cmd.args(["run", "--config"]).arg(dir.join("vigil.toml")).env("VIGIL_LOG", "debug");
+        if notify {
+            cmd.env("NOTIFY_SOCKET", dir.join("notify.sock"));
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        Vigil { child, listen, admin, dir }
     }
 
     pub(crate) fn log(&self) -> String {

@@ -2,7 +2,6 @@
 //! datagram socket of the test's own, as systemd would set it up.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -42,18 +41,8 @@ async fn ready_reloading_and_stopping_reach_the_notify_socket() {
     );
     std::fs::write(dir.join("vigil.toml"), &main).unwrap();
     std::fs::write(dir.join("healthchecks.toml"), "").unwrap();
-    let log = std::fs::File::create(dir.join("vigil.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["run", "--config"])
-        .arg(dir.join("vigil.toml"))
-        .env("NOTIFY_SOCKET", dir.join("notify.sock"))
-        .env("VIGIL_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
     // Kills the child and shows its log if an assertion fails.
-    let mut v = Vigil { child, listen, admin, dir: dir.clone() };
+    let mut v = Vigil::spawn(dir.clone(), listen, admin, true);
 
     // The first word is READY=1, and when it comes both ports serve: one
     // request each, no retries.

@@ -331,18 +331,8 @@ async fn sigusr2_starts_the_new_process_and_systemd_follows_it() {
     );
     std::fs::write(dir.join("vigil.toml"), &main).unwrap();
     std::fs::write(dir.join("healthchecks.toml"), "").unwrap();
-    let log = std::fs::File::create(dir.join("vigil.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["run", "--config"])
-        .arg(dir.join("vigil.toml"))
-        .env("NOTIFY_SOCKET", dir.join("notify.sock"))
-        .env("VIGIL_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let old_pid = child.id();
-    let mut a = Vigil { child, listen, admin, dir: dir.clone() };
+    let mut a = Vigil::spawn(dir.clone(), listen, admin, true);
+    let old_pid = a.child.id();
     let ready = next(&sock, Duration::from_secs(10)).await;
     assert!(ready.iter().any(|l| l == "READY=1"), "{ready:?}");
 
