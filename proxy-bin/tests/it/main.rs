@@ -15,6 +15,7 @@ mod essentials;
 mod grpc;
 mod harness;
 mod hostile;
+mod netns;
 mod policy;
 mod proxy;
 mod systemd;
