@@ -11,7 +11,11 @@
 //!   with `source = cluster:<node_id>`.
 //!
 //! The checker asks [`Cluster::checks_here`] before each check. Adoption
-//! writes the L7 record, and takes the owner's L4-down mark only for a
+//! skips a record that says another state than this node's view and is
+//! older than that view's last change (see [`older_than_seen`]): after a
+//! partition heals, this node's copy of a revived owner's records can date
+//! from before the partition until chitchat's delta brings the new ones.
+//! Adoption writes the L7 record, and takes the owner's L4-down mark only for a
 //! server with no L4 history here: a server this node saw fail at L4 stays
 //! down here whatever the cluster says, because routability needs both.
 
@@ -373,6 +377,13 @@ struct SyncState {
     adopted: ByKey<(Arc<str>, String)>,
     /// Server key -> its checking node at the last round.
     owners: ByKey<Arc<str>>,
+    /// Server key -> this node's view of its L7 state (not `Unknown`) and
+    /// since when (epoch ms): from its own checks (as of the round that
+    /// saw the change) or from the adopted record's change time.
+    seen: ByKey<(L7State, u64)>,
+    /// Server key -> a record not adopted for being older than `seen`: its
+    /// node, its value and since when it is refused.
+    refused: ByKey<(Arc<str>, String, std::time::Instant)>,
     /// This node's record version counter.
     version: u64,
 }
@@ -509,8 +520,20 @@ fn sync_once(inner: &Inner, cc: &mut chitchat::Chitchat, state: &mut SyncState) 
                     true
                 }
             };
+            let current = server.l7().state;
+            let since = match state.seen.get(&key) {
+                Some((st, ms)) if *st == current => *ms,
+                _ if current == L7State::Unknown => {
+                    state.seen.remove(&key);
+                    0
+                }
+                _ => {
+                    state.seen.insert(key, (current, epoch_ms));
+                    epoch_ms
+                }
+            };
             if *owner == inner.node_id {
-                if let Some(record) = own_record(server, cap, now, epoch_ms) {
+                if let Some(record) = own_record(server, cap, now, epoch_ms, since) {
                     match state.published.get_mut(&key) {
                         Some(p) if p.record == record => p.round = round,
                         _ => publish.push((key, record)),
@@ -542,6 +565,8 @@ fn sync_once(inner: &Inner, cc: &mut chitchat::Chitchat, state: &mut SyncState) 
         keep
     });
     state.adopted.retain(|key, _| state.owners.contains_key(key));
+    state.seen.retain(|key, _| state.owners.contains_key(key));
+    state.refused.retain(|key, _| state.owners.contains_key(key));
     if state.keys.len() > origins.len() {
         let live: HashSet<u64> = origins.iter().map(|o| o.key().hash64()).collect();
         state.keys.retain(|h, _| live.contains(h));
@@ -575,7 +600,13 @@ fn newest(live: &[ChitchatId]) -> impl Iterator<Item = &ChitchatId> {
 
 /// The record to publish for a server this node checks, with version 0
 /// (set when published). `None` while its status is not this node's own.
-fn own_record(server: &Server, cap: u32, now: std::time::Instant, epoch_ms: u64) -> Option<ServerRecord> {
+fn own_record(
+    server: &Server,
+    cap: u32,
+    now: std::time::Instant,
+    epoch_ms: u64,
+    changed_ms: u64,
+) -> Option<ServerRecord> {
     let l7 = server.l7();
     if l7.source != Source::Local || l7.state == L7State::Unchecked {
         return None;
@@ -589,7 +620,25 @@ fn own_record(server: &Server, cap: u32, now: std::time::Instant, epoch_ms: u64)
         failures: l7.consecutive_failures.min(cap),
         version: 0,
         l4_down_until_ms,
+        changed_ms,
     })
+}
+
+/// Gossip intervals a record older than this node's view is refused for
+/// ([`older_than_seen`]) before it is taken all the same.
+const STALE_GRACE: u32 = 10;
+
+/// Whether `record` is older than this node's own view of the server
+/// (`seen`: its state and since when, epoch ms) and says otherwise: then it
+/// is not adopted. A record of the same state is (it only names the new
+/// checking node), and so is one of unknown age (`changed_ms` 0, from a
+/// node that predates the field). `slack` absorbs clock differences
+/// between nodes: a record is older only by more than that.
+pub(crate) fn older_than_seen(record: &ServerRecord, seen: Option<(L7State, u64)>, slack: Duration) -> bool {
+    let Some((state, since)) = seen else { return false };
+    record.state != state
+        && record.changed_ms != 0
+        && record.changed_ms.saturating_add(slack.as_millis() as u64) < since
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -618,6 +667,26 @@ fn adopt(
             return;
         }
     };
+    if older_than_seen(&record, state.seen.get(&key).copied(), inner.interval) {
+        // Refused for a while only: the owner's newer record normally
+        // arrives within a few rounds; one it still stands by after
+        // STALE_GRACE rounds is its real view (it saw no change where this
+        // node did), and a node that does not check the server must not
+        // keep its own old view for ever.
+        let since = match state.refused.get(&key) {
+            Some((n, v, at)) if n == owner && v == text => *at,
+            _ => {
+                tracing::debug!(node = %owner, server = %server.addr(), record = %text,
+                    "cluster: not adopting a record older than this node's view");
+                state.refused.insert(key, (Arc::clone(owner), text.to_owned(), now));
+                now
+            }
+        };
+        if now.duration_since(since) < inner.interval * STALE_GRACE {
+            return;
+        }
+    }
+    state.refused.remove(&key);
     server.set_l7(L7Status {
         state: record.state,
         consecutive_passes: record.passes,
@@ -633,6 +702,10 @@ fn adopt(
     }
     inner.metrics.adopted.fetch_add(1, Ordering::Relaxed);
     state.adopted.insert(key, (Arc::clone(owner), text.to_owned()));
+    if record.state != L7State::Unknown {
+        let since = if record.changed_ms != 0 { record.changed_ms } else { epoch_ms };
+        state.seen.insert(key, (record.state, since));
+    }
 }
 
 #[cfg(test)]
@@ -652,6 +725,31 @@ mod tests {
             newest(&live).map(|id| (id.node_id.to_string(), id.generation_id)).collect();
         got.sort();
         assert_eq!(got, [("edge-1".to_owned(), 9), ("edge-2".to_owned(), 1)]);
+    }
+
+    #[test]
+    fn a_record_older_than_what_a_node_saw_and_saying_otherwise_is_not_adopted() {
+        let slack = Duration::from_millis(100);
+        let healthy_before = ServerRecord {
+            state: L7State::Healthy,
+            passes: 2,
+            failures: 0,
+            version: 7,
+            l4_down_until_ms: 0,
+            changed_ms: 1_000_000,
+        };
+        // The other side's pre-partition record against this side's newer
+        // change: refused.
+        assert!(older_than_seen(&healthy_before, Some((L7State::Unhealthy, 1_005_000)), slack));
+        // The same state, only a new checking node: taken.
+        assert!(!older_than_seen(&healthy_before, Some((L7State::Healthy, 1_005_000)), slack));
+        // Newer than the local view, or within the clock slack: taken.
+        assert!(!older_than_seen(&healthy_before, Some((L7State::Unhealthy, 999_000)), slack));
+        assert!(!older_than_seen(&healthy_before, Some((L7State::Unhealthy, 1_000_050)), slack));
+        // Nothing seen here, or a record of unknown age (an older node's): taken.
+        assert!(!older_than_seen(&healthy_before, None, slack));
+        let ageless = ServerRecord { changed_ms: 0, ..healthy_before };
+        assert!(!older_than_seen(&ageless, Some((L7State::Unhealthy, 1_005_000)), slack));
     }
 
     #[tokio::test]

@@ -3,10 +3,12 @@
 //! stored under a hashed key").
 //!
 //! Gossip key: `s:<16 hex digits>` (18 bytes). Value: the L7 state letter,
-//! the consecutive passes and failures, the owner's version counter and the
-//! L4 down-until mark, in text (chitchat values are strings):
-//! `h5.0.42.0` is healthy after 5 passes, version 42, not L4-down: about 10
-//! bytes for a steady server.
+//! the consecutive passes and failures, the owner's version counter, the
+//! L4 down-until mark and when the state last changed, in text (chitchat
+//! values are strings): `h5.0.42.0.1796000000000` is healthy after 5
+//! passes, version 42, not L4-down, healthy since that millisecond: about
+//! 24 bytes for a steady server. A value without the last field (written
+//! before it existed) decodes with `changed_ms` 0, unknown.
 
 use std::net::SocketAddr;
 
@@ -88,6 +90,12 @@ pub struct ServerRecord {
     /// Milliseconds since the Unix epoch until which the publisher saw the
     /// server L4-down; 0 when up. Advisory: local evidence wins.
     pub l4_down_until_ms: u64,
+    /// Milliseconds since the Unix epoch (the publisher's clock) when the
+    /// publisher's view of the server last changed to `state`; 0 when
+    /// unknown. A receiver whose own view changed later does not take an
+    /// older record that says otherwise: after a partition heals, a node's
+    /// copy of the other side's records can be from before the partition.
+    pub changed_ms: u64,
 }
 
 /// A gossip value that is not a record.
@@ -104,7 +112,10 @@ impl ServerRecord {
             L7State::Unhealthy => 'x',
             L7State::Unchecked => 'n',
         };
-        format!("{s}{}.{}.{}.{}", self.passes, self.failures, self.version, self.l4_down_until_ms)
+        format!(
+            "{s}{}.{}.{}.{}.{}",
+            self.passes, self.failures, self.version, self.l4_down_until_ms, self.changed_ms
+        )
     }
 
     /// Parses a gossip value written by [`ServerRecord::encode`].
@@ -125,6 +136,12 @@ impl ServerRecord {
         let mut fields = chars.as_str().split('.');
         let mut next = || fields.next().filter(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()));
         let (p, f, v, d) = (next(), next(), next(), next());
+        // The fifth field is optional (records of nodes that predate it).
+        let changed = match fields.next() {
+            None => Some(0),
+            Some(c) if !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) => c.parse().ok(),
+            Some(_) => None,
+        };
         if fields.next().is_some() {
             return Err(bad());
         }
@@ -134,6 +151,7 @@ impl ServerRecord {
             failures: f.and_then(|x| x.parse().ok()).ok_or_else(bad)?,
             version: v.and_then(|x| x.parse().ok()).ok_or_else(bad)?,
             l4_down_until_ms: d.and_then(|x| x.parse().ok()).ok_or_else(bad)?,
+            changed_ms: changed.ok_or_else(bad)?,
         })
     }
 }
@@ -171,9 +189,12 @@ mod tests {
             failures: 0,
             version: 42,
             l4_down_until_ms: 0,
+            changed_ms: 1_796_000_000_000,
         };
-        assert_eq!(r.encode(), "h5.0.42.0");
-        assert_eq!(ServerRecord::decode("h5.0.42.0"), Ok(r));
+        assert_eq!(r.encode(), "h5.0.42.0.1796000000000");
+        assert_eq!(ServerRecord::decode("h5.0.42.0.1796000000000"), Ok(r));
+        // Written before the change time existed: unknown.
+        assert_eq!(ServerRecord::decode("h5.0.42.0"), Ok(ServerRecord { changed_ms: 0, ..r }));
         let k = 0x00ab_cdef_0123_4567;
         assert_eq!(gossip_key(k), "s:00abcdef01234567");
         assert_eq!(parse_gossip_key(&gossip_key(k)), Some(k));
@@ -200,7 +221,9 @@ mod tests {
             "",
             "h",
             "h1.2.3",
-            "h1.2.3.4.5",
+            "h1.2.3.4.5.6",
+            "h1.2.3.4.",
+            "h1.2.3.4.-5",
             "q1.2.3.4",
             "h1..3.4",
             "h-1.2.3.4",
@@ -219,9 +242,9 @@ mod tests {
         }
 
         #[test]
-        fn any_record_round_trips(st in 0u8..4, p: u32, f: u32, v: u64, d: u64) {
+        fn any_record_round_trips(st in 0u8..4, p: u32, f: u32, v: u64, d: u64, c: u64) {
             let state = [L7State::Unknown, L7State::Healthy, L7State::Unhealthy, L7State::Unchecked][st as usize];
-            let r = ServerRecord { state, passes: p, failures: f, version: v, l4_down_until_ms: d };
+            let r = ServerRecord { state, passes: p, failures: f, version: v, l4_down_until_ms: d, changed_ms: c };
             prop_assert_eq!(ServerRecord::decode(&r.encode()), Ok(r));
         }
     }
