@@ -577,9 +577,15 @@ fn five_namespaced_nodes_converge_under_loss_survive_a_partition_and_heal() {
         }
         net.set_loss(0).unwrap();
 
-        let cycle = partition_and_heal(&net, &c, 0).await;
-        tell(&format!("netns partition: {}", cycle.line()));
-        assert_eq!(cycle.stale, 0, "a node adopted a record older than its own view");
+        // Healed at 30 % loss, where a node most often sees the other
+        // side's nodes live before their records catch up; three times,
+        // since that window is a matter of luck (without the cluster's
+        // guard, 2 heals in 5 flipped a server back).
+        for _ in 0..3 {
+            let cycle = partition_and_heal(&net, &c, 30).await;
+            tell(&format!("netns partition: {}", cycle.line()));
+            assert_eq!(cycle.stale, 0, "a node adopted a record older than its own view");
+        }
     });
 }
 
