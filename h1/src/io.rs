@@ -2,11 +2,12 @@
 //! feature): any stream, TCP, TLS or a test pipe.
 
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::body::{DecodeError, Decoded, Decoder};
 use crate::queue::WriteQueue;
@@ -27,6 +28,35 @@ pub fn poll_fill<R: AsyncRead + Unpin + ?Sized>(
         buf.reserve(READ_CHUNK);
     }
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// The least a buffer taken by [`poll_fill_lazy`] holds: a usual request
+/// head, and a size allocators serve from their fastest lists.
+pub const LAZY_MIN: usize = 1024;
+
+/// [`poll_fill`] for a connection waiting for its next message: while
+/// nothing comes, no buffer is held. With `buf` empty and holding no
+/// allocation, the read goes through the stack and `buf` takes an
+/// allocation only for bytes that arrived (at least [`LAZY_MIN`]), so an
+/// idle connection costs its stream and not a read buffer (HAProxy and
+/// nginx do the same). Otherwise it is [`poll_fill`].
+pub fn poll_fill_lazy<R: AsyncRead + Unpin + ?Sized>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() > 0 {
+        return poll_fill(io, buf, cx);
+    }
+    let mut stack = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    let mut read = ReadBuf::uninit(&mut stack);
+    ready!(Pin::new(io).poll_read(cx, &mut read))?;
+    let got = read.filled();
+    if !got.is_empty() {
+        buf.reserve(got.len().max(LAZY_MIN));
+        buf.extend_from_slice(got);
+    }
+    Poll::Ready(Ok(got.len()))
 }
 
 impl Decoder {
@@ -70,7 +100,12 @@ impl WriteQueue {
         w: &mut W,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
-        self.seal();
+        // Only the queue's own buffer (a head with a small body): written
+        // from where it is, with no piece split off it (which would make
+        // its allocation shared, and take the queue's list).
+        if !self.only_own_buffer() {
+            self.seal();
+        }
         while self.has_remaining() {
             let n = if self.pieces() == 1 {
                 // On a socket, writev goes through the VFS layer (file
@@ -114,6 +149,31 @@ mod tests {
         assert!(q.is_empty());
         let got = reader.await.ok().and_then(Result::ok).unwrap_or_default();
         assert_eq!(got, [&b"head\r\nbody-0123456789"[..], &vec![b'z'; crate::COALESCE_MAX + 1]].concat());
+    }
+
+    #[tokio::test]
+    async fn a_lazy_fill_holds_no_buffer_until_bytes_come() {
+        let (mut tx, mut rx) = tokio::io::duplex(64);
+        let mut buf = BytesMut::new();
+        let waker = std::task::Waker::noop();
+        let pending = poll_fill_lazy(&mut rx, &mut buf, &mut Context::from_waker(waker));
+        assert!(pending.is_pending());
+        assert_eq!(buf.capacity(), 0, "nothing came: nothing is held");
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut tx, b"GET / HTTP/1.1\r\n").await;
+        let n = std::future::poll_fn(|cx| poll_fill_lazy(&mut rx, &mut buf, cx)).await.ok();
+        assert_eq!(n, Some(16));
+        assert_eq!(&buf[..], b"GET / HTTP/1.1\r\n");
+        assert!(buf.capacity() >= LAZY_MIN);
+        // With a buffer held, it reads on into it.
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut tx, b"\r\n").await;
+        drop(tx);
+        let n = std::future::poll_fn(|cx| poll_fill_lazy(&mut rx, &mut buf, cx)).await.ok();
+        assert_eq!(n, Some(2));
+        assert_eq!(&buf[..], b"GET / HTTP/1.1\r\n\r\n");
+        let mut empty = BytesMut::new();
+        let eof = std::future::poll_fn(|cx| poll_fill_lazy(&mut rx, &mut empty, cx)).await.ok();
+        assert_eq!(eof, Some(0));
+        assert_eq!(empty.capacity(), 0, "end of stream takes no buffer");
     }
 
     #[tokio::test]

@@ -72,6 +72,6 @@ pub use head::{
     parse_request, parse_request_limited, parse_response, status_has_body,
 };
 #[cfg(feature = "tokio")]
-pub use io::{READ_CHUNK, poll_fill};
+pub use io::{LAZY_MIN, READ_CHUNK, poll_fill, poll_fill_lazy};
 pub use queue::{COALESCE_MAX, WriteQueue};
 pub use syntax::{connection_has, parse_chunk_size, parse_content_length};

@@ -96,9 +96,21 @@ impl WriteQueue {
         self.out.push_back(b);
     }
 
+    /// Whether all that is queued is in the own buffer (nothing is in the
+    /// list of pieces): it can be written from there as it is.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn only_own_buffer(&self) -> bool {
+        self.out.is_empty()
+    }
+
     /// Bytes queued and not yet written.
     pub fn len(&self) -> usize {
         self.queued + self.staged.len()
+    }
+
+    /// Bytes its own buffer holds allocated, in use or not.
+    pub fn capacity(&self) -> usize {
+        self.staged.capacity()
     }
 
     /// Whether nothing is queued.
