@@ -89,6 +89,23 @@ impl Conn {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         vigil_h1::poll_fill(&mut *self.io, &mut self.buf, cx)
     }
+
+    /// Gives back the read buffer and the write queue's allocations of a
+    /// session that sits idle: its next request takes them again. (A busy
+    /// session keeps them from one request to the next.)
+    pub(crate) fn shed(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+        if self.kept.queue.is_empty() {
+            self.kept.queue = WriteQueue::default();
+        }
+    }
+
+    /// Bytes of buffers [`Conn::shed`] would give back.
+    pub(crate) fn buffered(&self) -> usize {
+        self.buf.capacity() + self.kept.queue.capacity()
+    }
 }
 
 /// Where a finished session goes: back to an idle list, or closed.

@@ -181,6 +181,14 @@ impl Pool {
         c
     }
 
+    /// Bytes of read and write buffers the idle HTTP/1.1 sessions to
+    /// `addr` hold. A session idle since before the last sweep holds none:
+    /// its next request takes them again.
+    pub fn idle_buffered(&self, addr: SocketAddr) -> usize {
+        let hosts = self.inner.hosts.lock();
+        hosts.get(&Target::http1(addr)).map_or(0, |h| h.idle.iter().map(|s| s.conn.buffered()).sum())
+    }
+
     /// Number of targets with any state in the pool (idle, in use, connecting).
     pub fn targets(&self) -> usize {
         self.inner.hosts.lock().len()
@@ -476,7 +484,14 @@ async fn evict_loop(pool: Weak<Inner>, every: Duration) {
         let mut evicted = 0;
         for host in hosts.values_mut() {
             let before = host.idle.len() + host.h2.len();
-            host.idle.retain_mut(|s| !s.conn.is_closed() && s.since.elapsed() < timeout);
+            host.idle.retain_mut(|s| {
+                let idle = s.since.elapsed();
+                if idle >= every {
+                    // Idle since before the last sweep: its buffers go.
+                    s.conn.shed();
+                }
+                !s.conn.is_closed() && idle < timeout
+            });
             // A new window for the adaptive limit; what the load no longer
             // uses goes, the oldest first.
             host.last_peak = std::mem::replace(&mut host.peak, host.in_use);

@@ -144,3 +144,25 @@ async fn clear_idle_closes_every_idle_session_and_keeps_those_in_use() {
     read_all(held).await; // finished after the clear: it still comes back
     assert_eq!(pool.counts(origin.addr), PoolCounts { idle: 1, in_use: 0 });
 }
+
+#[tokio::test]
+async fn an_idle_session_gives_its_buffers_back_at_the_sweep_and_takes_them_again() {
+    let origin = h1_origin().await;
+    let config = PoolConfig { idle_timeout: Duration::from_secs(2), ..Default::default() };
+    let pool = Pool::new(config, Arc::new(NoopObserver));
+    let t = Target::http1(origin.addr);
+    let first = read_all(pool.request(t, Freshness::IdlePreferred, get("/")).await.unwrap()).await;
+    assert!(pool.idle_buffered(origin.addr) > 0, "just back: it keeps its buffers for the next request");
+    // Real sockets: the sweep runs on the real clock (every 500 ms here);
+    // a session idle since before one sweep sheds at the next.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while pool.idle_buffered(origin.addr) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pool.idle_buffered(origin.addr), 0);
+    assert_eq!(pool.counts(origin.addr), PoolCounts { idle: 1, in_use: 0 }, "shed, not closed");
+    // The same session carries the next request whole.
+    let second = read_all(pool.request(t, Freshness::IdlePreferred, get("/")).await.unwrap()).await;
+    assert_eq!(second, first);
+    assert_eq!(origin.conns(), 1);
+}
