@@ -200,10 +200,17 @@ impl<R: ConnRead> ReadSide<R> {
 type SharedRead<R> = Arc<Mutex<ReadSide<R>>>;
 
 /// Serves one HTTP/1.1 connection over plain TCP; `buf` holds what was read
-/// already.
-pub(crate) async fn serve(stream: TcpStream, buf: BytesMut, peer: Peer, shared: Arc<Shared>, live: Live) {
+/// already. (Not an `async fn`: a wrapper future would hold a second copy
+/// of what it hands on, in every connection's task.)
+pub(crate) fn serve(
+    stream: TcpStream,
+    buf: BytesMut,
+    peer: Peer,
+    shared: Arc<Shared>,
+    live: Live,
+) -> impl Future<Output = ()> + Send {
     let (r, w) = stream.into_split();
-    serve_halves(r, w, buf, peer, shared, live).await;
+    serve_halves(r, w, buf, peer, shared, live)
 }
 
 /// Serves one HTTP/1.1 connection given as its two halves.
@@ -242,6 +249,14 @@ pub(crate) async fn serve_halves<R: ConnRead, W: AsyncWrite + Unpin + Send>(
     let mut first = true;
     loop {
         if read.lock().buf.is_empty() {
+            // Between requests the connection holds no buffers: the read
+            // buffer is taken again when the next request's bytes come
+            // (`poll_fill_lazy`), the write queue's with its answer. An
+            // idle keep-alive connection then costs its task and stream.
+            read.lock().buf = BytesMut::new();
+            if out.q.is_empty() {
+                out.q = WriteQueue::default();
+            }
             // No request begun: wait for one's first bytes. Once the server
             // stops, only for `IDLE_GRACE`: a client that sent its next
             // request as the stop came is answered, not cut off. (After a
@@ -249,7 +264,11 @@ pub(crate) async fn serve_halves<R: ConnRead, W: AsyncWrite + Unpin + Send>(
             if !first {
                 timer.as_mut().reset(tokio::time::Instant::now() + keepalive_timeout);
             }
-            let fill = poll_fn(|cx| read.lock().poll_fill(cx));
+            let fill = poll_fn(|cx| {
+                let mut r = read.lock();
+                let r = &mut *r;
+                vigil_h1::poll_fill_lazy(&mut r.io, &mut r.buf, cx)
+            });
             let Some(more) = wait_idle(stopped.as_mut(), &mut stop_seen, timer.as_mut(), fill).await else {
                 if stop_seen {
                     tracing::debug!("stopping, and no request came; closing");
@@ -264,92 +283,154 @@ pub(crate) async fn serve_halves<R: ConnRead, W: AsyncWrite + Unpin + Send>(
                 return; // the client closed between requests
             }
         }
-        // Usually the whole head came with its first bytes: parsed at once,
-        // with no timer to set. Only a head still partial waits, bounded
-        // (and not cut short by a stop: the request has begun).
-        let parsed = poll_head(&mut read.lock(), limits, &mut Context::from_waker(std::task::Waker::noop()));
-        let head = match parsed {
-            Poll::Ready(head) => head,
-            Poll::Pending => {
-                let deadline =
-                    if first { first_deadline } else { tokio::time::Instant::now() + head_timeout };
-                timer.as_mut().reset(deadline);
-                tokio::select! {
-                    biased;
-                    head = poll_fn(|cx| poll_head(&mut read.lock(), limits, cx)) => head,
-                    () = &mut timer => {
-                        tracing::debug!("no whole request head within client_header_timeout; closing");
-                        return;
-                    }
-                }
-            }
-        };
-        let head = match head {
-            Ok(Some(head)) => head,
-            Ok(None) => return, // the client closed between requests
-            Err(refused) => {
-                match refused {
-                    HeadError::Framing(_) => {
-                        shared.metrics.framing_refused.fetch_add(1, Ordering::Relaxed);
-                    }
-                    HeadError::TooLarge => shared.metrics.limit("head"),
-                    HeadError::TooManyHeaders => shared.metrics.limit("headers"),
-                    HeadError::UriTooLong => shared.metrics.limit("uri"),
-                    _ => {}
-                }
-                tracing::debug!(reason = %refused, "request head refused");
-                let _ = tokio::time::timeout(send_timeout, refuse(&mut w, refused.status())).await;
-                // What the client still sends (the rest of a huge head) is
-                // read and dropped, briefly, so that it reads the answer
-                // rather than a reset.
-                linger(&read).await;
-                return;
-            }
-        };
+        // The request's work is a future of its own, boxed: what it holds
+        // while it runs (the head's wait, the request path, the answer's
+        // writing) is freed when it ends, not kept in the connection's task
+        // while the connection waits for its next request.
+        let first_deadline = first.then_some(first_deadline);
         first = false;
-        let Head { mut req, keep_alive, expect_continue } = head;
-        let head_only = req.method() == Method::HEAD;
-        let http10 = req.version() == Version::HTTP_10;
-        if req.body().hint.exact() != Some(0) {
-            req.body_mut().read = Some(Arc::clone(&read));
-            if expect_continue {
-                read.lock().continue_at = Some(0);
-            }
-        }
-        let resp = forward::handle(&shared, &peer, req).await;
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            // Only an upgrade request gets one (the pool refuses a 101
-            // nobody asked for): the connection becomes a tunnel.
-            tunnel(read, w, resp, &shared, &stop).await;
-            return;
-        }
-        let (begun, body_done) = {
-            let mut r = read.lock();
-            // An interim answer not begun is not sent after the final one
-            // (the body may still be read, by an upload the origin answered
-            // early); one begun is finished first.
-            let begun = if expect_continue { r.continue_at.take().filter(|&at| at > 0) } else { None };
-            (begun, matches!(r.body, Decoder::Done))
-        };
-        if let Some(at) = begun
-            && write_all(&mut w, &CONTINUE[at..]).await.is_err()
-        {
-            return;
-        }
-        // Stopping: this answer is the connection's last, and says so.
-        let keep = keep_alive && body_done && !wants_close(resp.headers()) && !stop.stopping();
-        match out.respond(&mut w, resp, keep, head_only, http10).await {
-            Ok(true) if keep => {}
-            Ok(_) if !matches!(read.lock().body, Decoder::Done | Decoder::Failed) => {
-                // The answer came before the request body was read (a 404
-                // to a POST): read and drop what the client still sends, so
-                // closing with unread bytes does not reset the connection
-                // before the client has read the answer (nginx's lingering close).
-                linger(&read).await;
+        let ask = Ask { shared: &shared, peer: &peer, read: &read, stop: &stop, limits, head_timeout };
+        let step = Box::pin(request(ask, &mut w, &mut out, timer.as_mut(), first_deadline));
+        match step.await {
+            Step::Next => {}
+            Step::Close => return,
+            Step::Tunnel(resp) => {
+                let tunnel = Box::pin(tunnel(read, w, *resp, &shared, &stop));
+                tunnel.await;
                 return;
             }
-            _ => return,
         }
+    }
+}
+
+/// What a request's work reads of its connection.
+struct Ask<'a, R> {
+    shared: &'a Arc<Shared>,
+    peer: &'a Peer,
+    read: &'a SharedRead<R>,
+    stop: &'a Stop,
+    limits: RequestLimits,
+    head_timeout: Duration,
+}
+
+/// One request on a connection whose first bytes of it came: its head
+/// read (within `first_deadline` for a connection's first request, else
+/// `head_timeout` from the first wait) and refused or forwarded.
+async fn request<R: ConnRead, W: AsyncWrite + Unpin + Send>(
+    ask: Ask<'_, R>,
+    w: &mut W,
+    out: &mut Writer,
+    mut timer: Pin<&mut tokio::time::Sleep>,
+    first_deadline: Option<tokio::time::Instant>,
+) -> Step {
+    let Ask { shared, peer, read, stop, limits, head_timeout } = ask;
+    // Usually the whole head came with its first bytes: parsed at once,
+    // with no timer to set. Only a head still partial waits, bounded
+    // (and not cut short by a stop: the request has begun).
+    let parsed = poll_head(&mut read.lock(), limits, &mut Context::from_waker(std::task::Waker::noop()));
+    let head = match parsed {
+        Poll::Ready(head) => head,
+        Poll::Pending => {
+            let deadline = first_deadline.unwrap_or_else(|| tokio::time::Instant::now() + head_timeout);
+            timer.as_mut().reset(deadline);
+            tokio::select! {
+                biased;
+                head = poll_fn(|cx| poll_head(&mut read.lock(), limits, cx)) => head,
+                () = &mut timer => {
+                    tracing::debug!("no whole request head within client_header_timeout; closing");
+                    return Step::Close;
+                }
+            }
+        }
+    };
+    let head = match head {
+        Ok(Some(head)) => head,
+        Ok(None) => return Step::Close, // the client closed between requests
+        Err(refused) => {
+            match refused {
+                HeadError::Framing(_) => {
+                    shared.metrics.framing_refused.fetch_add(1, Ordering::Relaxed);
+                }
+                HeadError::TooLarge => shared.metrics.limit("head"),
+                HeadError::TooManyHeaders => shared.metrics.limit("headers"),
+                HeadError::UriTooLong => shared.metrics.limit("uri"),
+                _ => {}
+            }
+            tracing::debug!(reason = %refused, "request head refused");
+            let send_timeout = out.send_timeout;
+            let _ = tokio::time::timeout(send_timeout, refuse(w, refused.status())).await;
+            // What the client still sends (the rest of a huge head) is
+            // read and dropped, briefly, so that it reads the answer
+            // rather than a reset.
+            linger(read).await;
+            return Step::Close;
+        }
+    };
+    exchange(shared, peer, read, w, out, stop, head).await
+}
+
+/// What follows an exchange on its connection.
+enum Step {
+    /// The next request.
+    Next,
+    /// Nothing: the connection closes.
+    Close,
+    /// The origin switched protocols: the connection becomes a tunnel.
+    /// (Boxed: the step is kept in the connection's task.)
+    Tunnel(Box<Response<ProxyBody>>),
+}
+
+/// One request: forwarded, and its answer written.
+async fn exchange<R: ConnRead, W: AsyncWrite + Unpin + Send>(
+    shared: &Arc<Shared>,
+    peer: &Peer,
+    read: &SharedRead<R>,
+    w: &mut W,
+    out: &mut Writer,
+    stop: &Stop,
+    head: Head<R>,
+) -> Step {
+    let Head { mut req, keep_alive, expect_continue } = head;
+    let head_only = req.method() == Method::HEAD;
+    let http10 = req.version() == Version::HTTP_10;
+    if req.body().hint.exact() != Some(0) {
+        req.body_mut().read = Some(Arc::clone(read));
+        if expect_continue {
+            read.lock().continue_at = Some(0);
+        }
+    }
+    let resp = forward::handle(shared, peer, req).await;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // Only an upgrade request gets one (the pool refuses a 101
+        // nobody asked for): the connection becomes a tunnel.
+        return Step::Tunnel(Box::new(resp));
+    }
+    let (begun, body_done) = {
+        let mut r = read.lock();
+        // An interim answer not begun is not sent after the final one
+        // (the body may still be read, by an upload the origin answered
+        // early); one begun is finished first.
+        let begun = if expect_continue { r.continue_at.take().filter(|&at| at > 0) } else { None };
+        (begun, matches!(r.body, Decoder::Done))
+    };
+    if let Some(at) = begun
+        && write_all(w, &CONTINUE[at..]).await.is_err()
+    {
+        return Step::Close;
+    }
+    // Stopping: this answer is the connection's last, and says so.
+    let keep = keep_alive && body_done && !wants_close(resp.headers()) && !stop.stopping();
+    match out.respond(w, resp, keep, head_only, http10).await {
+        Ok(true) if keep => Step::Next,
+        Ok(_) if !matches!(read.lock().body, Decoder::Done | Decoder::Failed) => {
+            // The answer came before the request body was read (a 404
+            // to a POST): read and drop what the client still sends, so
+            // closing with unread bytes does not reset the connection
+            // before the client has read the answer (nginx's lingering close).
+            linger(read).await;
+            Step::Close
+        }
+        _ => Step::Close,
     }
 }
 
@@ -580,8 +661,9 @@ fn poll_continue<R: ConnRead>(r: &mut ReadSide<R>, cx: &mut Context<'_>) -> Poll
     Poll::Ready(Ok(()))
 }
 
-/// The write side's queue, kept per connection so its allocations (and
-/// its buffer for heads) are reused.
+/// The write side's queue: its allocations serve an answer's head and
+/// body pieces, and are given back when the connection waits for its next
+/// request.
 #[derive(Default)]
 struct Writer {
     q: WriteQueue,
@@ -603,6 +685,10 @@ impl Writer {
         let framing = Framing::for_response(method, parts.status, body.size_hint().exact(), http10);
         let keep = keep && framing != Framing::UntilClose;
         let line = ResponseLine { status: parts.status, framing, http10, keep_alive: keep };
+        // Room for a usual head and a small body copied in behind it, taken
+        // at once (the queue gave its buffer back while the connection was
+        // idle; growing it in steps would copy).
+        self.q.head_mut().reserve(vigil_h1::LAZY_MIN);
         vigil_h1::encode_response_head(self.q.head_mut(), line, &parts.headers, date);
         if framing == Framing::None {
             drop(body);
@@ -767,7 +853,8 @@ pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub(crate) async fn sniff(stream: &mut TcpStream) -> io::Result<(BytesMut, bool)> {
     let mut buf = BytesMut::new();
     loop {
-        let n = poll_fn(|cx| vigil_h1::poll_fill(stream, &mut buf, cx)).await?;
+        // Lazily: a connection that sends nothing yet holds no buffer.
+        let n = poll_fn(|cx| vigil_h1::poll_fill_lazy(stream, &mut buf, cx)).await?;
         let seen = &buf[..buf.len().min(H2_PREFACE.len())];
         if n == 0 || !H2_PREFACE.starts_with(seen) {
             return Ok((buf, false));

@@ -281,7 +281,9 @@ fn serve(
                 }
                 drop(live); // hyper's graceful watcher counts this one
                 let io = h1::Prefixed::new(first.freeze(), stream);
-                serve_h2(io, shared, peer, &builder, watcher).await;
+                // Boxed: hyper's connection is a large future, and inline it
+                // would size every HTTP/1.1 connection's task too.
+                Box::pin(serve_h2(io, shared, peer, &builder, watcher)).await;
             });
         }
         Kind::ProxyTls => {
@@ -303,7 +305,7 @@ fn serve(
                     return;
                 }
                 drop(live); // hyper's graceful watcher counts this one
-                serve_h2(tls, shared, peer, &builder, watcher).await;
+                Box::pin(serve_h2(tls, shared, peer, &builder, watcher)).await;
             });
         }
         Kind::Admin => {
