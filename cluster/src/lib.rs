@@ -36,5 +36,5 @@ pub mod transport;
 pub use node::{Cluster, ClusterConfig, ClusterError, ClusterMetrics};
 pub use ownership::{owner, owner_in};
 pub use record::{RecordError, ServerRecord, gossip_key, parse_gossip_key, server_key};
-pub use seal::{ClusterKey, KEY_LEN, KeyError, Keyring, OVERHEAD, OpenError, Opened, Opener, Sealer};
+pub use seal::{ClusterKey, Format, KEY_LEN, KeyError, Keyring, OVERHEAD, OpenError, Opened, Opener, Sealer};
 pub use transport::{SealedTransport, TransportStats};
