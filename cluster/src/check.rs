@@ -112,9 +112,8 @@ pub fn syn_frame() -> Vec<u8> {
     frame
 }
 
-/// A compact `Syn` naming one node in full and another by hash, then the
-/// same node again by hash (for the seed corpus and the tests): the frame
-/// a node seals as version 2. The hash is unknown to a fresh receiver.
+/// A compact `Syn` naming one node in full (for the seed corpus and the
+/// tests): the frame a node seals as version 2.
 pub fn compact_syn_frame() -> Vec<u8> {
     // Kind Syn, 1 entry: IPv4 id "edge-1", generation 7, 10.0.0.1:7946,
     // heartbeat 300, max version 12.
@@ -122,6 +121,20 @@ pub fn compact_syn_frame() -> Vec<u8> {
     f.extend_from_slice(b"edge-1");
     f.extend_from_slice(&[7, 10, 0, 0, 1]);
     f.extend_from_slice(&7946u16.to_le_bytes());
+    f.extend_from_slice(&[0xac, 0x02, 12]);
+    f
+}
+
+/// The same `Syn` as [`compact_syn_frame`], naming the node by hash: it
+/// decodes where that one was received first.
+pub fn compact_syn_by_hash_frame() -> Vec<u8> {
+    let mut id = vec![6, 0];
+    id.extend_from_slice(b"edge-1");
+    id.extend_from_slice(&7u64.to_le_bytes());
+    id.extend_from_slice(&[4, 10, 0, 0, 1]);
+    id.extend_from_slice(&7946u16.to_le_bytes());
+    let mut f = vec![crate::compact::SYN, 1, 0];
+    f.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&id).to_le_bytes());
     f.extend_from_slice(&[0xac, 0x02, 12]);
     f
 }
@@ -183,6 +196,13 @@ mod tests {
         };
         assert_eq!(datagrams(&[input_as(2, &compact), input_as(3, &compact)].concat()), 2);
         assert_eq!(datagrams(&input_as(2, &compact[..compact.len() - 1])), 0);
+        // By hash: unknown first (a reset is owed, nothing rejected), then
+        // known once the full id came.
+        let by_hash = compact_syn_by_hash_frame();
+        assert_eq!(datagrams(&input_as(2, &by_hash)), 0);
+        // (The seed corpus's `compact-syn`.)
+        let seed = [input_as(2, &compact), input_as(2, &by_hash)].concat();
+        assert_eq!(datagrams(&seed), 2);
         // chitchat's bytes sealed as compact, and compact as chitchat's: refused.
         assert_eq!(datagrams(&[input_as(2, &syn), input_as(0, &compact)].concat()), 0);
         // Garbage: nothing decodes, nothing panics.
