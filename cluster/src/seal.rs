@@ -14,7 +14,7 @@
 //!
 //! Two versions, one per [`Format`] of the payload: 1, chitchat's own
 //! encoding (what every release reads; the cluster id is the associated
-//! data), and 2, the [compact](crate::compact) one (the version byte is
+//! data), and 2, the compact (`compact.rs`) one (the version byte is
 //! associated data too, so a datagram cannot be passed off as the other
 //! version). A node that reads version 2 sets the counter's top bit in
 //! every nonce it seals (nodes of earlier releases count from 0 and never
@@ -181,7 +181,7 @@ pub enum OpenError {
 pub enum Format {
     /// chitchat's own encoding (version 1, which every release reads).
     Chitchat,
-    /// The [compact](crate::compact) encoding (version 2).
+    /// The compact (`compact.rs`) encoding (version 2).
     Compact,
 }
 

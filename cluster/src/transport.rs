@@ -10,7 +10,7 @@
 //! counted as rejected; one opened with a previous key of the keyring is
 //! counted too, so an operator sees when no peer seals with it any more.
 //!
-//! A peer that showed it reads the [compact](crate::compact) encoding (a
+//! A peer that showed it reads the compact (`compact.rs`) encoding (a
 //! datagram of version 2, or one whose nonce says so: see
 //! [`seal`](crate::seal)) is sent messages in it; any other, chitchat's own
 //! (a node of an earlier release, or one not heard from yet). Ids a peer
