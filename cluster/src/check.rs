@@ -7,9 +7,11 @@
 //!   written for its value; a refused record's error holds at most 64
 //!   characters of it, whatever its length.
 //! - **Datagrams** ([`datagrams`]): opening, reassembly and chitchat's
-//!   decoding never panic, and what is held between datagrams is bounded by
-//!   what was received: half-received messages hold no more bytes than
-//!   their fragments brought, and no more slots than a message can have.
+//!   decoding never panic, in either format (chitchat's and the compact
+//!   one), and what is held between datagrams is bounded by what was
+//!   received: half-received messages hold no more bytes than their
+//!   fragments brought, and no more slots than a message can have; the id
+//!   and peer tables stay within their bounds.
 //!
 //! Each function panics when a property does not hold; that is what a fuzz
 //! target reports.
@@ -18,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::record::{ServerRecord, gossip_key, interest_key, parse_gossip_key, parse_interest_key};
-use crate::seal::{ClusterKey, KEY_LEN, Keyring, Sealer};
+use crate::seal::{ClusterKey, Format, KEY_LEN, Keyring, Sealer};
 use crate::transport::{Inbound, TransportStats};
 
 /// The fuzz targets' cluster id; the key is `[7; KEY_LEN]`.
@@ -52,8 +54,9 @@ const PEERS: [&str; 2] = ["127.0.0.2:7000", "127.0.0.3:7000"];
 /// sealed under the key), then as frames that a key holder sealed: `data`
 /// is a run of `[peer: u8][len: u16 LE][frame: len bytes]` (a short last
 /// frame takes what is left), each frame sealed under the key and received
-/// from peer `peer & 1`. This reaches what only the key's holders reach:
-/// the frame tags, reassembly and chitchat's decoding.
+/// from peer `peer & 1`, as version 2 (the compact encoding) when `peer &
+/// 2`. This reaches what only the key's holders reach: the frame tags,
+/// reassembly, the compact decoding and chitchat's.
 ///
 /// Returns how many messages decoded.
 pub fn datagrams(data: &[u8]) -> usize {
@@ -77,7 +80,8 @@ pub fn datagrams(data: &[u8]) -> usize {
         rest = tail;
         // What a fragment may keep: its bytes after the header.
         fragment_bytes += frame.len().saturating_sub(7);
-        if inbound.receive(peers[usize::from(peer & 1)], &sealer.seal(frame)).is_some() {
+        let format = if peer & 2 == 0 { Format::Chitchat } else { Format::Compact };
+        if inbound.receive(peers[usize::from(peer & 1)], &sealer.seal_as(format, frame)).is_some() {
             decoded += 1;
         }
         received += 1;
@@ -89,6 +93,9 @@ pub fn datagrams(data: &[u8]) -> usize {
             "a message with room for {} fragments",
             inbound.widest_partial()
         );
+        let (ids, senders) = inbound.tables();
+        assert!(ids <= crate::compact::MAX_IDS, "{ids} ids held");
+        assert!(senders <= PEERS.len(), "{senders} peers from {} senders", PEERS.len());
     }
     assert_eq!(stats.datagrams_in(), received);
     assert!(stats.rejected() + decoded as u64 <= received);
@@ -103,6 +110,33 @@ pub fn syn_frame() -> Vec<u8> {
     let mut frame = vec![0];
     message.serialize(&mut frame);
     frame
+}
+
+/// A compact `Syn` naming one node in full (for the seed corpus and the
+/// tests): the frame a node seals as version 2.
+pub fn compact_syn_frame() -> Vec<u8> {
+    // Kind Syn, 1 entry: IPv4 id "edge-1", generation 7, 10.0.0.1:7946,
+    // heartbeat 300, max version 12.
+    let mut f = vec![crate::compact::SYN, 1, 1, 6];
+    f.extend_from_slice(b"edge-1");
+    f.extend_from_slice(&[7, 10, 0, 0, 1]);
+    f.extend_from_slice(&7946u16.to_le_bytes());
+    f.extend_from_slice(&[0xac, 0x02, 12]);
+    f
+}
+
+/// The same `Syn` as [`compact_syn_frame`], naming the node by hash: it
+/// decodes where that one was received first.
+pub fn compact_syn_by_hash_frame() -> Vec<u8> {
+    let mut id = vec![6, 0];
+    id.extend_from_slice(b"edge-1");
+    id.extend_from_slice(&7u64.to_le_bytes());
+    id.extend_from_slice(&[4, 10, 0, 0, 1]);
+    id.extend_from_slice(&7946u16.to_le_bytes());
+    let mut f = vec![crate::compact::SYN, 1, 0];
+    f.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&id).to_le_bytes());
+    f.extend_from_slice(&[0xac, 0x02, 12]);
+    f
 }
 
 #[cfg(test)]
@@ -152,6 +186,25 @@ mod tests {
             f
         };
         assert_eq!(datagrams(&input(&[&frag(1, 2, b), &frag(0, 2, a), &frag(0, 255, a)])), 1);
+        // Compact: the same Syn decodes, from either peer; cut short it does not.
+        let compact = compact_syn_frame();
+        let input_as = |peer: u8, f: &[u8]| {
+            let mut out = vec![peer];
+            out.extend_from_slice(&(f.len() as u16).to_le_bytes());
+            out.extend_from_slice(f);
+            out
+        };
+        assert_eq!(datagrams(&[input_as(2, &compact), input_as(3, &compact)].concat()), 2);
+        assert_eq!(datagrams(&input_as(2, &compact[..compact.len() - 1])), 0);
+        // By hash: unknown first (a reset is owed, nothing rejected), then
+        // known once the full id came.
+        let by_hash = compact_syn_by_hash_frame();
+        assert_eq!(datagrams(&input_as(2, &by_hash)), 0);
+        // (The seed corpus's `compact-syn`.)
+        let seed = [input_as(2, &compact), input_as(2, &by_hash)].concat();
+        assert_eq!(datagrams(&seed), 2);
+        // chitchat's bytes sealed as compact, and compact as chitchat's: refused.
+        assert_eq!(datagrams(&[input_as(2, &syn), input_as(0, &compact)].concat()), 0);
         // Garbage: nothing decodes, nothing panics.
         assert_eq!(datagrams(b"\x00\x05\x00hello\x01\x02"), 0);
     }

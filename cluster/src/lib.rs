@@ -12,7 +12,9 @@
 //! - [`record`]: the compact per-server record and its 64-bit hashed key.
 //! - [`ownership`]: rendezvous hashing, which node checks which server.
 //!
-//! - [`transport`]: chitchat's UDP transport with every datagram sealed.
+//! - [`transport`]: chitchat's UDP transport with every datagram sealed,
+//!   in chitchat's encoding or, to peers that read it, a compact one
+//!   (`compact.rs`: varints, ids by hash once the peer holds them).
 //! - [`node`]: a running member ([`Cluster`]): interest, ownership,
 //!   publishing and adopting records. It reads and writes health only
 //!   through `vigil-hostdb` (`Server::l7`, `Server::set_l7`,
@@ -27,6 +29,7 @@
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod check;
+mod compact;
 pub mod node;
 pub mod ownership;
 pub mod record;
@@ -36,5 +39,5 @@ pub mod transport;
 pub use node::{Cluster, ClusterConfig, ClusterError, ClusterMetrics};
 pub use ownership::{owner, owner_in};
 pub use record::{RecordError, ServerRecord, gossip_key, parse_gossip_key, server_key};
-pub use seal::{ClusterKey, KEY_LEN, KeyError, Keyring, OVERHEAD, OpenError, Opened, Opener, Sealer};
+pub use seal::{ClusterKey, Format, KEY_LEN, KeyError, Keyring, OVERHEAD, OpenError, Opened, Opener, Sealer};
 pub use transport::{SealedTransport, TransportStats};

@@ -10,7 +10,19 @@
 //! Layout: `version (1) | nonce (24) | ciphertext | tag (16)`: 41 bytes of
 //! overhead. The nonce is a 16-byte prefix drawn from the OS at start (one
 //! per sender incarnation) and a 64-bit counter, so two nodes, or one node
-//! restarted, never reuse a nonce under the same key. The receiver keeps,
+//! restarted, never reuse a nonce under the same key.
+//!
+//! Two versions, one per [`Format`] of the payload: 1, chitchat's own
+//! encoding (what every release reads; the cluster id is the associated
+//! data), and 2, the compact (`compact.rs`) one (the version byte is
+//! associated data too, so a datagram cannot be passed off as the other
+//! version). A node that reads version 2 sets the counter's top bit in
+//! every nonce it seals (nodes of earlier releases count from 0 and never
+//! reach it), so a receiver learns from any datagram whether its sender
+//! reads the compact format ([`Opened::reads_compact`]): a new node sends
+//! version 2 only to peers that showed they read it, and a cluster of old
+//! and new nodes keeps talking during a rolling upgrade. Both versions
+//! share the prefix and counter: no nonce repeats across them. The receiver keeps,
 //! per prefix, the highest counter seen and a 64-wide window below it (the
 //! IPsec/WireGuard scheme): a datagram outside or already in the window is
 //! a replay. Replay state changes only after a datagram authenticates, so
@@ -32,7 +44,12 @@ use parking_lot::Mutex;
 
 /// Bytes in a cluster key.
 pub const KEY_LEN: usize = 32;
-const VERSION: u8 = 1;
+/// The version of a datagram whose payload is chitchat's encoding.
+const VERSION_CHITCHAT: u8 = 1;
+/// The version of a datagram whose payload is the compact encoding.
+const VERSION_COMPACT: u8 = 2;
+/// Set in the counter of every nonce a node that reads version 2 seals.
+const READS_COMPACT: u64 = 1 << 63;
 const NONCE_LEN: usize = 24;
 const PREFIX_LEN: usize = 16;
 const TAG_LEN: usize = 16;
@@ -159,11 +176,30 @@ pub enum OpenError {
     Replayed,
 }
 
+/// What a sealed payload holds, told by the datagram's version byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// chitchat's own encoding (version 1, which every release reads).
+    Chitchat,
+    /// The compact (`compact.rs`) encoding (version 2).
+    Compact,
+}
+
+impl Format {
+    fn version(self) -> u8 {
+        match self {
+            Self::Chitchat => VERSION_CHITCHAT,
+            Self::Compact => VERSION_COMPACT,
+        }
+    }
+}
+
 /// Seals outgoing datagrams with the keyring's current key. One per node;
 /// cheap to share.
 pub struct Sealer {
     keys: Arc<Keyring>,
     aad: Box<[u8]>,
+    aad_compact: Box<[u8]>,
     prefix: [u8; PREFIX_LEN],
     counter: AtomicU64,
 }
@@ -181,27 +217,42 @@ impl Sealer {
         let random = XChaCha20Poly1305::generate_nonce(&mut OsRng);
         let mut prefix = [0u8; PREFIX_LEN];
         prefix.copy_from_slice(&random[..PREFIX_LEN]);
-        Self { keys: Arc::clone(keys), aad: cluster_id.as_bytes().into(), prefix, counter: AtomicU64::new(0) }
+        Self {
+            keys: Arc::clone(keys),
+            aad: cluster_id.as_bytes().into(),
+            aad_compact: compact_aad(cluster_id),
+            prefix,
+            counter: AtomicU64::new(0),
+        }
     }
 
-    /// `payload`, sealed with the current key.
+    /// `payload` (chitchat's encoding), sealed with the current key.
     pub fn seal(&self, payload: &[u8]) -> Vec<u8> {
+        self.seal_as(Format::Chitchat, payload)
+    }
+
+    /// `payload`, in `format`, sealed with the current key.
+    pub fn seal_as(&self, format: Format, payload: &[u8]) -> Vec<u8> {
         // The prefix and counter outlive key changes: nonces never repeat
         // under any key, and receivers' replay windows carry on.
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let n = self.counter.fetch_add(1, Ordering::Relaxed) | READS_COMPACT;
         let mut nonce = [0u8; NONCE_LEN];
         nonce[..PREFIX_LEN].copy_from_slice(&self.prefix);
         nonce[PREFIX_LEN..].copy_from_slice(&n.to_be_bytes());
+        let aad = match format {
+            Format::Chitchat => &self.aad,
+            Format::Compact => &self.aad_compact,
+        };
         let sealed = self
             .keys
             .keys
             .load()
             .current()
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: payload, aad: &self.aad })
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: payload, aad })
             // Encryption fails only for payloads over 256 GiB.
             .unwrap_or_default();
         let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
-        out.push(VERSION);
+        out.push(format.version());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&sealed);
         out
@@ -241,6 +292,16 @@ pub struct Opened {
     /// Opened with a previous key, not the current one: its sender has not
     /// switched to the current key yet.
     pub previous_key: bool,
+    /// What the payload holds (the datagram's version).
+    pub format: Format,
+    /// Its sender reads the compact format (it sealed a version 2
+    /// datagram, or marked its nonce): it may be sent version 2.
+    pub reads_compact: bool,
+}
+
+/// Version 2's associated data: the version, then the cluster id.
+fn compact_aad(cluster_id: &str) -> Box<[u8]> {
+    [&[VERSION_COMPACT][..], cluster_id.as_bytes()].concat().into()
 }
 
 /// Opens incoming datagrams with the keyring's keys, current first, and
@@ -248,6 +309,7 @@ pub struct Opened {
 pub struct Opener {
     keys: Arc<Keyring>,
     aad: Box<[u8]>,
+    aad_compact: Box<[u8]>,
     windows: Mutex<(HashMap<[u8; PREFIX_LEN], ReplayWindow>, u64)>,
 }
 
@@ -264,6 +326,7 @@ impl Opener {
         Self {
             keys: Arc::clone(keys),
             aad: cluster_id.as_bytes().into(),
+            aad_compact: compact_aad(cluster_id),
             windows: Mutex::new((HashMap::new(), 0)),
         }
     }
@@ -277,9 +340,11 @@ impl Opener {
         if datagram.len() < OVERHEAD {
             return Err(OpenError::TooShort);
         }
-        if datagram[0] != VERSION {
-            return Err(OpenError::Version(datagram[0]));
-        }
+        let (format, aad) = match datagram[0] {
+            VERSION_CHITCHAT => (Format::Chitchat, &self.aad),
+            VERSION_COMPACT => (Format::Compact, &self.aad_compact),
+            v => return Err(OpenError::Version(v)),
+        };
         let nonce = &datagram[1..1 + NONCE_LEN];
         let body = &datagram[1 + NONCE_LEN..];
         let (ciphertext, tag) = body.split_at(body.len() - TAG_LEN);
@@ -295,7 +360,7 @@ impl Opener {
                 // left in the buffer.
                 payload.copy_from_slice(ciphertext);
             }
-            if cipher.decrypt_in_place_detached(xnonce, &self.aad, &mut payload, tag).is_ok() {
+            if cipher.decrypt_in_place_detached(xnonce, aad, &mut payload, tag).is_ok() {
                 used = Some(i);
                 break;
             }
@@ -323,7 +388,8 @@ impl Opener {
         let window = windows.entry(prefix).or_insert(ReplayWindow { top: n, seen: 0, last_heard: now });
         window.last_heard = now;
         if window.accept(n) {
-            Ok(Opened { payload, previous_key: used > 0 })
+            let reads_compact = format == Format::Compact || n & READS_COMPACT != 0;
+            Ok(Opened { payload, previous_key: used > 0, format, reads_compact })
         } else {
             Err(OpenError::Replayed)
         }
@@ -357,7 +423,15 @@ mod tests {
         let (s, o) = (Sealer::new(&one(1), "vigil"), Opener::new(&one(1), "vigil"));
         let d = s.seal(b"hello");
         assert_eq!(d.len(), 5 + OVERHEAD);
-        assert_eq!(o.open(&d).unwrap(), Opened { payload: b"hello".to_vec(), previous_key: false });
+        assert_eq!(
+            o.open(&d).unwrap(),
+            Opened {
+                payload: b"hello".to_vec(),
+                previous_key: false,
+                format: Format::Chitchat,
+                reads_compact: true
+            }
+        );
         assert_eq!(payload(&o, &s.seal(b"")).unwrap(), b"");
     }
 
@@ -421,15 +495,30 @@ mod tests {
         // previous one: the payload is whole.
         assert_eq!(
             o.open(&old.seal(b"from old")).unwrap(),
-            Opened { payload: b"from old".to_vec(), previous_key: true }
+            Opened {
+                payload: b"from old".to_vec(),
+                previous_key: true,
+                format: Format::Chitchat,
+                reads_compact: true
+            }
         );
         assert_eq!(
             o.open(&last.seal(b"from last")).unwrap(),
-            Opened { payload: b"from last".to_vec(), previous_key: true }
+            Opened {
+                payload: b"from last".to_vec(),
+                previous_key: true,
+                format: Format::Chitchat,
+                reads_compact: true
+            }
         );
         assert_eq!(
             o.open(&new.seal(b"from new")).unwrap(),
-            Opened { payload: b"from new".to_vec(), previous_key: false }
+            Opened {
+                payload: b"from new".to_vec(),
+                previous_key: false,
+                format: Format::Chitchat,
+                reads_compact: true
+            }
         );
         assert_eq!(
             o.open(&Sealer::new(&one(9), "c").seal(b"x")),
@@ -496,13 +585,82 @@ mod tests {
         assert!(o.open(&s.seal(b"still 1")).unwrap().previous_key);
         assert!(sending.set(key(2), Vec::new()));
         let next = s.seal(b"now 2");
-        assert_eq!(o.open(&next).unwrap(), Opened { payload: b"now 2".to_vec(), previous_key: false });
+        assert_eq!(
+            o.open(&next).unwrap(),
+            Opened {
+                payload: b"now 2".to_vec(),
+                previous_key: false,
+                format: Format::Chitchat,
+                reads_compact: true
+            }
+        );
         assert_eq!(o.open(&next), Err(OpenError::Replayed));
         // The old key dropped too: its datagrams are refused as forged, and
         // the window did not move for them.
         assert!(receiving.set(key(2), Vec::new()));
         assert_eq!(o.open(&d[0]), Err(OpenError::Forged));
         assert!(o.open(&s.seal(b"after")).is_ok());
+    }
+
+    /// A datagram as a node of an earlier release seals it: version 1, its
+    /// counter without the top bit.
+    fn sealed_by_an_older_node(key_byte: u8, cluster_id: &str, counter: u64, payload: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[..PREFIX_LEN].copy_from_slice(&[0x5a; PREFIX_LEN]);
+        nonce[PREFIX_LEN..].copy_from_slice(&counter.to_be_bytes());
+        let cipher = XChaCha20Poly1305::new(&[key_byte; KEY_LEN].into());
+        let sealed = cipher
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: payload, aad: cluster_id.as_bytes() })
+            .unwrap();
+        [&[VERSION_CHITCHAT][..], &nonce, &sealed].concat()
+    }
+
+    #[test]
+    fn both_versions_open_and_say_what_they_hold_and_who_reads_compact() {
+        let (s, o) = (Sealer::new(&one(1), "vigil"), Opener::new(&one(1), "vigil"));
+        let compact = s.seal_as(Format::Compact, b"short");
+        assert_eq!((compact[0], compact.len()), (2, 5 + OVERHEAD));
+        let opened = o.open(&compact).unwrap();
+        assert_eq!(
+            (opened.payload.as_slice(), opened.format, opened.reads_compact),
+            (&b"short"[..], Format::Compact, true)
+        );
+        // Version 1 from this release: marked.
+        let opened = o.open(&s.seal(b"long")).unwrap();
+        assert_eq!((opened.format, opened.reads_compact), (Format::Chitchat, true));
+        // From an older node: not marked; it opens as before.
+        let old = o.open(&sealed_by_an_older_node(1, "vigil", 0, b"old")).unwrap();
+        assert_eq!(
+            (old.payload.as_slice(), old.format, old.reads_compact),
+            (&b"old"[..], Format::Chitchat, false)
+        );
+        // What an older node's opener does with this release's version 1:
+        // the same key, nonce layout and associated data, so it opens (the
+        // marked counter is only a larger number to its replay window).
+        let v1 = s.seal(b"to an old node");
+        let cipher = XChaCha20Poly1305::new(&[1; KEY_LEN].into());
+        let (nonce, body) = v1[1..].split_at(NONCE_LEN);
+        let plain = cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: body, aad: b"vigil" }).unwrap();
+        assert_eq!(plain, b"to an old node");
+    }
+
+    #[test]
+    fn a_datagram_passed_off_as_the_other_version_does_not_open() {
+        let s = Sealer::new(&one(1), "vigil");
+        for (format, other) in [(Format::Chitchat, VERSION_COMPACT), (Format::Compact, VERSION_CHITCHAT)] {
+            let o = Opener::new(&one(1), "vigil");
+            let d = s.seal_as(format, b"\x00\x01\x02");
+            let mut flipped = d.clone();
+            flipped[0] = other;
+            assert_eq!(o.open(&flipped), Err(OpenError::Forged));
+            // Nor did it use up the original's counter.
+            assert!(o.open(&d).is_ok());
+            assert_eq!(o.open(&d), Err(OpenError::Replayed));
+        }
+        // The two versions share one counter: no nonce is sealed twice.
+        let (a, b) = (s.seal_as(Format::Chitchat, b"a"), s.seal_as(Format::Compact, b"b"));
+        assert_ne!(a[1..1 + NONCE_LEN], b[1..1 + NONCE_LEN]);
+        assert_eq!(a[1..1 + PREFIX_LEN], b[1..1 + PREFIX_LEN]);
     }
 
     #[test]

@@ -9,6 +9,16 @@
 //! open (another key, another cluster id, tampered, replayed) is dropped and
 //! counted as rejected; one opened with a previous key of the keyring is
 //! counted too, so an operator sees when no peer seals with it any more.
+//!
+//! A peer that showed it reads the compact (`compact.rs`) encoding (a
+//! datagram of version 2, or one whose nonce says so: see
+//! [`seal`](crate::seal)) is sent messages in it; any other, chitchat's own
+//! (a node of an earlier release, or one not heard from yet). Ids a peer
+//! sent in compact messages are named to it by hash from then on; a peer
+//! that cannot resolve one (it restarted, or its table started over)
+//! answers with a reset frame, after which it is sent full ids again. An
+//! `Ack` with an empty delta is not sent at all: its receiver would apply
+//! nothing.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,7 +30,8 @@ use async_trait::async_trait;
 use chitchat::transport::{Socket, Transport};
 use chitchat::{ChitchatMessage, Deserializable, Serializable};
 
-use crate::seal::{Keyring, OVERHEAD, Opener, Sealer};
+use crate::compact::{self, DecodeError, Ids, Known};
+use crate::seal::{Format, Keyring, OVERHEAD, Opener, Sealer};
 
 /// The largest UDP payload over IPv4.
 const MAX_DATAGRAM: usize = 65_507;
@@ -29,6 +40,14 @@ const WHOLE: u8 = 0;
 /// Frame tag: the datagram holds one fragment (`id: u32, index: u8, count: u8`).
 const FRAGMENT: u8 = 1;
 const FRAGMENT_HEADER: usize = 1 + 4 + 1 + 1;
+/// Frame tags of version 2 beside the compact message kinds (0 to 4):
+/// one fragment of a compact message (the same header as [`FRAGMENT`]),
+/// and a reset, which asks its receiver to send full ids again.
+const COMPACT_FRAGMENT: u8 = 8;
+const COMPACT_RESET: u8 = 9;
+/// Peers whose format and known ids are kept; past this they start over
+/// (each is sent chitchat's encoding until it is heard from again).
+const MAX_PEERS: usize = 1024;
 /// Payload bytes per fragment.
 const FRAGMENT_PAYLOAD: usize = MAX_DATAGRAM - OVERHEAD - FRAGMENT_HEADER;
 /// Most fragments of one message: chitchat keeps a message within
@@ -63,6 +82,9 @@ pub struct TransportStats {
     previous_key: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    compact_out: AtomicU64,
+    acks_skipped: AtomicU64,
+    resets_sent: AtomicU64,
 }
 
 impl TransportStats {
@@ -92,6 +114,20 @@ impl TransportStats {
     /// Bytes sent (UDP payload).
     pub fn bytes_out(&self) -> u64 {
         self.bytes_out.load(Ordering::Relaxed)
+    }
+    /// Datagrams sent in the compact format (version 2).
+    pub fn compact_out(&self) -> u64 {
+        self.compact_out.load(Ordering::Relaxed)
+    }
+    /// `Ack`s with an empty delta, which were not sent.
+    pub fn acks_skipped(&self) -> u64 {
+        self.acks_skipped.load(Ordering::Relaxed)
+    }
+    /// Reset frames sent: a peer named by hash a node this one does not
+    /// hold (after this node restarted, typically), and was asked for
+    /// full ids. Such a message is not counted as rejected.
+    pub fn resets_sent(&self) -> u64 {
+        self.resets_sent.load(Ordering::Relaxed)
     }
 }
 
@@ -129,6 +165,7 @@ impl Transport for SealedTransport {
             inbound: Inbound::new(&self.keys, &self.cluster_id, Arc::clone(&self.stats)),
             stats: Arc::clone(&self.stats),
             buf_send: Vec::new(),
+            buf_compact: Vec::new(),
             buf_recv: vec![0; MAX_DATAGRAM].into_boxed_slice(),
             next_id: 0,
         }))
@@ -137,6 +174,7 @@ impl Transport for SealedTransport {
 
 /// A message being put back together.
 struct Partial {
+    format: Format,
     id: u32,
     parts: Vec<Option<Vec<u8>>>,
     missing: usize,
@@ -148,13 +186,42 @@ struct Partial {
 /// ([`crate::check`]).
 pub(crate) struct Inbound {
     opener: Opener,
+    cluster_id: Box<str>,
     stats: Arc<TransportStats>,
     partial: HashMap<SocketAddr, Partial>,
+    /// What each peer heard from reads, and the ids it holds.
+    peers: HashMap<SocketAddr, Peer>,
+    /// Ids sent or received in compact messages, by hash.
+    ids: Ids,
+    /// Peers owed a reset frame: they named an id this node does not hold.
+    resets: Vec<SocketAddr>,
+}
+
+/// What a node knows of a peer it heard from.
+#[derive(Default)]
+struct Peer {
+    reads_compact: bool,
+    known: Known,
 }
 
 impl Inbound {
     pub(crate) fn new(keys: &Arc<Keyring>, cluster_id: &str, stats: Arc<TransportStats>) -> Self {
-        Self { opener: Opener::new(keys, cluster_id), stats, partial: HashMap::new() }
+        Self {
+            opener: Opener::new(keys, cluster_id),
+            cluster_id: cluster_id.into(),
+            stats,
+            partial: HashMap::new(),
+            peers: HashMap::new(),
+            ids: Ids::default(),
+            resets: Vec::new(),
+        }
+    }
+
+    fn peer(&mut self, addr: SocketAddr) -> &mut Peer {
+        if self.peers.len() >= MAX_PEERS && !self.peers.contains_key(&addr) {
+            self.peers.clear();
+        }
+        self.peers.entry(addr).or_default()
     }
 
     /// The message `datagram` from `from` carries or completes, if any;
@@ -162,12 +229,12 @@ impl Inbound {
     pub(crate) fn receive(&mut self, from: SocketAddr, datagram: &[u8]) -> Option<ChitchatMessage> {
         self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes_in.fetch_add(datagram.len() as u64, Ordering::Relaxed);
-        let frame = match self.opener.open(datagram) {
+        let opened = match self.opener.open(datagram) {
             Ok(opened) => {
                 if opened.previous_key {
                     self.stats.previous_key.fetch_add(1, Ordering::Relaxed);
                 }
-                opened.payload
+                opened
             }
             Err(e) => {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
@@ -175,16 +242,40 @@ impl Inbound {
                 return None;
             }
         };
+        let peer = self.peer(from);
+        peer.reads_compact = opened.reads_compact;
+        if !opened.reads_compact {
+            // A node of an earlier release (again) at this address.
+            peer.known.clear();
+        }
+        let frame = opened.payload;
         // A whole message is decoded where it lies; fragments are collected.
         let whole;
-        let message = match frame.first() {
-            Some(&WHOLE) => &frame[1..],
-            _ => {
-                whole = self.reassemble(from, &frame)?;
-                &whole[..]
+        let expanded;
+        let (message, wire_len) = match (opened.format, frame.first()) {
+            (Format::Chitchat, Some(&WHOLE)) => (&frame[1..], frame.len() - 1),
+            (Format::Chitchat, _) => {
+                whole = self.reassemble(from, Format::Chitchat, &frame)?;
+                (&whole[..], whole.len())
+            }
+            (Format::Compact, Some(&COMPACT_RESET)) => {
+                self.peer(from).known.clear();
+                return None;
+            }
+            (Format::Compact, first) => {
+                let compact = if first == Some(&COMPACT_FRAGMENT) {
+                    whole = self.reassemble(from, Format::Compact, &frame)?;
+                    &whole[..]
+                } else {
+                    &frame[..]
+                };
+                expanded = self.expand(from, compact)?;
+                (&expanded[..], compact.len())
             }
         };
-        let limit = MIN_INFLATED.max(MAX_INFLATION * message.len());
+        // The bound is on what came over the wire: the compact encoding
+        // only shortens the digest, never the delta.
+        let limit = MIN_INFLATED.max(MAX_INFLATION * wire_len);
         match inflated_len(message) {
             Some(n) if n <= limit => {}
             n => {
@@ -205,10 +296,49 @@ impl Inbound {
         }
     }
 
-    /// The message a fragment completes, if it does.
-    fn reassemble(&mut self, from: SocketAddr, frame: &[u8]) -> Option<Vec<u8>> {
+    /// chitchat's bytes for the compact message `compact` from `from`.
+    fn expand(&mut self, from: SocketAddr, compact: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        let Self { cluster_id, peers, ids, .. } = self;
+        let known = &mut peers.entry(from).or_default().known;
+        match compact::decode(compact, cluster_id, ids, known, &mut out) {
+            Ok(()) => Some(out),
+            Err(DecodeError::UnknownId) => {
+                // It restarted, or this node's table started over: not an
+                // error, the sender is asked for full ids.
+                tracing::debug!(from = %from, "gossip message names a node this one does not hold");
+                if !self.resets.contains(&from) {
+                    self.resets.push(from);
+                }
+                None
+            }
+            Err(e) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(from = %from, error = ?e, "compact gossip message from a key holder does not decode");
+                None
+            }
+        }
+    }
+
+    /// The peers owed a reset frame since the last call.
+    fn take_resets(&mut self) -> Vec<SocketAddr> {
+        std::mem::take(&mut self.resets)
+    }
+
+    /// Ids held, and peers known.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn tables(&self) -> (usize, usize) {
+        (self.ids.len(), self.peers.len())
+    }
+
+    /// The message a fragment (of a message in `format`) completes, if it does.
+    fn reassemble(&mut self, from: SocketAddr, format: Format, frame: &[u8]) -> Option<Vec<u8>> {
+        let tag = match format {
+            Format::Chitchat => FRAGMENT,
+            Format::Compact => COMPACT_FRAGMENT,
+        };
         match frame.first().copied() {
-            Some(FRAGMENT) if frame.len() >= FRAGMENT_HEADER => {
+            Some(t) if t == tag && frame.len() >= FRAGMENT_HEADER => {
                 let id = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]);
                 let (index, count) = (frame[5] as usize, frame[6] as usize);
                 if !(2..=MAX_FRAGMENTS).contains(&count) || index >= count {
@@ -218,13 +348,14 @@ impl Inbound {
                     self.partial.clear();
                 }
                 let entry = self.partial.entry(from).or_insert_with(|| Partial {
+                    format,
                     id,
                     parts: vec![None; count],
                     missing: count,
                 });
-                if entry.id != id || entry.parts.len() != count {
+                if entry.id != id || entry.parts.len() != count || entry.format != format {
                     // A newer message started: the older one is lost (gossip repeats).
-                    *entry = Partial { id, parts: vec![None; count], missing: count };
+                    *entry = Partial { format, id, parts: vec![None; count], missing: count };
                 }
                 if entry.parts[index].is_none() {
                     entry.parts[index] = Some(frame[FRAGMENT_HEADER..].to_vec());
@@ -349,17 +480,21 @@ struct SealedSocket {
     inbound: Inbound,
     stats: Arc<TransportStats>,
     buf_send: Vec<u8>,
+    buf_compact: Vec<u8>,
     buf_recv: Box<[u8]>,
     next_id: u32,
 }
 
 impl SealedSocket {
-    async fn send_sealed(&self, to: SocketAddr, frame: &[u8]) -> anyhow::Result<()> {
-        let datagram = self.sealer.seal(frame);
+    async fn send_sealed(&self, to: SocketAddr, format: Format, frame: &[u8]) -> anyhow::Result<()> {
+        let datagram = self.sealer.seal_as(format, frame);
         match self.socket.send_to(&datagram, to).await {
             Ok(n) => {
                 self.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
                 self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                if format == Format::Compact {
+                    self.stats.compact_out.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(())
             }
             // A peer that is gone (ICMP unreachable reported on this
@@ -370,6 +505,42 @@ impl SealedSocket {
             }
             Err(e) => Err(e).with_context(|| format!("cannot send gossip to {to}")),
         }
+    }
+}
+
+impl SealedSocket {
+    /// `whole` (a frame holding the message) in one datagram if it fits,
+    /// else `body` (the message alone) cut into fragments tagged `tag`.
+    async fn send_frames(
+        &mut self,
+        to: SocketAddr,
+        format: Format,
+        whole: &[u8],
+        body: &[u8],
+        tag: u8,
+    ) -> anyhow::Result<()> {
+        if whole.len() + OVERHEAD <= MAX_DATAGRAM {
+            return self.send_sealed(to, format, whole).await;
+        }
+        self.next_id = self.next_id.wrapping_add(1);
+        let chunks: Vec<&[u8]> = body.chunks(FRAGMENT_PAYLOAD).collect();
+        if chunks.len() > MAX_FRAGMENTS {
+            // chitchat stays under 65 507 bytes: never so. A receiver
+            // would refuse it, so it is not sent.
+            tracing::warn!(to = %to, bytes = whole.len(), "gossip message too large to send");
+            return Ok(());
+        }
+        let count = chunks.len() as u8;
+        let mut frame = Vec::with_capacity(MAX_DATAGRAM);
+        for (index, chunk) in chunks.iter().enumerate() {
+            frame.clear();
+            frame.push(tag);
+            frame.extend_from_slice(&self.next_id.to_be_bytes());
+            frame.extend_from_slice(&[index as u8, count]);
+            frame.extend_from_slice(chunk);
+            self.send_sealed(to, format, &frame).await?;
+        }
+        Ok(())
     }
 }
 
@@ -385,35 +556,26 @@ impl Socket for SealedSocket {
         buf.clear();
         buf.push(WHOLE);
         message.serialize(&mut buf);
-        let result = if buf.len() + OVERHEAD <= MAX_DATAGRAM {
-            self.send_sealed(to, &buf).await
+        if compact::is_empty_ack(&buf[1..]) {
+            self.stats.acks_skipped.fetch_add(1, Ordering::Relaxed);
+            self.buf_send = buf;
+            return Ok(());
+        }
+        let mut cbuf = std::mem::take(&mut self.buf_compact);
+        cbuf.clear();
+        let Inbound { peers, ids, cluster_id, .. } = &mut self.inbound;
+        // The compact encoding to a peer that reads it, unless it would be
+        // longer (ids in full with huge numbers).
+        let compact = peers.get(&to).is_some_and(|p| {
+            p.reads_compact && compact::encode(&buf[1..], cluster_id, &p.known, ids, &mut cbuf).is_some()
+        }) && cbuf.len() < buf.len();
+        let result = if compact {
+            self.send_frames(to, Format::Compact, &cbuf, &cbuf, COMPACT_FRAGMENT).await
         } else {
-            self.next_id = self.next_id.wrapping_add(1);
-            let chunks: Vec<&[u8]> = buf[1..].chunks(FRAGMENT_PAYLOAD).collect();
-            if chunks.len() > MAX_FRAGMENTS {
-                // chitchat stays under 65 507 bytes: never so. A receiver
-                // would refuse it, so it is not sent.
-                tracing::warn!(to = %to, bytes = buf.len(), "gossip message too large to send");
-                self.buf_send = buf;
-                return Ok(());
-            }
-            let count = chunks.len() as u8;
-            let mut frame = Vec::with_capacity(MAX_DATAGRAM);
-            let mut result = Ok(());
-            for (index, chunk) in chunks.iter().enumerate() {
-                frame.clear();
-                frame.push(FRAGMENT);
-                frame.extend_from_slice(&self.next_id.to_be_bytes());
-                frame.extend_from_slice(&[index as u8, count]);
-                frame.extend_from_slice(chunk);
-                if let Err(e) = self.send_sealed(to, &frame).await {
-                    result = Err(e);
-                    break;
-                }
-            }
-            result
+            self.send_frames(to, Format::Chitchat, &buf, &buf[1..], FRAGMENT).await
         };
         self.buf_send = buf;
+        self.buf_compact = cbuf;
         result
     }
 
@@ -424,7 +586,12 @@ impl Socket for SealedSocket {
                 Err(e) if is_transient(&e) => continue,
                 Err(e) => return Err(e).context("the gossip socket failed"),
             };
-            if let Some(message) = self.inbound.receive(from, &self.buf_recv[..n]) {
+            let message = self.inbound.receive(from, &self.buf_recv[..n]);
+            for peer in self.inbound.take_resets() {
+                self.stats.resets_sent.fetch_add(1, Ordering::Relaxed);
+                self.send_sealed(peer, Format::Compact, &[COMPACT_RESET]).await?;
+            }
+            if let Some(message) = message {
                 return Ok((from, message));
             }
         }
@@ -452,17 +619,20 @@ mod tests {
     fn fragments_reassemble_in_any_order_and_a_newer_message_replaces_an_older() {
         let mut s = Inbound::new(&key(1), "c", Arc::default());
         let from: SocketAddr = "127.0.0.9:1".parse().unwrap();
-        assert_eq!(s.reassemble(from, &frag(7, 1, 2, b"world")), None);
-        assert_eq!(s.reassemble(from, &frag(7, 0, 2, b"hello ")), Some(b"hello world".to_vec()));
+        assert_eq!(s.reassemble(from, Format::Chitchat, &frag(7, 1, 2, b"world")), None);
+        assert_eq!(
+            s.reassemble(from, Format::Chitchat, &frag(7, 0, 2, b"hello ")),
+            Some(b"hello world".to_vec())
+        );
         // Message 8's first half is lost when 9 starts.
-        assert_eq!(s.reassemble(from, &frag(8, 0, 2, b"old")), None);
-        assert_eq!(s.reassemble(from, &frag(9, 0, 2, b"new ")), None);
-        assert_eq!(s.reassemble(from, &frag(9, 1, 2, b"one")), Some(b"new one".to_vec()));
+        assert_eq!(s.reassemble(from, Format::Chitchat, &frag(8, 0, 2, b"old")), None);
+        assert_eq!(s.reassemble(from, Format::Chitchat, &frag(9, 0, 2, b"new ")), None);
+        assert_eq!(s.reassemble(from, Format::Chitchat, &frag(9, 1, 2, b"one")), Some(b"new one".to_vec()));
         // Nonsense headers are ignored.
-        assert_eq!(s.reassemble(from, &frag(1, 2, 2, b"x")), None);
-        assert_eq!(s.reassemble(from, &[FRAGMENT, 0]), None);
-        assert_eq!(s.reassemble(from, &[9]), None);
-        assert_eq!(s.reassemble(from, &[WHOLE, b'a']), None, "not a fragment");
+        assert_eq!(s.reassemble(from, Format::Chitchat, &frag(1, 2, 2, b"x")), None);
+        assert_eq!(s.reassemble(from, Format::Chitchat, &[FRAGMENT, 0]), None);
+        assert_eq!(s.reassemble(from, Format::Chitchat, &[9]), None);
+        assert_eq!(s.reassemble(from, Format::Chitchat, &[WHOLE, b'a']), None, "not a fragment");
         assert_eq!(s.buffered(), (0, 0));
     }
 
@@ -473,15 +643,15 @@ mod tests {
         let mut s = Inbound::new(&key(1), "c", Arc::default());
         let from: SocketAddr = "127.0.0.9:1".parse().unwrap();
         for count in [3, 255] {
-            assert_eq!(s.reassemble(from, &frag(1, 0, count, b"")), None);
-            assert_eq!(s.reassemble(from, &frag(1, count - 1, count, b"x")), None);
+            assert_eq!(s.reassemble(from, Format::Chitchat, &frag(1, 0, count, b"")), None);
+            assert_eq!(s.reassemble(from, Format::Chitchat, &frag(1, count - 1, count, b"x")), None);
         }
         assert_eq!(s.buffered(), (0, 0));
         assert_eq!(s.widest_partial(), 0);
         // Two still go through.
-        assert_eq!(s.reassemble(from, &frag(2, 0, 2, b"a")), None);
+        assert_eq!(s.reassemble(from, Format::Chitchat, &frag(2, 0, 2, b"a")), None);
         assert_eq!(s.widest_partial(), 2);
-        assert_eq!(s.reassemble(from, &frag(2, 1, 2, b"b")), Some(b"ab".to_vec()));
+        assert_eq!(s.reassemble(from, Format::Chitchat, &frag(2, 1, 2, b"b")), Some(b"ab".to_vec()));
     }
 
     /// chitchat's message header (magic number, protocol 0) and `kind`.
@@ -644,6 +814,161 @@ mod tests {
             // "two" was dropped; "three", under the current key, is next.
             assert_eq!(rx.recv().await.unwrap().1, message("three"));
             assert_eq!((b_stats.previous_key(), b_stats.rejected()), (1, 1));
+        });
+    }
+
+    /// Two chitchat nodes over sealed transports, each the other's seed.
+    async fn pair(
+        stats: &[Arc<TransportStats>; 2],
+        addrs: &[SocketAddr; 2],
+        generation: [u64; 2],
+    ) -> Vec<chitchat::ChitchatHandle> {
+        let mut handles = Vec::new();
+        for i in 0..2 {
+            handles.push(node(&stats[i], addrs[i], addrs[1 - i], generation[i]).await);
+        }
+        handles
+    }
+
+    /// A chitchat node gossiping every 20 ms, holding `k<port> = v<generation>`.
+    async fn node(
+        stats: &Arc<TransportStats>,
+        addr: SocketAddr,
+        seed: SocketAddr,
+        generation: u64,
+    ) -> chitchat::ChitchatHandle {
+        use chitchat::{ChitchatConfig, ChitchatId, FailureDetectorConfig, spawn_chitchat};
+        let transport = SealedTransport::new(&key(1), "c", Arc::clone(stats));
+        let config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(format!("node-{}", addr.port()), generation, addr),
+            cluster_id: "c".into(),
+            gossip_interval: std::time::Duration::from_millis(20),
+            listen_addr: addr,
+            seed_nodes: vec![seed.to_string()],
+            failure_detector_config: FailureDetectorConfig::default(),
+            marked_for_deletion_grace_period: std::time::Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+        };
+        let kvs = vec![(format!("k{}", addr.port()), format!("v{generation}"))];
+        spawn_chitchat(config, kvs, &transport).await.unwrap()
+    }
+
+    /// Waits until `handle` holds `key = value` of the node `id`.
+    async fn learns(handle: &chitchat::ChitchatHandle, id: &chitchat::ChitchatId, key: &str, value: &str) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let got = handle
+                .with_chitchat(|cc| cc.node_state(id).and_then(|n| n.get(key).map(str::to_owned)))
+                .await;
+            if got.as_deref() == Some(value) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{key} of {id:?}: {got:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    fn addrs() -> [SocketAddr; 2] {
+        [0, 1].map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap())
+    }
+
+    #[test]
+    fn nodes_of_this_release_gossip_compact_skip_empty_acks_and_recover_from_a_restart() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let stats = [Arc::new(TransportStats::default()), Arc::new(TransportStats::default())];
+            let addrs = addrs();
+            let handles = pair(&stats, &addrs, [1, 1]).await;
+            let ids = addrs.map(|a| chitchat::ChitchatId::new(format!("node-{}", a.port()), 1, a));
+            learns(&handles[0], &ids[1], &format!("k{}", addrs[1].port()), "v1").await;
+            learns(&handles[1], &ids[0], &format!("k{}", addrs[0].port()), "v1").await;
+            // Quiet: after a few rounds, ids go by hash and empty Acks stay home.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let (bytes, datagrams) = (stats[0].bytes_out(), stats[0].datagrams_out());
+            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+            let mean = (stats[0].bytes_out() - bytes) / (stats[0].datagrams_out() - datagrams).max(1);
+            // chitchat's Syn of two entries, sealed: 4 + 2 + 2 * 52 + 3 + 42
+            // = 155 bytes; compact by hash: 2 + 2 * 15 + 42 = 74 or so.
+            assert!(mean < 90, "{mean} bytes a datagram");
+            assert!(stats[0].compact_out() > 0 && stats[0].acks_skipped() > 0);
+            assert_eq!((stats[0].rejected(), stats[1].rejected()), (0, 0));
+            assert_eq!(stats[0].resets_sent() + stats[1].resets_sent(), 0);
+
+            // Node 1 restarts (a new generation, the same address). Node 0
+            // names ids by hash that the new node 1 does not hold: it is
+            // asked for full ids, and the two converge again.
+            handles[1].abort();
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let restarted = Arc::new(TransportStats::default());
+            let again = node(&restarted, addrs[1], addrs[0], 2).await;
+            let new_id = chitchat::ChitchatId::new(format!("node-{}", addrs[1].port()), 2, addrs[1]);
+            learns(&again, &ids[0], &format!("k{}", addrs[0].port()), "v1").await;
+            learns(&handles[0], &new_id, &format!("k{}", addrs[1].port()), "v2").await;
+            assert!(restarted.resets_sent() > 0, "the restarted node asked for full ids");
+            assert_eq!((stats[0].rejected(), restarted.rejected()), (0, 0));
+        });
+    }
+
+    /// A datagram as a node of an earlier release seals it (version 1, the
+    /// counter's top bit clear).
+    fn sealed_by_an_older_node(counter: u64, frame: &[u8]) -> Vec<u8> {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        let mut nonce = [0x33u8; 24];
+        nonce[16..].copy_from_slice(&counter.to_be_bytes());
+        let cipher = chacha20poly1305::XChaCha20Poly1305::new(&[1; 32].into());
+        let sealed = cipher
+            .encrypt(chacha20poly1305::XNonce::from_slice(&nonce), Payload { msg: frame, aad: b"c" })
+            .unwrap();
+        [&[1u8][..], &nonce, &sealed].concat()
+    }
+
+    #[test]
+    fn an_older_node_is_sent_chitchat_s_encoding_and_a_newer_one_the_compact() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let stats = Arc::new(TransportStats::default());
+            let t = SealedTransport::new(&key(1), "c", Arc::clone(&stats));
+            let addr = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+            let mut socket = t.open(addr).await.unwrap();
+            let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let peer_addr = peer.local_addr().unwrap();
+            let syn = || ChitchatMessage::Syn { cluster_id: "c".into(), digest: Default::default() };
+            let syn_ack =
+                || ChitchatMessage::SynAck { digest: Default::default(), delta: Default::default() };
+            let mut frame = vec![WHOLE];
+            syn().serialize(&mut frame);
+            let mut buf = vec![0u8; 2048];
+            let newer = Sealer::new(&key(1), "c");
+            // An older node, a newer one, then an older one again at the
+            // same address (a node rolled back): each is answered in what
+            // it reads.
+            for (i, (datagram, expect)) in [
+                (sealed_by_an_older_node(0, &frame), 1u8),
+                (newer.seal(&frame), 2),
+                (sealed_by_an_older_node(1, &frame), 1),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                peer.send_to(&datagram, addr).await.unwrap();
+                let (from, got) = socket.recv().await.unwrap();
+                assert_eq!((from, got), (peer_addr, syn()), "datagram {i}");
+                socket.send(peer_addr, syn_ack()).await.unwrap();
+                let n = peer.recv(&mut buf).await.unwrap();
+                assert_eq!(buf[0], expect, "datagram {i}");
+                if expect == 1 {
+                    // What an older node's opener reads: chitchat's SynAck, whole.
+                    let opened = Opener::new(&key(1), "c").open(&buf[..n]).unwrap();
+                    assert_eq!(opened.payload[0], WHOLE);
+                    assert_eq!(ChitchatMessage::deserialize(&mut &opened.payload[1..]).unwrap(), syn_ack());
+                }
+            }
+            // An empty Ack goes to nobody.
+            socket.send(peer_addr, ChitchatMessage::Ack { delta: Default::default() }).await.unwrap();
+            assert_eq!(stats.acks_skipped(), 1);
+            assert_eq!(stats.datagrams_out(), 3);
+            assert_eq!(stats.rejected(), 0);
         });
     }
 }

@@ -548,6 +548,16 @@ impl Collector for Live {
                     "Gossip datagrams opened with one of previous_key_files: a peer still seals with it (flat on every node: the key can be dropped)",
                     t.previous_key(),
                 ),
+                (
+                    "vigil_cluster_datagrams_compact",
+                    "Gossip datagrams sent in the compact format (to peers that read it: nodes of this release)",
+                    t.compact_out(),
+                ),
+                (
+                    "vigil_cluster_id_resets",
+                    "Gossip messages that named a node by a hash this node did not hold (after it restarted), answered by asking the sender for full ids",
+                    t.resets_sent(),
+                ),
                 ("vigil_cluster_gossip_bytes_in", "Gossip bytes received (UDP payload)", t.bytes_in()),
                 ("vigil_cluster_gossip_bytes_out", "Gossip bytes sent (UDP payload)", t.bytes_out()),
                 (

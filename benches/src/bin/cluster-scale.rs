@@ -5,9 +5,9 @@
 //! checker would; in the second phase a share of the servers changes state
 //! at a steady rate.
 //!
-//! Prints: bytes of gossip state per server, gossip bandwidth per node
-//! (quiet and with changes), and how long a change takes to reach every
-//! node (p50/p99).
+//! Prints: bytes of gossip state per server, gossip bandwidth per node and
+//! per peer (a node's bytes over the other nodes; quiet and with changes),
+//! and how long a change takes to reach every node (p50/p99).
 //!
 //! Run: `cargo run --release -p vigil-benches --bin cluster-scale -- [--nodes N] [--servers S] [--gossip-ms G] [--flips-per-s F] [--seconds T]`
 //! (defaults: 3 nodes, 1 000 servers in origins of 10, 200 ms gossip
@@ -170,7 +170,13 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let quiet = (traffic(&nodes) - start.0) as f64 / start.1.elapsed().as_secs_f64() / n_nodes as f64;
-    println!("quiet: {:.0} bytes/s sent per node ({:.2} per server)", quiet, quiet / n_servers as f64);
+    let peers = n_nodes.saturating_sub(1).max(1) as f64;
+    println!(
+        "quiet: {:.0} bytes/s sent per node, {:.0} per peer ({:.2} per server)",
+        quiet,
+        quiet / peers,
+        quiet / n_servers as f64
+    );
 
     // Changes: `flips_per_s` servers change state every second; each change
     // is timed until every node holds it.
@@ -220,15 +226,25 @@ async fn main() {
     let pct =
         |p: f64| delays.get(((delays.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or_default();
     println!(
-        "with {flips_per_s} changes/s: {:.0} bytes/s sent per node; change reached all {n_nodes} nodes: p50 {:?}, p99 {:?} ({} changes, {} still spreading)",
+        "with {flips_per_s} changes/s: {:.0} bytes/s sent per node, {:.0} per peer; change reached all {n_nodes} nodes: p50 {:?}, p99 {:?} ({} changes, {} still spreading)",
         busy,
+        busy / peers,
         pct(0.5),
         pct(0.99),
         delays.len(),
         pending.len()
     );
     let rejected: u64 = nodes.iter().map(|n| n.cluster.metrics().transport().rejected()).sum();
-    println!("rejected datagrams: {rejected}");
+    let sum = |f: fn(&vigil_cluster::TransportStats) -> u64| -> u64 {
+        nodes.iter().map(|n| f(n.cluster.metrics().transport())).sum()
+    };
+    println!(
+        "rejected datagrams: {rejected}; compact {} of {} sent; empty Acks not sent: {}; resets: {}",
+        sum(vigil_cluster::TransportStats::compact_out),
+        sum(vigil_cluster::TransportStats::datagrams_out),
+        sum(vigil_cluster::TransportStats::acks_skipped),
+        sum(vigil_cluster::TransportStats::resets_sent),
+    );
     for n in &nodes {
         n.cluster.abort();
     }

@@ -213,6 +213,9 @@ async fn three_vigils_check_each_server_once_share_results_and_hand_over() {
     assert!(metric(&m, "vigil_cluster_datagrams_in_total") > 10, "{m}");
     assert_eq!(metric(&m, "vigil_cluster_datagrams_rejected_total"), 0);
     assert_eq!(metric(&m, "vigil_cluster_live_nodes"), 2);
+    // Nodes of one release gossip in the compact format.
+    let compact = metric(&m, "vigil_cluster_datagrams_compact_total");
+    assert!(compact > metric(&m, "vigil_cluster_datagrams_out_total") / 2, "{m}");
 
     // A node with another key: refused by everyone, it changes nothing.
     let other = keys.join("other.key");
