@@ -12,7 +12,7 @@
 //!
 //! The checker asks [`Cluster::checks_here`] before each check. Adoption
 //! skips a record that says another state than this node's view and is
-//! older than that view's last change (see [`older_than_seen`]): after a
+//! older than that view's last change (see `older_than_seen`): after a
 //! partition heals, this node's copy of a revived owner's records can date
 //! from before the partition until chitchat's delta brings the new ones.
 //! Adoption writes the L7 record, and takes the owner's L4-down mark only for a
