@@ -146,7 +146,9 @@ impl Drop for Proxy {
 /// Options: `--rounds N` (default 3), `--seconds S` per round (default 8),
 /// `--connections C` (default 50), `--origin-cpu 0|1` (default 0), `--tls`,
 /// `--access-log` (a second vigil, `vigil+log`, writing a JSON access log,
-/// in the same interleaved rounds: what the log costs).
+/// in the same interleaved rounds: what the log costs), `--idle N
+/// [--settle S]` (memory per idle keep-alive connection instead: see
+/// [`idle_memory`]).
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let opt = |name: &str, default: u64| -> Result<u64> {
         match args.iter().position(|a| a == name) {
@@ -200,6 +202,11 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let _origin = Proxy { name: "origin", addr: ORIGIN, scheme: "http", child: origin.spawn()? };
     wait_port(ORIGIN)?;
 
+    if let Some(n) = args.iter().position(|a| a == "--idle") {
+        let n: usize = args.get(n + 1).and_then(|v| v.parse().ok()).context("--idle takes a number")?;
+        let settle = opt("--settle", 60)?;
+        return idle_memory(&release, &dir, n, Duration::from_secs(settle));
+    }
     let proxies = start_all(&release, &dir, &Wrap::Pinned, certs, with_log)?;
     for p in &proxies {
         wait_port(p.addr)?;
@@ -400,6 +407,97 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// `--idle N`: each proxy's memory per idle keep-alive client connection.
+/// N connections each carry one GET and then wait; the proxy's resident
+/// memory before and with them gives bytes per connection. Then they close,
+/// and `settle` later vigil's memory is read again: whether what the burst
+/// took went back. (nginx and HAProxy too, for comparison.)
+fn idle_memory(release: &Path, dir: &Path, n: usize, settle: Duration) -> Result<()> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    // This process holds N client sockets: its soft open-file limit goes
+    // up to the hard one (the proxies it starts inherit it; vigil's
+    // default `max_connections` is half of it).
+    let hard: usize = std::fs::read_to_string("/proc/self/limits")?
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|v| v.split_whitespace().nth(1)?.parse().ok())
+        .context("the hard open-file limit, from /proc/self/limits")?;
+    if hard < 2 * n + 100 {
+        bail!("--idle {n} needs an open-file limit of {} (the hard limit is {hard})", 2 * n + 100);
+    }
+    let ok = Command::new("prlimit")
+        .arg("--pid")
+        .arg(std::process::id().to_string())
+        .arg(format!("--nofile={hard}:{hard}"))
+        .status()
+        .context("prlimit (util-linux)")?;
+    if !ok.success() {
+        bail!("cannot raise the open-file limit to {hard}");
+    }
+    let proxies = start_all(release, dir, &Wrap::Pinned, None, false)?;
+    let rss_kib = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    println!("{n} idle keep-alive connections, one GET each:");
+    let mut settled = Vec::new();
+    for p in &proxies {
+        wait_port(p.addr)?;
+        wrk(&p.url(), 1, 10, None)?; // warm: the origin pool, the runtime
+        let pid = p.child.id();
+        let before = rss_kib(pid);
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut c = std::net::TcpStream::connect(p.addr)?;
+            c.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")?;
+            let mut r = BufReader::new(c.try_clone()?);
+            let (mut line, mut length) = (String::new(), 0usize);
+            loop {
+                line.clear();
+                if r.read_line(&mut line)? == 0 {
+                    bail!("{} closed a connection mid-answer", p.name);
+                }
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse()?;
+                }
+            }
+            r.read_exact(&mut vec![0; length])?;
+            conns.push(c);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let held = rss_kib(pid);
+        drop(conns);
+        println!(
+            "  {:<8} {:>7} KiB before, {:>7} KiB with them: {:>6.0} bytes per connection",
+            p.name,
+            before,
+            held,
+            held.saturating_sub(before) as f64 * 1024.0 / n as f64
+        );
+        settled.push((p, before, held));
+    }
+    println!("after they closed, {settle:?} later:");
+    std::thread::sleep(settle);
+    for (p, before, held) in settled {
+        let now = rss_kib(p.child.id());
+        println!(
+            "  {:<8} {:>7} KiB ({:+.1} % of before; {:.0} % of what the connections took went back)",
+            p.name,
+            now,
+            (now as f64 / before.max(1) as f64 - 1.0) * 100.0,
+            held.saturating_sub(now) as f64 * 100.0 / held.saturating_sub(before).max(1) as f64
+        );
+    }
+    Ok(())
+}
+
 /// User and system CPU ticks of `pid` so far (`/proc/<pid>/stat`, fields 14 and 15).
 fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -534,7 +632,7 @@ fn start_nginx(nginx: &Path, dir: &Path, wrap: &Wrap, certs: Option<&Certs>, log
         dir.join(format!("{conf}.conf")),
         format!(
             "worker_processes 1;\ndaemon off;\nmaster_process off;\nerror_log {d}/{conf}.err warn;\npid {d}/{conf}.pid;\n\
-             events {{ worker_connections 4096; }}\n\
+             events {{ worker_connections 20000; }}\n\
              http {{\n  {access_log}\n  client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft;\n\
                uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;\n\
                upstream origin {{ server {ORIGIN}; keepalive 64; keepalive_requests 1000000; }}\n\
@@ -566,7 +664,7 @@ fn start_haproxy(haproxy: &Path, dir: &Path, wrap: &Wrap, certs: Option<&Certs>)
     std::fs::write(
         dir.join("haproxy.cfg"),
         format!(
-            "global\n  nbthread 1\n  maxconn 4096\n\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n\
+            "global\n  nbthread 1\n  maxconn 9000\n\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n\
              timeout server 30s\n  http-reuse always\n\nfrontend f\n  bind {bind}\n  default_backend b\n\n\
              backend b\n  server s1 {server}\n"
         ),

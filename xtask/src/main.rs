@@ -74,7 +74,7 @@ fn main() -> Result<()> {
     }
 }
 
-const HELP: &str = "usage: cargo xtask <ci | fmt | clippy | test | fuzz-smoke | doc | package | layering | perf [--bless] | fuzz [--seconds N] | bench [ARGS] | loadtest [--rounds N] [--seconds S] [--connections C]>";
+const HELP: &str = "usage: cargo xtask <ci | fmt | clippy | test | fuzz-smoke | doc | package | layering | perf [--bless] | fuzz [--seconds N] | bench [ARGS] | loadtest [--rounds N] [--seconds S] [--connections C] [--idle N]>";
 
 type Step = fn(&Path) -> Result<()>;
 
