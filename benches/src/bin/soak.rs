@@ -384,23 +384,35 @@ fn sample(pid: u32) -> Option<(u64, u64)> {
     Some((rss, fds))
 }
 
-/// Established TCP connections to `addr` from any local socket, from
-/// `/proc/net/tcp`: the proxy's connections to the hole origin (the hole's
-/// own accepted sockets have it as their local address, not their remote).
-fn established_to(addr: &str) -> u64 {
+/// The sockets `pid` holds open that are established connections to
+/// `addr`: the inodes `/proc/net/tcp` lists as such, then those of them
+/// among the process's descriptors. `/proc/net/tcp` is read in pieces, so
+/// over a burst of closes and connects it may list sockets of before and
+/// after together; a socket the process has closed since is no longer
+/// among its descriptors, read second, so the count is never more than
+/// the process held at that instant.
+fn upstream_sockets(pid: u32, addr: &str) -> u64 {
     let a: SocketAddr = addr.parse().unwrap();
     let std::net::IpAddr::V4(ip) = a.ip() else { return 0 };
     // The kernel prints the address as a native-endian u32 in hex.
     let want = format!("{:08X}:{:04X}", u32::from_le_bytes(ip.octets()), a.port());
-    std::fs::read_to_string("/proc/net/tcp").map_or(0, |t| {
-        t.lines()
-            .filter(|l| {
-                let mut f = l.split_whitespace();
-                let (_, _, rem, st) = (f.next(), f.next(), f.next(), f.next());
-                rem == Some(want.as_str()) && st == Some("01")
-            })
-            .count() as u64
-    })
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let inodes: HashSet<&str> = table
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().take(10).collect();
+            (f.len() == 10 && f[2] == want && f[3] == "01").then_some(f[9])
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return 0 };
+    fds.flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|link| {
+            link.to_str()
+                .and_then(|l| l.strip_prefix("socket:[")?.strip_suffix(']'))
+                .is_some_and(|inode| inodes.contains(inode))
+        })
+        .count() as u64
 }
 
 /// One request on a fresh connection to `addr`: status and body, `None` on
@@ -1291,7 +1303,7 @@ async fn hold(o: &Opts, pid: u32, hole: &Arc<Hole>) -> Vec<String> {
                 rss,
                 fds,
                 in_flight.load(Ordering::SeqCst),
-                established_to(HOLE),
+                upstream_sockets(pid, HOLE),
             ));
         }
     }
@@ -1334,7 +1346,7 @@ async fn hold(o: &Opts, pid: u32, hole: &Arc<Hole>) -> Vec<String> {
     );
     println!("  answers                               {answered:>9}  {statuses:?}");
     println!(
-        "  vigil's connections to it (max)       {max_upstream:>9}  (established, sampled each second; origin max_connections {HOLE_MAX_CONNECTIONS})"
+        "  vigil's connections to it (max)       {max_upstream:>9}  (its open sockets established to it, sampled each second; origin max_connections {HOLE_MAX_CONNECTIONS})"
     );
     println!(
         "  connections the origin saw open (max) {max_open:>9}  ({} accepted in all; a closed one counts until its EOF is read here)",
