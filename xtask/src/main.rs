@@ -11,6 +11,10 @@
 //! cargo xtask bench [ARGS]  the criterion suite (wall-clock figures; not a gate)
 //! cargo xtask loadtest [--rounds N] [--seconds S] [--connections C]
 //!                           vigil vs nginx vs HAProxy under wrk, syscalls per request (not a gate)
+//! cargo xtask soak [--minutes N] [--seed S] [--rate R] [--hold-seconds H]
+//!                           release vigil under load for N min (default 5) while origins are
+//!                           killed, drained, slowed and cut off and the config reloaded, then an
+//!                           origin that never answers; figures and assertions (not a gate)
 //! ```
 //!
 //! Cargo's target directory is asked of cargo (`CARGO_TARGET_DIR` and
@@ -23,6 +27,7 @@ mod fuzz;
 mod layering;
 mod loadtest;
 mod perf;
+mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -58,6 +63,7 @@ fn main() -> Result<()> {
             fuzz::run(&root, fuzz::Run::For(seconds))
         }
         "loadtest" => loadtest::run(rest),
+        "soak" => soak::run(rest),
         "bench" => {
             let mut args = vec!["bench", "-p", "vigil-benches"];
             args.extend(rest.iter().map(String::as_str));
@@ -74,7 +80,7 @@ fn main() -> Result<()> {
     }
 }
 
-const HELP: &str = "usage: cargo xtask <ci | fmt | clippy | test | fuzz-smoke | doc | package | layering | perf [--bless] | fuzz [--seconds N] | bench [ARGS] | loadtest [--rounds N] [--seconds S] [--connections C] [--idle N]>";
+const HELP: &str = "usage: cargo xtask <ci | fmt | clippy | test | fuzz-smoke | doc | package | layering | perf [--bless] | fuzz [--seconds N] | bench [ARGS] | loadtest [--rounds N] [--seconds S] [--connections C] [--idle N] | soak [--minutes N] [--seed S] [--rate R] [--hold-seconds H]>";
 
 type Step = fn(&Path) -> Result<()>;
 

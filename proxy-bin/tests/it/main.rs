@@ -12,6 +12,7 @@ mod cluster_keys;
 mod dashboard;
 mod deploy;
 mod essentials;
+mod faults;
 mod grpc;
 mod harness;
 mod hostile;
