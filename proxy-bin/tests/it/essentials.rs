@@ -127,9 +127,11 @@ async fn limits_answer_with_their_status_close_and_leak_nothing() {
         "d".repeat(1024),
         "d".repeat(1024)
     );
-    // Five rounds: what one round's buffers cost may stay with the
-    // allocator, but it must not grow round after round.
-    for round in 0..5 {
+    // Nine rounds: what one round's buffers cost may stay with the
+    // allocator (which may also take a fresh 4 MiB region once for the
+    // largest buffers), but it must not grow round after round: a round
+    // that kept its 1 MiB head would add 8 MiB.
+    for round in 0..9 {
         for (what, req, status) in [
             ("a 2 000-byte target", long_uri.as_str(), "414"),
             ("a 1 MiB header", huge_header.as_str(), "431"),
@@ -147,8 +149,8 @@ async fn limits_answer_with_their_status_close_and_leak_nothing() {
     }
     let rss = rss_kib(&v);
     assert!(
-        rss <= rss_after_first + 4096,
-        "memory grew from {rss_after_first} KiB to {rss} KiB over four more rounds"
+        rss <= rss_after_first + 6 * 1024,
+        "memory grew from {rss_after_first} KiB to {rss} KiB over eight more rounds"
     );
 
     // A body slower than body_timeout: 408, and closed.
