@@ -366,11 +366,12 @@ pub(crate) fn varint(out: &mut Vec<u8>, mut n: u64) {
 }
 
 /// Fields off the front of a slice: chitchat's (little-endian, fixed
-/// width) and the compact encoding's (varints).
-struct Reader<'a>(&'a [u8]);
+/// width) and the compact encoding's (varints). The transport reads
+/// chitchat's layout with it too.
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+    pub(crate) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         let (head, rest) = self.0.split_at_checked(n)?;
         self.0 = rest;
         Some(head)
@@ -381,10 +382,10 @@ impl<'a> Reader<'a> {
     fn end(&self) -> Option<()> {
         self.0.is_empty().then_some(())
     }
-    fn u8(&mut self) -> Option<u8> {
+    pub(crate) fn u8(&mut self) -> Option<u8> {
         Some(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Option<u16> {
+    pub(crate) fn u16(&mut self) -> Option<u16> {
         Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
     }
     fn u64(&mut self) -> Option<u64> {

@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use chitchat::transport::{Socket, Transport};
 use chitchat::{ChitchatMessage, Deserializable, Serializable};
 
-use crate::compact::{self, DecodeError, Ids, Known};
+use crate::compact::{self, DecodeError, Ids, Known, Reader};
 use crate::seal::{Format, Keyring, OVERHEAD, Opener, Sealer};
 
 /// The largest UDP payload over IPv4.
@@ -454,24 +454,6 @@ fn zstd_declared(mut frames: &[u8]) -> usize {
         }
     }
     total.min(MAX_BLOCK)
-}
-
-/// Little-endian fields off the front of a slice, as chitchat writes them.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let (head, rest) = self.0.split_at_checked(n)?;
-        self.0 = rest;
-        Some(head)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Option<u16> {
-        let b = self.take(2)?;
-        Some(u16::from_le_bytes([b[0], b[1]]))
-    }
 }
 
 struct SealedSocket {

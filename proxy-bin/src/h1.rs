@@ -248,12 +248,19 @@ pub(crate) async fn serve_halves<R: ConnRead, W: AsyncWrite + Unpin + Send>(
     let mut out = Writer { q: WriteQueue::default(), send_timeout };
     let mut first = true;
     loop {
-        if read.lock().buf.is_empty() {
+        let between_requests = {
             // Between requests the connection holds no buffers: the read
             // buffer is taken again when the next request's bytes come
             // (`poll_fill_lazy`), the write queue's with its answer. An
             // idle keep-alive connection then costs its task and stream.
-            read.lock().buf = BytesMut::new();
+            let mut r = read.lock();
+            let empty = r.buf.is_empty();
+            if empty {
+                r.buf = BytesMut::new();
+            }
+            empty
+        };
+        if between_requests {
             if out.q.is_empty() {
                 out.q = WriteQueue::default();
             }
